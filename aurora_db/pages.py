@@ -1,0 +1,221 @@
+"""The page format and the one redo-apply function that compute and storage both use.
+
+DESIGN.md 3: "The same apply function is used by compute (on its cached page) and by storage
+(to materialize pages)". A page is rebuilt by applying its records in LSN order, starting from an
+init record; `apply` is deterministic, so every segment and every compute node that applies the
+same chain holds the same page. Invariant: page.lsn is the LSN of the last record applied to it,
+and a record is applied only to the page it names, in increasing LSN order.
+
+Page kinds:
+  meta   the volume's root (page 0): a small key -> value map
+  clog   transaction status, one byte per transaction id (DESIGN.md 4: commit records in the log)
+  heap   table rows as MVCC tuples [xmin, xmax, values], slots never move
+  btree  a B+tree node: sorted keys with row ids (leaf) or child page ids (internal)
+  table  a table's physical root: its heap page chain and its index roots
+"""
+
+from __future__ import annotations
+
+import msgpack
+
+from aurora_db.constants import PAGE_BYTES_MAX
+from aurora_db.records import Record
+
+XIDS_PER_CLOG_PAGE = 8192
+XID_IN_PROGRESS = 0
+XID_COMMITTED = 1
+XID_ABORTED = 2
+
+TUPLE_OVERHEAD_BYTES = 24
+KEY_OVERHEAD_BYTES = 16
+PAGE_HEADER_BYTES = 64
+
+
+class Page:
+    __slots__ = ("page_id", "lsn")
+    kind = "?"
+
+    def __init__(self, page_id: int, lsn: int):
+        self.page_id = page_id
+        self.lsn = lsn
+
+
+class MetaPage(Page):
+    __slots__ = ("values",)
+    kind = "meta"
+
+    def __init__(self, page_id, lsn, values=None):
+        super().__init__(page_id, lsn)
+        self.values = dict(values or {})
+
+    def state(self):
+        return self.values
+
+
+class ClogPage(Page):
+    __slots__ = ("status",)
+    kind = "clog"
+
+    def __init__(self, page_id, lsn, status=None):
+        super().__init__(page_id, lsn)
+        self.status = bytearray(status) if status is not None else bytearray(XIDS_PER_CLOG_PAGE)
+
+    def state(self):
+        return bytes(self.status)
+
+
+class HeapPage(Page):
+    """Tuples are [xmin, xmax, values]; xmax 0 means live. Slots are appended, never moved."""
+
+    __slots__ = ("tuples", "next_page", "used_bytes")
+    kind = "heap"
+
+    def __init__(self, page_id, lsn, tuples=None, next_page=0):
+        super().__init__(page_id, lsn)
+        self.tuples = [list(t) for t in tuples] if tuples else []
+        self.next_page = next_page
+        self.used_bytes = PAGE_HEADER_BYTES + sum(tuple_bytes(t[2]) for t in self.tuples)
+
+    def fits(self, values: list) -> bool:
+        return self.used_bytes + tuple_bytes(values) <= PAGE_BYTES_MAX
+
+    def state(self):
+        return [self.tuples, self.next_page]
+
+
+class BTreePage(Page):
+    """A B+tree node. Leaf: keys[i] -> vals[i] (a row id [page, slot]); `right` is the next leaf.
+    Internal: len(vals) == len(keys) + 1 and child vals[i] holds keys k with keys[i-1] <= k < keys[i]."""
+
+    __slots__ = ("is_leaf", "keys", "vals", "right", "used_bytes")
+    kind = "btree"
+
+    def __init__(self, page_id, lsn, is_leaf=True, keys=None, vals=None, right=0):
+        super().__init__(page_id, lsn)
+        self.is_leaf = is_leaf
+        self.keys = [tuple(k) for k in keys] if keys else []
+        self.vals = [tuple(v) if isinstance(v, list) else v for v in vals] if vals else []
+        self.right = right
+        self.used_bytes = PAGE_HEADER_BYTES + sum(key_bytes(k) for k in self.keys)
+
+    def fits(self, key) -> bool:
+        return self.used_bytes + key_bytes(key) <= PAGE_BYTES_MAX
+
+    def state(self):
+        return [self.is_leaf, [list(k) for k in self.keys], [list(v) if isinstance(v, tuple) else v for v in self.vals], self.right]
+
+
+class TablePage(Page):
+    """A table's physical root: first/last heap page and index roots, keyed by name."""
+
+    __slots__ = ("values",)
+    kind = "table"
+
+    def __init__(self, page_id, lsn, values=None):
+        super().__init__(page_id, lsn)
+        self.values = dict(values or {})
+
+    def state(self):
+        return self.values
+
+
+def tuple_bytes(values: list) -> int:
+    return TUPLE_OVERHEAD_BYTES + len(msgpack.packb(values, use_bin_type=True))
+
+
+def key_bytes(key: tuple) -> int:
+    return KEY_OVERHEAD_BYTES + len(msgpack.packb(list(key), use_bin_type=True))
+
+
+_KINDS = {cls.kind: cls for cls in (MetaPage, ClogPage, HeapPage, BTreePage, TablePage)}
+
+
+def to_wire(page: Page) -> list:
+    return [page.kind, page.page_id, page.lsn, page.state()]
+
+
+def from_wire(wire: list) -> Page:
+    kind, page_id, lsn, state = wire
+    cls = _KINDS[kind]
+    if cls in (MetaPage, TablePage, ClogPage):
+        return cls(page_id, lsn, state)
+    if cls is HeapPage:
+        return HeapPage(page_id, lsn, state[0], state[1])
+    return BTreePage(page_id, lsn, state[0], state[1], state[2], state[3])
+
+
+# --- redo apply -------------------------------------------------------------------------------
+
+
+def apply(page: Page | None, record: Record) -> Page:
+    """Apply one redo record to a page (None if the page does not exist yet) and return the page.
+
+    Mutates `page` in place. Init records ("*_init") create the page and ignore what was there.
+    """
+    op = record.op
+    if op.endswith("_init"):
+        page = _INITS[op](record.page_id, record.lsn, *record.args)
+    else:
+        assert page is not None, f"record {record.lsn} ({op}) applied to missing page {record.page_id}"
+        assert page.page_id == record.page_id, (page.page_id, record.page_id)
+        assert record.lsn > page.lsn, f"record {record.lsn} applied to page {page.page_id} already at {page.lsn}"
+        _OPS[op](page, *record.args)
+    page.lsn = record.lsn
+    return page
+
+
+def _meta_set(page: MetaPage, key, value):
+    page.values[key] = value
+
+
+def _clog_set(page: ClogPage, xid, status):
+    page.status[xid % XIDS_PER_CLOG_PAGE] = status
+
+
+def _heap_insert(page: HeapPage, slot, xmin, values):
+    assert slot == len(page.tuples), f"heap insert at slot {slot} of page {page.page_id} with {len(page.tuples)} slots"
+    page.tuples.append([xmin, 0, values])
+    page.used_bytes += tuple_bytes(values)
+
+
+def _heap_set_xmax(page: HeapPage, slot, xmax):
+    page.tuples[slot][1] = xmax
+
+
+def _heap_set_next(page: HeapPage, next_page):
+    page.next_page = next_page
+
+
+def _btree_insert(page: BTreePage, pos, key, val):
+    key = tuple(key)
+    page.keys.insert(pos, key)
+    if page.is_leaf:
+        page.vals.insert(pos, tuple(val))
+    else:
+        page.vals.insert(pos + 1, val)
+    page.used_bytes += key_bytes(key)
+
+
+def _table_set(page: TablePage, key, value):
+    page.values[key] = value
+
+
+_INITS = {
+    "meta_init": lambda page_id, lsn: MetaPage(page_id, lsn),
+    "clog_init": lambda page_id, lsn: ClogPage(page_id, lsn),
+    "heap_init": lambda page_id, lsn, next_page=0: HeapPage(page_id, lsn, None, next_page),
+    "btree_init": lambda page_id, lsn, is_leaf, keys, vals, right: BTreePage(page_id, lsn, is_leaf, keys, vals, right),
+    "table_init": lambda page_id, lsn, values: TablePage(page_id, lsn, values),
+}
+
+_OPS = {
+    "meta_set": _meta_set,
+    "clog_set": _clog_set,
+    "heap_insert": _heap_insert,
+    "heap_set_xmax": _heap_set_xmax,
+    "heap_set_next": _heap_set_next,
+    "btree_insert": _btree_insert,
+    "table_set": _table_set,
+}
+
+OPS = frozenset(_OPS) | frozenset(_INITS)

@@ -1,0 +1,70 @@
+"""Redo log records: the only thing the writer sends to storage.
+
+A record is a physiological change to one page (DESIGN.md 3), with three backlinks (6a):
+`prev_volume` (the record allocated just before it, in any PG), `prev_pg` (the previous record of
+its PG) and `prev_page` (the previous record of its page); `cpl` marks the last record of an MTR.
+Invariants: lsn > prev_volume >= 0, lsn > prev_pg >= 0, lsn > prev_page >= 0; the body is the
+msgpack encoding of the record's fields and its CRC-32C-style checksum (zlib.crc32) travels with it
+on the wire and on disk, and is verified on every read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+
+import msgpack
+
+from aurora_db.constants import PAGES_PER_PG
+
+
+def pg_of_page(page_id: int) -> int:
+    """The protection group that holds a page: PGs are fixed, contiguous page ranges."""
+    return page_id // PAGES_PER_PG
+
+
+class ChecksumMismatch(Exception):
+    """A record's body does not match its checksum: it was damaged on disk or on the wire."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Record:
+    lsn: int
+    page_id: int
+    prev_volume: int
+    prev_pg: int
+    prev_page: int
+    cpl: bool
+    op: str
+    args: tuple
+
+    @property
+    def pg(self) -> int:
+        return pg_of_page(self.page_id)
+
+    def encode(self) -> bytes:
+        return msgpack.packb(
+            [self.lsn, self.page_id, self.prev_volume, self.prev_pg, self.prev_page, self.cpl, self.op, list(self.args)],
+            use_bin_type=True,
+        )
+
+    def sealed(self) -> tuple[int, bytes]:
+        """(checksum, body): the form that crosses the network and lands on disk."""
+        body = self.encode()
+        return checksum(body), body
+
+
+def checksum(body: bytes) -> int:
+    return zlib.crc32(body) & 0xFFFFFFFF
+
+
+def decode(body: bytes) -> Record:
+    lsn, page_id, prev_volume, prev_pg, prev_page, cpl, op, args = msgpack.unpackb(body, raw=False, use_list=True)
+    return Record(lsn, page_id, prev_volume, prev_pg, prev_page, bool(cpl), op, tuple(args))
+
+
+def open_sealed(crc: int, body: bytes) -> Record:
+    """Verify and decode; raises ChecksumMismatch on damage."""
+    if checksum(body) != crc:
+        raise ChecksumMismatch(f"record checksum mismatch (stored {crc:#010x}, computed {checksum(body):#010x})")
+    return decode(body)
