@@ -1,0 +1,93 @@
+"""The `aurora-db` command: one entry point for every process role and tool.
+
+Each subcommand parses its flags here and hands off to the module that owns it; importing is lazy
+so `aurora-db sql` does not pay for the storage node's imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from aurora_db.constants import CACHE_PAGES_DEFAULT
+
+
+def host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def storage_peer(text: str) -> tuple[str, str, int]:
+    node_id, sep, address = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected NODE_ID=HOST:PORT, got {text!r}")
+    host, port = host_port(address)
+    return node_id, host, port
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aurora-db", description="An Aurora-style database speaking the PostgreSQL protocol.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    storage = commands.add_parser("storage-node", help="run one storage node (holds a segment of every PG)")
+    storage.add_argument("--node-id", required=True, help="unique node name, e.g. a1")
+    storage.add_argument("--az", required=True, help="availability zone: a, b or c")
+    storage.add_argument("--listen", type=host_port, required=True, help="HOST:PORT for the storage protocol")
+    storage.add_argument("--data", required=True, help="directory for the node's log files and epoch")
+
+    compute = commands.add_parser("compute-node", help="run a compute node (the writer)")
+    compute.add_argument("--role", choices=["writer"], default="writer")
+    compute.add_argument("--node-id", default="writer")
+    compute.add_argument("--listen", type=host_port, required=True, help="HOST:PORT for PostgreSQL clients")
+    compute.add_argument("--admin", type=host_port, help="HOST:PORT for the admin (status) protocol")
+    compute.add_argument("--storage", type=storage_peer, action="append", required=True, metavar="ID=HOST:PORT",
+                         help="a storage node; give all six")
+    compute.add_argument("--cache-pages", type=int, default=CACHE_PAGES_DEFAULT, help="buffer cache size in pages")
+    compute.add_argument("--data", help="working directory (logs only: a compute node keeps no durable state)")
+
+    sql = commands.add_parser("sql", help="the interactive SQL shell")
+    sql.add_argument("url", nargs="?", help="postgresql://user@host:port/dbname")
+    sql.add_argument("--host", default=None)
+    sql.add_argument("--port", type=int, default=None)
+    sql.add_argument("--user", default=None)
+    sql.add_argument("--dbname", default=None)
+    sql.add_argument("-c", "--command", dest="sql_command", action="append", help="run SQL and exit (repeatable)")
+    sql.add_argument("-f", "--file", help="run the SQL in FILE and exit")
+
+    up = commands.add_parser("up", help="start a local cluster (six storage nodes and a writer)")
+    up.add_argument("--data", required=True, help="cluster directory (data and logs of every process)")
+    up.add_argument("--port", type=int, default=5432, help="port clients connect to (default 5432)")
+    up.add_argument("--detach", action="store_true", help="return once the cluster is ready")
+    up.add_argument("--cache-pages", type=int, default=CACHE_PAGES_DEFAULT)
+    up.add_argument("--no-shell", action="store_true", help="do not open the SQL shell once ready")
+
+    down = commands.add_parser("down", help="stop a local cluster")
+    down.add_argument("--data", required=True)
+
+    status = commands.add_parser("status", help="show every process of a local cluster")
+    status.add_argument("--data", required=True)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "storage-node":
+        from storage_node.server import run
+    elif args.command == "compute-node":
+        from compute_node.server import run
+    elif args.command == "sql":
+        from aurora_db.shell import run
+    elif args.command == "up":
+        from aurora_db.cluster import run_up as run
+    elif args.command == "down":
+        from aurora_db.cluster import run_down as run
+    else:
+        from aurora_db.cluster import run_status as run
+    return run(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""The contract between the PostgreSQL protocol server and the SQL engine.
+
+The protocol layer (pg_server.py) decodes messages and parameter values; a Session turns SQL
+into Statements and runs them. Values cross this boundary as Python objects: int, float, str,
+bool, decimal.Decimal, datetime.date/datetime, bytes, or None for NULL.
+Invariant: a Statement's `columns` are known before it runs (Describe needs them), and running it
+yields rows whose values match those columns' types.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol
+
+# PostgreSQL type OIDs used across the protocol and the engine.
+BOOL_OID = 16
+BYTEA_OID = 17
+INT8_OID = 20
+INT2_OID = 21
+INT4_OID = 23
+TEXT_OID = 25
+FLOAT4_OID = 700
+FLOAT8_OID = 701
+UNKNOWN_OID = 705
+VARCHAR_OID = 1043
+NUMERIC_OID = 1700
+
+TYPE_SIZES = {BOOL_OID: 1, INT2_OID: 2, INT4_OID: 4, INT8_OID: 8, FLOAT4_OID: 4, FLOAT8_OID: 8}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    type_oid: int
+    table_oid: int = 0
+    column_number: int = 0
+    type_modifier: int = -1
+
+    @property
+    def type_size(self) -> int:
+        return TYPE_SIZES.get(self.type_oid, -1)
+
+
+@dataclasses.dataclass(slots=True)
+class Result:
+    """What one statement produced. `tag` is the CommandComplete tag ("SELECT 3", "INSERT 0 1")."""
+
+    tag: str
+    columns: list[Column] | None = None
+    rows: list[tuple] = dataclasses.field(default_factory=list)
+
+
+class Statement(Protocol):
+    """One parsed statement, ready to run any number of times."""
+
+    param_oids: list[int]  # one per $n; never 0 once prepared (unknown parameters default to text)
+    columns: list[Column] | None  # None: the statement returns no rows (Describe answers NoData)
+
+
+class Session(Protocol):
+    """One client connection's state: its transaction, its prepared statements' engine side."""
+
+    @property
+    def transaction_status(self) -> str:
+        """'I' idle, 'T' in a transaction block, 'E' in a failed transaction block."""
+
+    def prepare(self, sql: str, param_oids: list[int]) -> Statement:
+        """Parse exactly one statement (Parse message); raises DatabaseError."""
+
+    def prepare_script(self, sql: str) -> list[Statement]:
+        """Parse a simple-query string into its statements; [] for an empty query."""
+
+    async def execute(self, statement: Statement, params: list[Any]) -> Result:
+        """Run a statement; raises DatabaseError, after which the transaction status says what happened."""
+
+    async def close(self) -> None:
+        """The client went away: roll back any open transaction."""
