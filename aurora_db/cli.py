@@ -61,7 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=5432, help="port clients connect to (default 5432)")
     up.add_argument("--detach", action="store_true", help="return once the cluster is ready")
     up.add_argument("--cache-pages", type=int, default=CACHE_PAGES_DEFAULT)
-    up.add_argument("--no-shell", action="store_true", help="do not open the SQL shell once ready")
 
     down = commands.add_parser("down", help="stop a local cluster")
     down.add_argument("--data", required=True)
