@@ -41,3 +41,35 @@ STORAGE_REQUEST_TIMEOUT_MS = 2_000
 COMMIT_TIMEOUT_MS = 30_000  # a commit that gets no write quorum in this time fails
 RECOVERY_TIMEOUT_MS = 60_000
 RECONNECT_INTERVAL_MS = 200
+
+# PostgreSQL protocol.
+PGWIRE_STARTUP_BYTES_MAX = 10_000  # a startup packet; PostgreSQL's own limit
+PGWIRE_MESSAGE_BYTES_MAX = 64 * 1024 * 1024  # one typed frontend message, length field included
+PGWIRE_READ_CHUNK_BYTES = 64 * 1024  # bytes asked of the socket per read
+PGWIRE_OUTPUT_BUFFER_BYTES_MAX = 1024 * 1024  # buffered replies written early once over this
+PGWIRE_CONNECTIONS_MAX = 100  # PostgreSQL's default max_connections
+PGWIRE_PREPARED_STATEMENTS_MAX = 10_000  # named prepared statements per connection
+PGWIRE_PORTALS_MAX = 10_000  # open portals per connection
+PGWIRE_STARTUP_TIMEOUT_MS = 60_000  # from connect to StartupMessage; PostgreSQL's authentication_timeout
+PGWIRE_CLOSE_TIMEOUT_MS = 5_000  # to flush the last replies to a closing connection before dropping it
+assert PGWIRE_STARTUP_BYTES_MAX <= PGWIRE_MESSAGE_BYTES_MAX
+assert PGWIRE_READ_CHUNK_BYTES <= PGWIRE_OUTPUT_BUFFER_BYTES_MAX
+
+# Writer -> storage shipping.
+SEND_QUEUE_BATCHES_MAX = 4096  # batches queued for one storage node before it is treated as behind
+CATCH_UP_RECORDS_PER_REQUEST = 2048
+assert RECENT_RECORDS_PER_PG_MAX >= LSN_ALLOCATION_LIMIT  # every record not yet durable can be resent
+
+# Storage node.
+LOG_FILE_BYTES_MAX = 64 * 1024 * 1024  # a PG's log file is closed and a new one started past this size
+LOG_ENTRY_BYTES_MAX = FRAME_BYTES_MAX  # one log entry's payload: a record never exceeds a frame
+SEGMENT_CACHE_PAGES_MAX = 1024  # materialized latest page versions one segment keeps (LRU)
+CHAIN_RECORDS_MAX = 200_000  # entries in one `chain` reply; the rest is asked for with "more"
+CHAIN_ENTRY_BYTES_MAX = 32  # msgpack of [lsn, prev_volume, prev_pg, cpl]: three 9-byte ints and a bool
+READ_RECORDS_MAX = 4096  # records in one `read_records` reply, whatever the caller's limit
+READ_RECORDS_BYTES_MAX = FRAME_BYTES_MAX // 2  # record bodies in one `read_records` reply
+STORAGE_CONNECTIONS_MAX = 256  # open connections to one storage node; more are closed at once
+assert CHAIN_RECORDS_MAX * CHAIN_ENTRY_BYTES_MAX < FRAME_BYTES_MAX  # a full chain reply fits a frame
+assert READ_RECORDS_BYTES_MAX + READ_RECORDS_MAX * 16 < FRAME_BYTES_MAX  # bodies plus [crc, ...] framing
+assert LOG_ENTRY_BYTES_MAX < LOG_FILE_BYTES_MAX  # any entry fits in a fresh log file
+assert BATCH_RECORDS_MAX <= PENDING_RECORDS_MAX  # one append never overflows an empty pending map by itself

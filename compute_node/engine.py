@@ -1,0 +1,121 @@
+"""The engine: pages, catalog and transactions, owned by one thread.
+
+All SQL runs on the engine thread, one statement at a time, so pages need no latches; the event
+loop keeps the network (client sessions, storage links, acks) moving meanwhile, and a commit
+waits for VDL on the loop, not on the engine thread, so commits of many sessions share acks
+(group commit). Invariants: only the engine thread touches pages, the catalog and plans; a
+fresh volume is initialized by one MTR, so VDL == 0 means "never initialized".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError, TokenError
+
+from aurora_db.errors import FeatureNotSupported, SyntaxError_
+from aurora_db.quorum import DurabilityTracker
+from compute_node import sql_types as t
+from compute_node.catalog import Catalog
+from compute_node.executor import Context, Plan, plan_statement
+from compute_node.log_writer import LogWriter
+from compute_node.page_store import PageStore
+from compute_node.recovery import RecoveredVolume
+from compute_node.storage_client import StorageClient
+from compute_node.transactions import Transactions
+
+log = logging.getLogger(__name__)
+
+PARSE_CACHE_ENTRIES_MAX = 1024
+
+
+class Engine:
+    def __init__(self, loop: asyncio.AbstractEventLoop, client: StorageClient, volume: RecoveredVolume, cache_pages: int):
+        self.loop = loop
+        self.volume = volume
+        tracker = DurabilityTracker(vdl=volume.vdl, pg_tails=volume.pg_tails, lsn_floor=volume.lsn_floor)
+        self.log_writer = LogWriter(loop, client, tracker)
+        self.store = PageStore(loop, client, self.log_writer, cache_pages)
+        self.transactions = Transactions(self.store)
+        self.catalog = Catalog(self.store, self.transactions)
+        self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._parsed: collections.OrderedDict[str, exp.Expression] = collections.OrderedDict()
+
+    async def call(self, fn, *args):
+        """Run `fn` on the engine thread."""
+        return await self.loop.run_in_executor(self._thread, fn, *args)
+
+    def shutdown(self) -> None:
+        self._thread.shutdown(wait=False, cancel_futures=True)
+
+    # --- engine thread ------------------------------------------------------------------------
+
+    def open_volume(self) -> None:
+        if self.volume.vdl == 0:
+            log.info("empty volume: initializing")
+            with self.store.mtr():
+                self.store.log_bootstrap()
+                self.transactions.log_bootstrap()
+                self.catalog.log_bootstrap()
+        self.transactions.recover()
+
+    def parse(self, sql: str) -> exp.Expression:
+        node = self._parsed.get(sql)
+        if node is not None:
+            self._parsed.move_to_end(sql)
+            return node
+        try:
+            nodes = sqlglot.parse(sql, read="postgres")
+        except (ParseError, TokenError) as error:
+            raise SyntaxError_(f"syntax error: {str(error).splitlines()[0][:200]}") from None
+        nodes = [n for n in nodes if n is not None]
+        if len(nodes) != 1:
+            raise SyntaxError_("cannot insert multiple commands into a prepared statement")
+        node = nodes[0]
+        if isinstance(node, exp.Command):
+            raise FeatureNotSupported(f"statement {node.this} is not supported yet")
+        self._parsed[sql] = node
+        if len(self._parsed) > PARSE_CACHE_ENTRIES_MAX:
+            self._parsed.popitem(last=False)
+        return node
+
+    def plan(self, node: exp.Expression, param_types: list[str], snapshot, xid) -> Plan:
+        tables = self.catalog.tables(snapshot, xid)
+        return plan_statement(node, tables, param_types)
+
+    def prepare(self, sql: str, param_types: list[str], xid: int | None) -> tuple[exp.Expression, Plan, list[str]]:
+        node = self.parse(sql)
+        types = list(param_types)
+        plan = self.plan(node, types, self.transactions.snapshot(), xid)
+        return node, plan, types
+
+    def run(self, node: exp.Expression, plan: Plan, param_types: list[str], params: list, session) -> tuple[Plan, object]:
+        """Run a statement; replan first if a table it was planned against changed."""
+        snapshot = self.transactions.snapshot()
+        tables = self.catalog.tables(snapshot, session.xid)
+        if any((tables[name].tid if name in tables else None) != tid for name, tid in plan.tables.items()):
+            plan = plan_statement(node, tables, list(param_types))
+        context = Context(self.store, self.transactions, self.catalog, snapshot, session.xid,
+                          lambda: session.ensure_xid(), params, session.settings)
+        return plan, plan.run(context)
+
+    def begin_xid(self) -> int:
+        return self.transactions.begin()
+
+    def write_commit(self, xid: int) -> int:
+        return self.transactions.write_commit(xid)
+
+    def write_abort(self, xid: int) -> None:
+        self.transactions.write_abort(xid)
+
+    def status(self) -> dict:
+        tracker = self.log_writer.tracker
+        return {"epoch": self.volume.epoch, "vdl": tracker.vdl, "vcl": tracker.vcl, "lsn": tracker.last_lsn,
+                "cache_pages": len(self.store.cache), "cache_hits": self.store.cache.hits,
+                "cache_misses": self.store.cache.misses, "active_transactions": len(self.transactions.active),
+                "pgcl": {str(pg): lsn for pg, lsn in tracker.pgcl.items()}}

@@ -1,0 +1,470 @@
+"""Compile sqlglot expressions into Python closures `fn(row, params) -> value` with a SQL type.
+
+SQL's NULL rules hold throughout: comparisons and arithmetic with NULL give NULL, AND/OR use
+three-valued logic, WHERE keeps only rows whose condition is TRUE. Integer division truncates
+toward zero and integer results are range-checked, as in PostgreSQL. Parameter types ($n) are
+inferred from context when the client left them unspecified.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import decimal
+import operator
+from typing import Any, Callable
+
+from sqlglot import exp
+
+from aurora_db.errors import (
+    AmbiguousColumn,
+    DatatypeMismatch,
+    DivisionByZero,
+    FeatureNotSupported,
+    UndefinedColumn,
+    UndefinedFunction,
+)
+from compute_node import sql_types as t
+
+Fn = Callable[[list, list], Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ScopeColumn:
+    table: str
+    name: str
+    type_name: str
+    index: int
+
+
+class Scope:
+    """The columns an expression may name, and the statement's parameter types (inferred in place)."""
+
+    def __init__(self, columns: list[ScopeColumn], param_types: list[str]):
+        self.columns = columns
+        self.param_types = param_types
+        self.replacements: dict[str, tuple[int, str]] = {}  # expression SQL -> (row slot, type)
+
+    def resolve(self, column: exp.Column) -> ScopeColumn:
+        name, table = column.name, column.table
+        matches = [c for c in self.columns if c.name == name and (not table or c.table == table)]
+        if not matches:
+            shown = f"{table}.{name}" if table else name
+            raise UndefinedColumn(f'column "{shown}" does not exist')
+        if len(matches) > 1:
+            raise AmbiguousColumn(f'column reference "{name}" is ambiguous')
+        return matches[0]
+
+
+def param_index(node: exp.Expression) -> int | None:
+    if isinstance(node, exp.Parameter):
+        inner = node.this
+        text = inner.this if isinstance(inner, (exp.Literal, exp.Var, exp.Identifier)) else str(inner)
+        if str(text).isdigit():
+            return int(text) - 1
+    if isinstance(node, exp.Placeholder) and str(node.this or "").isdigit():
+        return int(node.this) - 1
+    return None
+
+
+def compile_expr(node: exp.Expression, scope: Scope, expected: str | None = None) -> tuple[Fn, str]:
+    key = node.sql(dialect="postgres") if scope.replacements else None
+    if key is not None and key in scope.replacements:
+        slot, type_name = scope.replacements[key]
+        return (lambda row, params: row[slot]), type_name
+    handler = _HANDLERS.get(type(node))
+    if handler is None:
+        raise FeatureNotSupported(f"{_describe(node)} is not supported")
+    return handler(node, scope, expected)
+
+
+def _describe(node: exp.Expression) -> str:
+    if isinstance(node, exp.Func):
+        return f"function {node.sql_name().lower()}()"
+    return f"expression {type(node).__name__} ({node.sql(dialect='postgres')[:60]})"
+
+
+def _column(node, scope, expected):
+    column = scope.resolve(node)
+    index = column.index
+    return (lambda row, params: row[index]), column.type_name
+
+
+def _literal(node: exp.Literal, scope, expected):
+    if node.is_string:
+        value = node.this
+        if expected and expected not in t.STRINGS:
+            converted = t.parse_text(value, expected)
+            return (lambda row, params: converted), expected
+        return (lambda row, params: value), "unknown"
+    text = node.this
+    if any(ch in text for ch in ".eE"):
+        value = decimal.Decimal(text)
+        if expected in t.FLOATS:
+            value = float(value)
+            return (lambda row, params: value), "float8"
+        return (lambda row, params: value), "numeric"
+    value = int(text)
+    type_name = "int4" if -2**31 <= value < 2**31 else "int8" if -2**63 <= value < 2**63 else "numeric"
+    if type_name == "numeric":
+        value = decimal.Decimal(value)
+    return (lambda row, params: value), type_name
+
+
+def _null(node, scope, expected):
+    return (lambda row, params: None), expected or "unknown"
+
+
+def _boolean(node: exp.Boolean, scope, expected):
+    value = bool(node.this)
+    return (lambda row, params: value), "bool"
+
+
+def _param(node, scope, expected):
+    index = param_index(node)
+    if index is None:
+        raise FeatureNotSupported(f"parameter {node.sql()} is not supported")
+    while len(scope.param_types) <= index:
+        scope.param_types.append("unknown")
+    if scope.param_types[index] == "unknown" and expected and expected != "unknown":
+        scope.param_types[index] = expected
+    return (lambda row, params: params[index]), scope.param_types[index]
+
+
+def _paren(node, scope, expected):
+    return compile_expr(node.this, scope, expected)
+
+
+def _cast(node: exp.Cast, scope, expected):
+    to = node.to
+    target = t.SQLGLOT_TYPES.get(to.this.name)
+    if target is None:
+        raise FeatureNotSupported(f"type {to.sql(dialect='postgres')} is not supported")
+    modifier = -1
+    if target == "varchar" and to.expressions:
+        modifier = int(to.expressions[0].this.this)
+    fn, source = compile_expr(node.this, scope, target)
+    if source == target and modifier < 0:
+        return fn, target
+    return (lambda row, params: t.cast(fn(row, params), source, target, modifier)), target
+
+
+def _operands(node, scope):
+    """Compile both sides; an untyped side (string literal, NULL, $n) takes the other's type."""
+    left_fn, left = compile_expr(node.this, scope)
+    right_fn, right = compile_expr(node.expression, scope, None if left == "unknown" else left)
+    if left == "unknown" and right != "unknown":
+        left_fn, left = compile_expr(node.this, scope, right)
+    return left_fn, left, right_fn, right
+
+
+def _type_class(type_name):
+    if type_name in t.NUMBERS:
+        return "number"
+    if type_name in t.STRINGS:
+        return "string"
+    return type_name
+
+
+def _comparison(op):
+    def handler(node, scope, expected):
+        left_fn, left, right_fn, right = _operands(node, scope)
+        if _type_class(left) != _type_class(right) and "unknown" not in (left, right):
+            raise UndefinedFunction(
+                f"operator does not exist: {t.DISPLAY[left]} {_SYMBOLS[type(node)]} {t.DISPLAY[right]}")
+
+        def compare(row, params):
+            a = left_fn(row, params)
+            if a is None:
+                return None
+            b = right_fn(row, params)
+            if b is None:
+                return None
+            return op(a, b)
+        return compare, "bool"
+    return handler
+
+
+def _result_type(left, right, symbol):
+    if left == "unknown":
+        left = right if right != "unknown" else "text"
+    if right == "unknown":
+        right = left
+    if left not in t.NUMBERS or right not in t.NUMBERS:
+        raise UndefinedFunction(f"operator does not exist: {t.DISPLAY[left]} {symbol} {t.DISPLAY[right]}")
+    if "float8" in (left, right) or "float4" in (left, right):
+        return "float8" if "float8" in (left, right) or "numeric" in (left, right) or left != right else "float4"
+    if "numeric" in (left, right):
+        return "numeric"
+    return max(left, right, key=t.INTEGERS.index)
+
+
+def _int_div(a, b):
+    q = abs(a) // abs(b)
+    return q if (a >= 0) == (b >= 0) else -q
+
+
+def _int_mod(a, b):
+    return a - b * _int_div(a, b)
+
+
+def _arithmetic(symbol):
+    def handler(node, scope, expected):
+        left_fn, left, right_fn, right = _operands(node, scope)
+        result = _result_type(left, right, symbol)
+        is_int = result in t.INTEGERS
+        is_numeric = result == "numeric"
+        if symbol == "+":
+            op = operator.add
+        elif symbol == "-":
+            op = operator.sub
+        elif symbol == "*":
+            op = operator.mul
+        elif symbol == "/":
+            op = _int_div if is_int else operator.truediv
+        else:
+            op = _int_mod if is_int else (lambda a, b: a % b if is_numeric else __import__("math").fmod(a, b))
+
+        def compute(row, params):
+            a = left_fn(row, params)
+            if a is None:
+                return None
+            b = right_fn(row, params)
+            if b is None:
+                return None
+            if symbol in "/%" and b == 0:
+                raise DivisionByZero("division by zero")
+            if is_numeric:
+                a, b = decimal.Decimal(a) if not isinstance(a, float) else decimal.Decimal(repr(a)), \
+                    decimal.Decimal(b) if not isinstance(b, float) else decimal.Decimal(repr(b))
+            value = op(a, b)
+            return t.check_integer(value, result) if is_int else value
+        return compute, result
+    return handler
+
+
+def _neg(node, scope, expected):
+    fn, type_name = compile_expr(node.this, scope, expected)
+    if type_name not in t.NUMBERS:
+        raise UndefinedFunction(f"operator does not exist: - {t.DISPLAY[type_name]}")
+    is_int = type_name in t.INTEGERS
+
+    def negate(row, params):
+        value = fn(row, params)
+        if value is None:
+            return None
+        return t.check_integer(-value, type_name) if is_int else -value
+    return negate, type_name
+
+
+def _concat(node, scope, expected):
+    left_fn, _ = compile_expr(node.this, scope, "text")
+    right_fn, _ = compile_expr(node.expression, scope, "text")
+
+    def concat(row, params):
+        a, b = left_fn(row, params), right_fn(row, params)
+        if a is None or b is None:
+            return None
+        return t.to_text(a) + t.to_text(b)
+    return concat, "text"
+
+
+def _boolean_operand(node, scope):
+    fn, type_name = compile_expr(node, scope, "bool")
+    if type_name not in ("bool", "unknown"):
+        raise DatatypeMismatch(f"argument of AND/OR/NOT must be type boolean, not type {t.DISPLAY[type_name]}")
+    return fn
+
+
+def _and(node, scope, expected):
+    left, right = _boolean_operand(node.this, scope), _boolean_operand(node.expression, scope)
+
+    def both(row, params):
+        a = left(row, params)
+        if a is False:
+            return False
+        b = right(row, params)
+        if b is False:
+            return False
+        return None if a is None or b is None else True
+    return both, "bool"
+
+
+def _or(node, scope, expected):
+    left, right = _boolean_operand(node.this, scope), _boolean_operand(node.expression, scope)
+
+    def either(row, params):
+        a = left(row, params)
+        if a is True:
+            return True
+        b = right(row, params)
+        if b is True:
+            return True
+        return None if a is None or b is None else False
+    return either, "bool"
+
+
+def _not(node, scope, expected):
+    fn = _boolean_operand(node.this, scope)
+
+    def negate(row, params):
+        value = fn(row, params)
+        return None if value is None else not value
+    return negate, "bool"
+
+
+def _is(node: exp.Is, scope, expected):
+    fn, _ = compile_expr(node.this, scope)
+    target = node.expression
+    if isinstance(target, exp.Null):
+        return (lambda row, params: fn(row, params) is None), "bool"
+    if isinstance(target, exp.Boolean):
+        wanted = bool(target.this)
+        return (lambda row, params: fn(row, params) is wanted), "bool"
+    raise FeatureNotSupported(f"IS {target.sql()} is not supported")
+
+
+def _between(node: exp.Between, scope, expected):
+    value_fn, value_type = compile_expr(node.this, scope)
+    low_fn, _ = compile_expr(node.args["low"], scope, value_type)
+    high_fn, _ = compile_expr(node.args["high"], scope, value_type)
+
+    def between(row, params):
+        value, low, high = value_fn(row, params), low_fn(row, params), high_fn(row, params)
+        if value is None:
+            return None
+        above = None if low is None else value >= low
+        below = None if high is None else value <= high
+        if above is False or below is False:
+            return False
+        return None if above is None or below is None else True
+    return between, "bool"
+
+
+def _in(node: exp.In, scope, expected):
+    if node.args.get("query") or node.args.get("unnest") or node.args.get("field"):
+        raise FeatureNotSupported("IN with a subquery is not supported")
+    value_fn, value_type = compile_expr(node.this, scope)
+    item_fns = [compile_expr(item, scope, value_type)[0] for item in node.expressions]
+
+    def contains(row, params):
+        value = value_fn(row, params)
+        if value is None:
+            return None
+        saw_null = False
+        for item_fn in item_fns:
+            item = item_fn(row, params)
+            if item is None:
+                saw_null = True
+            elif item == value:
+                return True
+        return None if saw_null else False
+    return contains, "bool"
+
+
+def _like(node, scope, expected):
+    import re
+    value_fn, _ = compile_expr(node.this, scope, "text")
+    pattern_fn, _ = compile_expr(node.expression, scope, "text")
+    insensitive = isinstance(node, exp.ILike)
+    cache = {}
+
+    def like(row, params):
+        value, pattern = value_fn(row, params), pattern_fn(row, params)
+        if value is None or pattern is None:
+            return None
+        regex = cache.get(pattern)
+        if regex is None:
+            parts = ["." if ch == "_" else ".*" if ch == "%" else re.escape(ch) for ch in pattern]
+            regex = cache[pattern] = re.compile("".join(parts), re.S | (re.I if insensitive else 0))
+        return regex.fullmatch(value) is not None
+    return like, "bool"
+
+
+def _coalesce(node, scope, expected):
+    fns_types = [compile_expr(arg, scope, expected) for arg in [node.this, *node.expressions]]
+    type_name = next((ty for _, ty in fns_types if ty != "unknown"), "unknown")
+    fns = [fn for fn, _ in fns_types]
+
+    def coalesce(row, params):
+        for fn in fns:
+            value = fn(row, params)
+            if value is not None:
+                return value
+        return None
+    return coalesce, type_name
+
+
+def _abs(node, scope, expected):
+    fn, type_name = compile_expr(node.this, scope, expected)
+    return (lambda row, params: None if (v := fn(row, params)) is None else abs(v)), type_name
+
+
+def _case(node: exp.Case, scope, expected):
+    subject = node.this
+    subject_fn, subject_type = compile_expr(subject, scope) if subject is not None else (None, None)
+    branches = []
+    result_type = "unknown"
+    for branch in node.args.get("ifs", []):
+        cond_fn, _ = compile_expr(branch.this, scope, subject_type or "bool")
+        value_fn, value_type = compile_expr(branch.args["true"], scope, expected)
+        result_type = value_type if result_type == "unknown" else result_type
+        branches.append((cond_fn, value_fn))
+    default = node.args.get("default")
+    default_fn = compile_expr(default, scope, result_type)[0] if default is not None else (lambda row, params: None)
+
+    def case(row, params):
+        key = subject_fn(row, params) if subject_fn else None
+        for cond_fn, value_fn in branches:
+            cond = cond_fn(row, params)
+            if (subject_fn is None and cond is True) or (subject_fn is not None and key is not None and cond == key):
+                return value_fn(row, params)
+        return default_fn(row, params)
+    return case, result_type
+
+
+def _text_function(fn_of_value, result_type):
+    def handler(node, scope, expected):
+        fn, _ = compile_expr(node.this, scope, "text")
+        return (lambda row, params: None if (v := fn(row, params)) is None else fn_of_value(v)), result_type
+    return handler
+
+
+_SYMBOLS = {exp.EQ: "=", exp.NEQ: "<>", exp.LT: "<", exp.LTE: "<=", exp.GT: ">", exp.GTE: ">="}
+
+_HANDLERS = {
+    exp.Column: _column,
+    exp.Literal: _literal,
+    exp.Null: _null,
+    exp.Boolean: _boolean,
+    exp.Parameter: _param,
+    exp.Placeholder: _param,
+    exp.Paren: _paren,
+    exp.Cast: _cast,
+    exp.EQ: _comparison(operator.eq),
+    exp.NEQ: _comparison(operator.ne),
+    exp.LT: _comparison(operator.lt),
+    exp.LTE: _comparison(operator.le),
+    exp.GT: _comparison(operator.gt),
+    exp.GTE: _comparison(operator.ge),
+    exp.Add: _arithmetic("+"),
+    exp.Sub: _arithmetic("-"),
+    exp.Mul: _arithmetic("*"),
+    exp.Div: _arithmetic("/"),
+    exp.Mod: _arithmetic("%"),
+    exp.Neg: _neg,
+    exp.DPipe: _concat,
+    exp.And: _and,
+    exp.Or: _or,
+    exp.Not: _not,
+    exp.Is: _is,
+    exp.Between: _between,
+    exp.In: _in,
+    exp.Like: _like,
+    exp.ILike: _like,
+    exp.Coalesce: _coalesce,
+    exp.Abs: _abs,
+    exp.Case: _case,
+    exp.Upper: _text_function(str.upper, "text"),
+    exp.Lower: _text_function(str.lower, "text"),
+    exp.Length: _text_function(len, "int4"),
+}

@@ -1,0 +1,120 @@
+"""The bridge between the engine thread, which makes redo records, and the event loop, which
+ships them and hears acks.
+
+The engine thread allocates LSNs and applies records to cached pages; the loop thread feeds
+acks to the DurabilityTracker. One lock guards the tracker. Commit waiters live on the loop.
+Invariants: records reach the StorageClient in LSN order (one call_soon_threadsafe per MTR,
+made under the lock that allocated them); a commit future resolves only when VDL >= its LSN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import threading
+
+from aurora_db.constants import COMMIT_TIMEOUT_MS
+from aurora_db.errors import QuorumTimeout, StaleEpoch
+from aurora_db.quorum import AllocationLimitReached, DurabilityTracker
+from aurora_db.records import Record
+from compute_node.storage_client import StorageClient
+
+
+class LogWriter:
+    def __init__(self, loop: asyncio.AbstractEventLoop, client: StorageClient, tracker: DurabilityTracker):
+        self.loop = loop
+        self.client = client
+        self.tracker = tracker
+        self._lock = threading.Lock()
+        self._vdl_advanced = threading.Condition(self._lock)
+        self._waiters: list[tuple[int, int, asyncio.Future]] = []  # heap of (lsn, seq, future)
+        self._seq = itertools.count()
+        self.fenced_reason: str | None = None
+
+    # --- engine thread ------------------------------------------------------------------------
+
+    def reserve(self, records_needed: int, timeout_ms: int = COMMIT_TIMEOUT_MS) -> None:
+        """Block until `records_needed` LSNs may be allocated (LAL back-pressure)."""
+        with self._lock:
+            ok = self._vdl_advanced.wait_for(
+                lambda: self.fenced_reason or self.tracker.room() >= records_needed, timeout_ms / 1000)
+            self._check_fenced()
+            if not ok:
+                raise QuorumTimeout(f"no write quorum for {timeout_ms} ms: VDL is stuck at {self.tracker.vdl}")
+
+    def allocate(self, page_id: int, prev_page: int, op: str, args: tuple) -> Record:
+        with self._lock:
+            try:
+                return self.tracker.allocate(page_id, prev_page, op, args, cpl=False)
+            except AllocationLimitReached as error:
+                raise AssertionError(f"allocation inside a reserved MTR failed: {error}") from None
+
+    def finish_mtr(self, records: list[Record]) -> list[Record]:
+        """Seal the MTR's last record as its CPL and hand the records to the loop for shipping."""
+        with self._lock:
+            records[-1] = self.tracker.seal_mtr(records[-1])
+            self.loop.call_soon_threadsafe(self.client.ship, records)
+        return records
+
+    @property
+    def vdl(self) -> int:
+        return self.tracker.vdl
+
+    def read_point(self, pg: int) -> tuple[int, list[str]]:
+        with self._lock:
+            lsn = self.tracker.read_point(pg)
+            return lsn, self.tracker.segments_complete_to(pg, lsn)
+
+    def wait_vdl_advance(self, timeout_ms: int = COMMIT_TIMEOUT_MS) -> None:
+        with self._lock:
+            vdl = self.tracker.vdl
+            if not self._vdl_advanced.wait_for(lambda: self.tracker.vdl > vdl or self.fenced_reason, timeout_ms / 1000):
+                raise QuorumTimeout(f"no write quorum for {timeout_ms} ms: VDL is stuck at {vdl}")
+            self._check_fenced()
+
+    def _check_fenced(self) -> None:
+        if self.fenced_reason:
+            raise StaleEpoch(f"this writer was fenced: {self.fenced_reason}")
+
+    # --- loop thread --------------------------------------------------------------------------
+
+    def on_ack(self, pg: int, node_id: str, scl: int) -> None:
+        with self._lock:
+            advanced = self.tracker.on_ack(pg, node_id, scl)
+            if advanced:
+                self._vdl_advanced.notify_all()
+            vdl = self.tracker.vdl
+        if advanced:
+            while self._waiters and self._waiters[0][0] <= vdl:
+                _, _, future = heapq.heappop(self._waiters)
+                if not future.done():
+                    future.set_result(vdl)
+
+    def on_forget(self, node_id: str) -> None:
+        with self._lock:
+            self.tracker.forget_segment(node_id)
+
+    def on_fenced(self, reason: str) -> None:
+        with self._lock:
+            self.fenced_reason = reason
+            self._vdl_advanced.notify_all()
+        for _, _, future in self._waiters:
+            if not future.done():
+                future.set_exception(StaleEpoch(f"this writer was fenced: {reason}"))
+        self._waiters.clear()
+
+    async def wait_durable(self, lsn: int, timeout_ms: int = COMMIT_TIMEOUT_MS) -> None:
+        """Return once VDL >= lsn; raise QuorumTimeout after `timeout_ms` (outcome then unknown)."""
+        if self.fenced_reason:
+            raise StaleEpoch(f"this writer was fenced: {self.fenced_reason}")
+        if self.tracker.vdl >= lsn:
+            return
+        future = self.loop.create_future()
+        heapq.heappush(self._waiters, (lsn, next(self._seq), future))
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout_ms / 1000)
+        except asyncio.TimeoutError:
+            raise QuorumTimeout(
+                f"commit at LSN {lsn} not acknowledged by a write quorum within {timeout_ms} ms "
+                f"(VDL {self.tracker.vdl}); its outcome is unknown") from None

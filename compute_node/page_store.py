@@ -1,0 +1,130 @@
+"""Pages for the engine thread: reads through the buffer cache, changes only as redo in MTRs.
+
+Every change is a redo record made inside an MTR (DESIGN.md 2): the record is allocated an LSN,
+applied to the cached page with the shared apply function, and, when the MTR ends, shipped with
+its last record marked as the CPL. Invariants: an MTR's pages are fetched and pinned before its
+first record is made, so nothing inside it waits on storage; LSN room for the whole MTR is
+reserved up front (MTR_RECORDS_MAX); an exception after the first record of an MTR is a broken
+invariant (a half-applied MTR) and stops the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+
+import msgpack
+
+from aurora_db import pages
+from aurora_db.constants import PAGE_ID_MAX, PAGES_PER_PG, STORAGE_REQUEST_TIMEOUT_MS
+from aurora_db.errors import ProgramLimitExceeded, StorageUnavailable
+from aurora_db.pages import Page
+from aurora_db.records import Record, pg_of_page
+from compute_node.buffer_cache import BufferCache
+from compute_node.log_writer import LogWriter
+from compute_node.storage_client import StorageClient
+
+log = logging.getLogger(__name__)
+
+META_PAGE = 0
+DATA_FIRST_PAGE = PAGES_PER_PG  # PG 0 holds the meta page and the transaction status (clog) pages
+MTR_RECORDS_MAX = 128
+PAGE_FETCH_TIMEOUT_MS = 4 * STORAGE_REQUEST_TIMEOUT_MS
+
+
+class PageStore:
+    def __init__(self, loop: asyncio.AbstractEventLoop, client: StorageClient, log_writer: LogWriter, cache_pages: int):
+        self.loop = loop
+        self.client = client
+        self.log_writer = log_writer
+        self.cache = BufferCache(cache_pages, self._fetch, lambda: log_writer.vdl, log_writer.wait_vdl_advance)
+        self._mtr: list[Record] | None = None
+        self._mtr_pins: list[int] = []
+        self.records_made = 0
+
+    # --- reads --------------------------------------------------------------------------------
+
+    def get(self, page_id: int) -> Page:
+        page = self.cache.get(page_id)
+        if page is None:
+            raise AssertionError(f"page {page_id} does not exist on storage")
+        if self._mtr is not None:
+            self.cache.pin(page_id)
+            self._mtr_pins.append(page_id)
+        return page
+
+    def _fetch(self, page_id: int) -> Page | None:
+        """Read a page from one segment complete to the read point (runs on the engine thread)."""
+        pg = pg_of_page(page_id)
+        read_point, complete = self.log_writer.read_point(pg)
+        future = asyncio.run_coroutine_threadsafe(self.client.get_page(pg, page_id, read_point, complete), self.loop)
+        try:
+            wire = future.result(PAGE_FETCH_TIMEOUT_MS / 1000)
+        except TimeoutError:
+            future.cancel()
+            raise StorageUnavailable(f"reading page {page_id} timed out after {PAGE_FETCH_TIMEOUT_MS} ms") from None
+        return pages.from_wire(wire) if wire is not None else None
+
+    # --- changes ------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def mtr(self, records_max: int = MTR_RECORDS_MAX):
+        """A mini-transaction: reserve LSN room, collect records, ship them with a CPL at the end."""
+        assert self._mtr is None, "MTRs do not nest"
+        self.log_writer.reserve(records_max)
+        self._mtr = []
+        try:
+            yield self
+        except BaseException as error:
+            if self._mtr:
+                log.critical("exception inside an MTR after %d records: %r", len(self._mtr), error, exc_info=True)
+                os._exit(70)  # a half-applied MTR must never be shipped or kept
+            raise
+        else:
+            if self._mtr:
+                self.log_writer.finish_mtr(self._mtr)
+                self.records_made += len(self._mtr)
+        finally:
+            self._mtr = None
+            for page_id in self._mtr_pins:
+                self.cache.unpin(page_id)
+            self._mtr_pins.clear()
+
+    def log(self, page_id: int, op: str, *args) -> Page:
+        """Make one redo record, apply it to the cached page, and add it to the current MTR."""
+        assert self._mtr is not None, f"{op} outside an MTR"
+        assert len(self._mtr) < MTR_RECORDS_MAX, "MTR over its reserved size"
+        if op.endswith("_init"):
+            prev_page = self.cache.get(page_id).lsn if page_id in self.cache else 0
+            page = None
+        else:
+            page = self.get(page_id)
+            prev_page = page.lsn
+        record = self.log_writer.allocate(page_id, prev_page, op, args)
+        page = pages.apply(page, record)
+        if op.endswith("_init"):
+            self.cache.put(page)
+            self.cache.pin(page_id)
+            self._mtr_pins.append(page_id)
+        self._mtr.append(record)
+        return page
+
+    def allocate_page(self) -> int:
+        """Take the next free page id (inside an MTR: the meta page records it)."""
+        meta = self.get(META_PAGE)
+        page_id = meta.values["next_page_id"]
+        if page_id >= PAGE_ID_MAX:
+            raise ProgramLimitExceeded("the volume has no page ids left")
+        self.log(META_PAGE, "meta_set", "next_page_id", page_id + 1)
+        return page_id
+
+    def log_bootstrap(self) -> None:
+        """Inside the bootstrap MTR: the volume's meta page."""
+        self.log(META_PAGE, "meta_init")
+        self.log(META_PAGE, "meta_set", "next_page_id", DATA_FIRST_PAGE)
+
+
+def encoded_bytes(values) -> int:
+    return len(msgpack.packb(values, use_bin_type=True))

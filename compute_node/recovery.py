@@ -1,0 +1,131 @@
+"""Crash recovery of the volume by a new writer: no redo replay on compute (DESIGN.md 6, 6a).
+
+Steps: (1) new epoch = highest stored epoch of a read quorum + 1, made durable on a write quorum;
+(2) from the set_epoch replies (a write quorum, so they meet every earlier write quorum) take each
+PG's best segment; (3) walk the volume chain (prev_volume backlinks) upward from a CPL that every
+best segment holds, to find VCL, and VDL = the highest CPL on it; (4) record "truncate above VDL"
+with the epoch and the new LSN floor on a write quorum; (5) re-replication to segments that lack
+records happens through each link's catch-up. Transactions without a commit record at or below
+VDL are aborted by the transaction manager (MVCC: no undo pass).
+Safety: a record counted in an old VDL was complete on 4 segments, and any 4 replies include one
+of them, so the walk reaches every such record: the new VDL >= every VDL ever acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+
+from aurora_db import storage_protocol as sp
+from aurora_db.constants import LSN_ALLOCATION_LIMIT, READ_QUORUM, RECOVERY_TIMEOUT_MS, WRITE_QUORUM
+from aurora_db.errors import CannotConnectNow
+from compute_node.storage_client import NodeLink, NodeUnreachable, RequestFailed, StorageClient
+
+log = logging.getLogger(__name__)
+
+CHAIN_WINDOW_LSNS = 1024  # how far below the complete point to look for a CPL, doubled until found
+
+
+@dataclasses.dataclass(frozen=True)
+class RecoveredVolume:
+    epoch: int
+    vdl: int
+    vcl: int
+    lsn_floor: int
+    pg_tails: dict[int, int]
+
+
+async def _ask_all(links: list[NodeLink], message: dict) -> dict[str, dict]:
+    async def ask(link):
+        try:
+            return link.node_id, await link.request(message)
+        except (NodeUnreachable, RequestFailed) as error:
+            log.warning("recovery: %s", error)
+            return link.node_id, None
+
+    replies = await asyncio.gather(*(ask(link) for link in links))
+    return {node_id: reply for node_id, reply in replies if reply is not None}
+
+
+async def _quorum_of(client: StorageClient, message_for, needed: int, what: str) -> dict[str, dict]:
+    """Send to every connected node until `needed` succeed; wait for nodes to come back meanwhile."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + RECOVERY_TIMEOUT_MS / 1000
+    while True:
+        links = await client.wait_connected(needed, 1000)
+        replies = await _ask_all(links, message_for()) if len(links) >= needed else {}
+        if len(replies) >= needed:
+            return replies
+        if loop.time() > deadline:
+            raise CannotConnectNow(f"recovery: {what} reached {len(replies)} storage nodes, needs {needed}")
+        log.warning("recovery: %s reached %d of %d needed storage nodes; waiting", what, len(replies), needed)
+        await asyncio.sleep(0.5)
+
+
+async def recover(client: StorageClient) -> RecoveredVolume:
+    statuses = await _quorum_of(client, lambda: {"t": sp.STATUS}, READ_QUORUM, "reading epochs")
+    epoch = max(reply["epoch"] for reply in statuses.values()) + 1
+    while True:
+        client.epoch = epoch
+        try:
+            replies = await _quorum_of(client, lambda: {"t": sp.SET_EPOCH, "epoch": epoch}, WRITE_QUORUM,
+                                       f"setting epoch {epoch}")
+            break
+        except CannotConnectNow:
+            raise
+        except RequestFailed:  # a node holds a newer epoch: another writer raced us; go above it
+            epoch += 1
+    log.info("recovery: epoch %d is durable on %s", epoch, sorted(replies))
+
+    best: dict[int, tuple[int, str]] = {}  # pg -> (scl, node)
+    for node_id, reply in replies.items():
+        for pg, scl in reply.get("pgs", {}).items():
+            pg = int(pg)
+            if scl > best.get(pg, (-1, ""))[0]:
+                best[pg] = (scl, node_id)
+    old_floor = max(reply.get("lsn_floor", 0) for reply in replies.values())
+
+    vdl, vcl, pg_tails = await _find_vdl(client, best) if best else (0, 0, {})
+    lsn_floor = max(vdl, old_floor) + LSN_ALLOCATION_LIMIT
+    client.truncation = (vdl, lsn_floor)
+    await _quorum_of(client, lambda: {"t": sp.TRUNCATE, "epoch": epoch, "above_lsn": vdl, "lsn_floor": lsn_floor},
+                     WRITE_QUORUM, f"truncating above {vdl}")
+    client.seed_tails(pg_tails)
+    for link in client.links.values():
+        link.resync()  # handshake again and catch up to the tails
+    log.info("recovery: epoch %d, VCL %d, VDL %d, LSN floor %d, %d PGs", epoch, vcl, vdl, lsn_floor, len(pg_tails))
+    return RecoveredVolume(epoch, vdl, vcl, lsn_floor, pg_tails)
+
+
+async def _find_vdl(client: StorageClient, best: dict[int, tuple[int, str]]) -> tuple[int, int, dict[int, int]]:
+    complete_to = min(scl for scl, _ in best.values())  # F: every record at or below it is held
+    window = CHAIN_WINDOW_LSNS
+    while True:
+        low = max(0, complete_to - window)
+        chains = {}
+        for pg, (_, node_id) in best.items():
+            reply = await client.links[node_id].request(
+                {"t": sp.CHAIN, "epoch": client.epoch, "pg": pg, "after_lsn": low})
+            chains[pg] = reply
+        records = {}  # lsn -> (prev_volume, cpl, pg)
+        for pg, reply in chains.items():
+            for lsn, prev_volume, _prev_pg, cpl in reply["records"]:
+                records[lsn] = (prev_volume, bool(cpl), pg)
+        start_cpls = [lsn for lsn, (_, cpl, _) in records.items() if cpl and lsn <= complete_to]
+        if start_cpls or low == 0:
+            break
+        window *= 2
+    start = max(start_cpls, default=0)  # 0: the volume's beginning
+    next_of = {prev_volume: lsn for lsn, (prev_volume, _, _) in records.items()}
+    vcl = vdl = start
+    while vcl in next_of:
+        vcl = next_of[vcl]
+        if records[vcl][1]:
+            vdl = vcl
+    pg_tails = {pg: reply.get("last_at_or_below", 0) for pg, reply in chains.items()}
+    for lsn, (_, _, pg) in records.items():
+        if lsn <= vdl and lsn > pg_tails.get(pg, 0):
+            pg_tails[pg] = lsn
+    pg_tails = {pg: tail for pg, tail in pg_tails.items() if tail > 0}
+    return vdl, vcl, pg_tails

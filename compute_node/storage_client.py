@@ -1,0 +1,349 @@
+"""The writer's connections to the six storage nodes: requests, record shipping, catch-up.
+
+One `NodeLink` per storage node keeps a connection open (reconnecting every RECONNECT_INTERVAL_MS),
+matches replies to requests by id, and ships append batches in LSN order per PG. On every
+(re)connect the link first raises the node to the writer's epoch and truncation point, then
+resends what the node lacks: from the writer's bounded buffer of recent records, or, when that
+does not reach back far enough, from a peer segment that has them (this is how a restarted
+storage node catches up until gossip exists).
+Invariants: acks feed the DurabilityTracker only; a node's queue is bounded (a node too far
+behind is disconnected and caught up on reconnect); a "stale_epoch" reply fences this writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import random
+from typing import Callable
+
+from aurora_db import storage_protocol as sp
+from aurora_db.constants import (
+    CATCH_UP_RECORDS_PER_REQUEST,
+    FRAME_BYTES_MAX,
+    RECENT_RECORDS_PER_PG_MAX,
+    RECONNECT_INTERVAL_MS,
+    SEND_QUEUE_BATCHES_MAX,
+    STORAGE_REQUEST_TIMEOUT_MS,
+)
+from aurora_db.errors import StaleEpoch, StorageUnavailable
+from aurora_db.framing import FrameError, encode_frame, read_frame
+from aurora_db.records import Record
+
+log = logging.getLogger(__name__)
+
+
+class RequestFailed(Exception):
+    """A storage node answered a request with an error."""
+
+    def __init__(self, node_id: str, code: str, message: str):
+        super().__init__(f"{node_id}: {code}: {message}")
+        self.node_id = node_id
+        self.code = code
+
+
+class NodeUnreachable(Exception):
+    """No connection to the node, or it did not answer in time."""
+
+
+class NodeLink:
+    """One storage node: a connection, pipelined requests, and an ordered queue of append batches."""
+
+    def __init__(self, client: "StorageClient", node_id: str, host: str, port: int):
+        self.client = client
+        self.node_id = node_id
+        self.host = host
+        self.port = port
+        self.az: str | None = None
+        self.connected = asyncio.Event()
+        self._writer: asyncio.StreamWriter | None = None
+        self._replies: dict[int, asyncio.Future] = {}
+        self._ids = itertools.count(1)
+        self._queue: collections.deque[tuple[int, list]] = collections.deque()  # (pg, sealed records)
+        self._queue_ready = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._resync_now = False
+        self.last_scls: dict[int, int] = {}
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"link-{self.node_id}")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._drop_connection()
+
+    # --- requests -----------------------------------------------------------------------------
+
+    async def request(self, message: dict, timeout_ms: int = STORAGE_REQUEST_TIMEOUT_MS) -> dict:
+        if not self.connected.is_set() or self._writer is None:
+            raise NodeUnreachable(f"{self.node_id} is not connected")
+        return await self._send_request(message, timeout_ms)
+
+    async def _send_request(self, message: dict, timeout_ms: int) -> dict:
+        request_id = next(self._ids)
+        future = asyncio.get_running_loop().create_future()
+        self._replies[request_id] = future
+        try:
+            self._writer.write(encode_frame({**message, "id": request_id}))
+            reply = await asyncio.wait_for(future, timeout_ms / 1000)
+        except (asyncio.TimeoutError, ConnectionError, OSError) as error:
+            raise NodeUnreachable(f"{self.node_id}: {type(error).__name__} {error}") from None
+        finally:
+            self._replies.pop(request_id, None)
+        if not reply.get("ok"):
+            code = reply.get("error", sp.ERROR_INTERNAL)
+            if code == sp.ERROR_STALE_EPOCH:
+                self.client.on_fenced(self.node_id, reply.get("message", ""))
+            raise RequestFailed(self.node_id, code, reply.get("message", ""))
+        return reply
+
+    # --- shipping -----------------------------------------------------------------------------
+
+    def enqueue(self, pg: int, sealed: list) -> None:
+        if not self.connected.is_set():
+            return  # caught up from the recent buffer or a peer on reconnect
+        if len(self._queue) >= SEND_QUEUE_BATCHES_MAX:
+            log.warning("%s is %d batches behind; reconnecting to catch it up", self.node_id, len(self._queue))
+            self._drop_connection()
+            return
+        self._queue.append((pg, sealed))
+        self._queue_ready.set()
+
+    async def _ship(self) -> None:
+        while True:
+            await self._queue_ready.wait()
+            self._queue_ready.clear()
+            while self._queue:
+                pg, sealed = self._queue.popleft()
+                asyncio.get_running_loop().create_task(self._append(pg, sealed))
+
+    async def _append(self, pg: int, sealed: list) -> None:
+        message = {"t": sp.APPEND, "epoch": self.client.epoch, "pg": pg, "records": sealed}
+        try:
+            reply = await self._send_request(message, timeout_ms=STORAGE_REQUEST_TIMEOUT_MS * 5)
+        except (NodeUnreachable, RequestFailed, AttributeError) as error:
+            log.warning("append to %s failed: %s", self.node_id, error)
+            self._drop_connection()
+            return
+        self.client.on_ack(pg, self.node_id, reply["scl"])
+
+    # --- connection ---------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(self.host, self.port, limit=FRAME_BYTES_MAX), STORAGE_REQUEST_TIMEOUT_MS / 1000)
+            except (OSError, asyncio.TimeoutError):
+                await asyncio.sleep(RECONNECT_INTERVAL_MS / 1000)
+                continue
+            self._writer = writer
+            receiver = asyncio.get_running_loop().create_task(self._receive(reader))
+            shipper = None
+            try:
+                await self._handshake()
+                self._queue.clear()
+                self.connected.set()
+                await self._catch_up()
+                shipper = asyncio.get_running_loop().create_task(self._ship())
+                await receiver
+            except (NodeUnreachable, RequestFailed, ConnectionError, OSError) as error:
+                log.info("link to %s: %s", self.node_id, error)
+            finally:
+                self._drop_connection()
+                for task in (receiver, shipper):
+                    if task:
+                        task.cancel()
+            if not self._resync_now:
+                await asyncio.sleep(RECONNECT_INTERVAL_MS / 1000)
+            self._resync_now = False
+
+    async def _handshake(self) -> None:
+        """Raise the node to this writer's epoch and truncation point before anything else.
+
+        Repeated until neither changed meanwhile, so a node that connects while recovery is
+        choosing them can never be left with records a truncation should have dropped."""
+        while True:
+            epoch, truncation = self.client.epoch, self.client.truncation
+            reply = await self._send_request({"t": sp.STATUS}, STORAGE_REQUEST_TIMEOUT_MS)
+            self.az = reply.get("az")
+            if epoch is not None:
+                reply = await self._send_request({"t": sp.SET_EPOCH, "epoch": epoch}, STORAGE_REQUEST_TIMEOUT_MS)
+            if truncation is not None:
+                above_lsn, lsn_floor = truncation
+                reply = await self._send_request(
+                    {"t": sp.TRUNCATE, "epoch": epoch, "above_lsn": above_lsn, "lsn_floor": lsn_floor},
+                    STORAGE_REQUEST_TIMEOUT_MS)
+            if (epoch, truncation) == (self.client.epoch, self.client.truncation):
+                break
+        self._report_scls(reply)
+
+    def resync(self) -> None:
+        """Reconnect now: handshake again and catch up (after recovery changed epoch or tails)."""
+        self._resync_now = True
+        self._drop_connection()
+
+    def _report_scls(self, reply: dict) -> None:
+        self.client.tracker_forget(self.node_id)
+        self.last_scls = {int(pg): scl for pg, scl in reply.get("pgs", {}).items()}
+        for pg, scl in self.last_scls.items():
+            self.client.on_ack(pg, self.node_id, scl)
+
+    async def _catch_up(self) -> None:
+        """Send this node every record it lacks up to what the writer has sent so far."""
+        for pg, tail in self.client.sent_tails().items():
+            scl = self.last_scls.get(pg, 0)
+            while scl < tail:
+                sealed = self.client.recent_after(pg, scl)
+                if sealed is None:
+                    sealed = await self.client.fetch_from_peer(pg, scl, tail, exclude=self.node_id)
+                if not sealed:
+                    break
+                reply = await self._send_request(
+                    {"t": sp.APPEND, "epoch": self.client.epoch, "pg": pg, "records": sealed},
+                    STORAGE_REQUEST_TIMEOUT_MS * 5)
+                self.client.on_ack(pg, self.node_id, reply["scl"])
+                if reply["scl"] <= scl:
+                    break
+                scl = reply["scl"]
+
+    async def _receive(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                reply = await read_frame(reader)
+                future = self._replies.get(reply.get("id"))
+                if future is not None and not future.done():
+                    future.set_result(reply)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError, FrameError) as error:
+            log.info("connection to %s closed: %s", self.node_id, error)
+
+    def _drop_connection(self) -> None:
+        was_connected = self.connected.is_set()
+        self.connected.clear()
+        self._queue.clear()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        for future in self._replies.values():
+            if not future.done():
+                future.set_exception(ConnectionError(f"connection to {self.node_id} lost"))
+        if was_connected:
+            self.client.tracker_forget(self.node_id)
+
+
+class StorageClient:
+    """All six links, the writer's epoch, the recent-records buffer and the ack callback."""
+
+    def __init__(self, peers: list[tuple[str, str, int]], *, on_ack: Callable[[int, str, int], None],
+                 on_forget: Callable[[str], None], on_fenced: Callable[[str], None]):
+        self.links = {node_id: NodeLink(self, node_id, host, port) for node_id, host, port in peers}
+        self.epoch: int | None = None
+        self.truncation: tuple[int, int] | None = None  # (above_lsn, lsn_floor) of this epoch
+        self._on_ack = on_ack
+        self._on_forget = on_forget
+        self._on_fenced = on_fenced
+        self._recent: dict[int, collections.deque[tuple[int, list]]] = collections.defaultdict(
+            lambda: collections.deque(maxlen=RECENT_RECORDS_PER_PG_MAX))
+        self._sent_tail: dict[int, int] = {}
+        self._rng = random.Random()
+
+    def start(self) -> None:
+        for link in self.links.values():
+            link.start()
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(link.stop() for link in self.links.values()))
+
+    # callbacks from links
+    def on_ack(self, pg: int, node_id: str, scl: int) -> None:
+        self._on_ack(pg, node_id, scl)
+
+    def tracker_forget(self, node_id: str) -> None:
+        self._on_forget(node_id)
+
+    def on_fenced(self, node_id: str, message: str) -> None:
+        self._on_fenced(f"{node_id} refused this writer: {message}")
+
+    # --- shipping -----------------------------------------------------------------------------
+
+    def seed_tails(self, pg_tails: dict[int, int]) -> None:
+        """After recovery: the durable tail of every PG, which every segment must reach."""
+        self._sent_tail.update(pg_tails)
+
+    def ship(self, records: list[Record]) -> None:
+        """Send one MTR's records (or several) to every segment of their PGs, batched per PG."""
+        by_pg: dict[int, list] = {}
+        for record in records:
+            crc, body = record.sealed()
+            by_pg.setdefault(record.pg, []).append([crc, body])
+            self._recent[record.pg].append((record.lsn, [crc, body]))
+            self._sent_tail[record.pg] = record.lsn
+        for pg, sealed in by_pg.items():
+            for link in self.links.values():
+                link.enqueue(pg, sealed)
+
+    def sent_tails(self) -> dict[int, int]:
+        return dict(self._sent_tail)
+
+    def recent_after(self, pg: int, scl: int) -> list | None:
+        """Records of `pg` above `scl` from the buffer, or None if the buffer does not reach back."""
+        recent = self._recent.get(pg)
+        if not recent or recent[0][0] > scl + 1 and not self._buffer_starts_at(pg, scl):
+            return None
+        return [sealed for lsn, sealed in recent if lsn > scl][:CATCH_UP_RECORDS_PER_REQUEST]
+
+    def _buffer_starts_at(self, pg: int, scl: int) -> bool:
+        """True if the buffer's first record directly follows `scl` in the PG chain."""
+        from aurora_db.records import decode
+        first = self._recent[pg][0][1]
+        return decode(first[1]).prev_pg <= scl
+
+    async def fetch_from_peer(self, pg: int, after: int, upto: int, exclude: str) -> list:
+        for link in self._shuffled(exclude):
+            try:
+                reply = await link.request({"t": sp.READ_RECORDS, "epoch": self.epoch, "pg": pg, "after_lsn": after,
+                                            "upto_lsn": upto, "limit": CATCH_UP_RECORDS_PER_REQUEST})
+            except (NodeUnreachable, RequestFailed):
+                continue
+            if reply["records"]:
+                return reply["records"]
+        return []
+
+    def _shuffled(self, exclude: str | None = None) -> list[NodeLink]:
+        links = [link for node_id, link in self.links.items() if node_id != exclude and link.connected.is_set()]
+        self._rng.shuffle(links)
+        return links
+
+    # --- reads --------------------------------------------------------------------------------
+
+    async def get_page(self, pg: int, page_id: int, read_point: int, complete: list[str]) -> list | None:
+        """GetPage@LSN from one segment complete to `read_point` (DESIGN.md 4: no quorum read)."""
+        candidates = [self.links[n] for n in complete if n in self.links and self.links[n].connected.is_set()]
+        self._rng.shuffle(candidates)
+        candidates += [link for link in self._shuffled() if link not in candidates]
+        errors = []
+        for link in candidates:
+            try:
+                reply = await link.request({"t": sp.GET_PAGE, "epoch": self.epoch, "pg": pg, "page_id": page_id,
+                                            "lsn": read_point})
+                return reply["page"]
+            except RequestFailed as error:
+                if error.code == sp.ERROR_STALE_EPOCH:
+                    raise StaleEpoch(str(error)) from None
+                errors.append(str(error))
+            except NodeUnreachable as error:
+                errors.append(str(error))
+        raise StorageUnavailable(f"no segment of PG {pg} could serve page {page_id} at LSN {read_point}: "
+                                 + "; ".join(errors[:6]))
+
+    async def wait_connected(self, count: int, timeout_ms: int) -> list[NodeLink]:
+        deadline = asyncio.get_running_loop().time() + timeout_ms / 1000
+        while True:
+            links = [link for link in self.links.values() if link.connected.is_set()]
+            if len(links) >= count or asyncio.get_running_loop().time() > deadline:
+                return links
+            await asyncio.sleep(0.05)
