@@ -1,30 +1,56 @@
 """The storage protocol: requests from compute nodes (and tools) to a storage node, over frames.
 
 Every request is a map with "id" (an int the reply echoes; requests on one connection may be
-pipelined and are answered in the order received), "t" (the request type) and, for every type
-except "status", "epoch" (the sender's volume epoch).
+pipelined, at most IN_FLIGHT_REQUESTS_MAX outstanding; a client matches replies by id. The storage
+node answers in the order received, but a client should not depend on it), "t" (the request type)
+and, for every type except "status", "epoch" (the sender's volume epoch).
 
-Epoch rule (DESIGN.md 2): a request whose epoch is older than the node's stored epoch is refused
-with error "stale_epoch"; a newer one raises the stored epoch durably (fsync) before anything else.
+Epoch rule (DESIGN.md 2): a request whose epoch is older than the node's epoch is refused with
+error "stale_epoch" ("request epoch 3 is older than volume epoch 4"); a newer one raises the
+node's epoch at once (older requests are refused from then on) and durably (fsync) before any
+reply to that request. A malformed request never raises the epoch.
 
 Requests and their successful replies ({"id", "ok": True, ...}):
-  status                                   -> node_id, az, epoch, pgs: {pg: scl}
-  set_epoch   epoch                        -> epoch, pgs: {pg: scl}      (durable before the reply)
-  append      epoch, pg, records: [[crc, body], ...]
+  status                                   -> node_id, az, epoch, lsn_floor, pgs: {pg: scl}, stats
+  set_epoch   epoch                        -> epoch, lsn_floor, pgs: {pg: scl}   (durable before the reply)
+  append      epoch, pg, records: [[crc, body], ...]  (at most BATCH_RECORDS_MAX, any order)
                                            -> pg, scl       (every record and the SCL durable)
-  get_page    epoch, pg, page_id, lsn      -> page: pages.to_wire(page) or None
-                                              error "not_complete" if the segment's SCL < lsn
+                                              [pending_dropped: n] records that arrived ahead of a gap
+                                              and did not fit the pending map: resend them later.
+                                              Records already held, or inside a truncated range, are
+                                              acknowledged without being stored again.
+  get_page    epoch, pg, page_id, lsn      -> page: pages.to_wire(page) or None (no record of the page
+                                              at or below lsn); the page as of read point `lsn`.
+                                              error "not_complete" if the segment's SCL < lsn. SCL is
+                                              always a record LSN of this PG, so a reader asks at its
+                                              PG read point: the PG's last record at or below VDL.
   chain       epoch, pg, after_lsn         -> records: [[lsn, prev_volume, prev_pg, cpl], ...] for the
                                               segment's records with after_lsn < lsn <= scl,
-                                              last_at_or_below: highest lsn <= after_lsn held (or 0)
+                                              last_at_or_below: highest lsn <= after_lsn held (or 0),
+                                              scl, more: True if CHAIN_RECORDS_MAX cut the list short
+                                              (ask again after the last LSN returned)
   read_records epoch, pg, after_lsn, upto_lsn, limit
-                                           -> records: [[crc, body], ...] with after < lsn <= upto,
-                                              in LSN order, at most `limit`
-  truncate    epoch, above_lsn             -> pgs: {pg: scl}  (every PG of the node drops records
-                                              with lsn > above_lsn; recorded durably with the epoch)
+                                           -> records: [[crc, body], ...] with after < lsn <= upto and
+                                              lsn <= scl, in LSN order, at most min(limit,
+                                              READ_RECORDS_MAX) and READ_RECORDS_BYTES_MAX of bodies;
+                                              scl, more: True if a limit cut the list short
+  truncate    epoch, above_lsn, [lsn_floor]
+                                           -> pgs: {pg: scl}, epoch, lsn_floor
+                                              Every PG of the node drops records with
+                                              above_lsn < lsn <= lsn_floor, and keeps refusing records in
+                                              that range if they arrive later (an older epoch's); records
+                                              above lsn_floor (the new epoch's) are kept, so repeating a
+                                              truncation is harmless. Without lsn_floor: every record
+                                              above above_lsn is dropped, now only. A PG's SCL becomes
+                                              min(SCL, its highest chain LSN <= above_lsn); the first new
+                                              record of a PG must name that PG's last record at or below
+                                              above_lsn as prev_pg. The range, the epoch and the highest
+                                              lsn_floor are durable before the reply.
 
 Failed replies: {"id", "ok": False, "error": code, "message": text}. Codes: stale_epoch,
-not_complete, bad_request, checksum (a received record did not match its checksum), internal.
+not_complete, bad_request (malformed, or records that contradict the segment's chain), checksum
+(a received record did not match its checksum: nothing of that append was stored), internal.
+Bytes that are not a frame, or a frame over FRAME_BYTES_MAX, close that connection only.
 """
 
 STATUS = "status"

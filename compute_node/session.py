@@ -8,6 +8,7 @@ then its transaction id stays active, so no other snapshot can see what recovery
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import re
@@ -191,8 +192,25 @@ class EngineSession:
         if xid is None:
             return
         commit_lsn = await self.engine.call(self.engine.write_commit, xid)
-        await self.engine.log_writer.wait_durable(commit_lsn)  # raises QuorumTimeout: outcome unknown
+        try:
+            await self.engine.log_writer.wait_durable(commit_lsn)
+        except QuorumTimeout:
+            # The client is told the outcome is unknown; the commit may still become durable, and
+            # then its rows must become visible: keep waiting in the background.
+            asyncio.get_running_loop().create_task(self._finish_when_durable(xid, commit_lsn))
+            raise
         self.engine.transactions.finish(xid)
+
+    async def _finish_when_durable(self, xid: int, commit_lsn: int) -> None:
+        while True:
+            try:
+                await self.engine.log_writer.wait_durable(commit_lsn)
+            except QuorumTimeout:
+                continue
+            except DatabaseError:  # fenced: a new writer's recovery decides this transaction
+                return
+            self.engine.transactions.finish(xid)
+            return
 
     async def _rollback(self) -> None:
         xid, self.xid = self.xid, None

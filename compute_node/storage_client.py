@@ -246,7 +246,7 @@ class StorageClient:
         self._on_ack = on_ack
         self._on_forget = on_forget
         self._on_fenced = on_fenced
-        self._recent: dict[int, collections.deque[tuple[int, list]]] = collections.defaultdict(
+        self._recent: dict[int, collections.deque[tuple[int, int, list]]] = collections.defaultdict(
             lambda: collections.deque(maxlen=RECENT_RECORDS_PER_PG_MAX))
         self._sent_tail: dict[int, int] = {}
         self._rng = random.Random()
@@ -280,7 +280,7 @@ class StorageClient:
         for record in records:
             crc, body = record.sealed()
             by_pg.setdefault(record.pg, []).append([crc, body])
-            self._recent[record.pg].append((record.lsn, [crc, body]))
+            self._recent[record.pg].append((record.lsn, record.prev_pg, [crc, body]))
             self._sent_tail[record.pg] = record.lsn
         for pg, sealed in by_pg.items():
             for link in self.links.values():
@@ -290,17 +290,15 @@ class StorageClient:
         return dict(self._sent_tail)
 
     def recent_after(self, pg: int, scl: int) -> list | None:
-        """Records of `pg` above `scl` from the buffer, or None if the buffer does not reach back."""
+        """Records of `pg` above `scl` from the buffer, or None if the buffer does not reach back
+        to `scl` (its oldest record's predecessor in the PG chain is above `scl`)."""
         recent = self._recent.get(pg)
-        if not recent or recent[0][0] > scl + 1 and not self._buffer_starts_at(pg, scl):
+        if not recent:
             return None
-        return [sealed for lsn, sealed in recent if lsn > scl][:CATCH_UP_RECORDS_PER_REQUEST]
-
-    def _buffer_starts_at(self, pg: int, scl: int) -> bool:
-        """True if the buffer's first record directly follows `scl` in the PG chain."""
-        from aurora_db.records import decode
-        first = self._recent[pg][0][1]
-        return decode(first[1]).prev_pg <= scl
+        oldest_lsn, oldest_prev_pg, _ = recent[0]
+        if oldest_lsn > scl and oldest_prev_pg > scl:
+            return None
+        return [sealed for lsn, _, sealed in recent if lsn > scl][:CATCH_UP_RECORDS_PER_REQUEST]
 
     async def fetch_from_peer(self, pg: int, after: int, upto: int, exclude: str) -> list:
         for link in self._shuffled(exclude):
