@@ -36,16 +36,30 @@ class RecoveredVolume:
     pg_tails: dict[int, int]
 
 
+class NewerEpochSeen(Exception):
+    """A storage node holds a newer epoch than the one recovery tried: another writer raced."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+
 async def _ask_all(links: list[NodeLink], message: dict) -> dict[str, dict]:
     async def ask(link):
         try:
             return link.node_id, await link.request(message)
-        except (NodeUnreachable, RequestFailed) as error:
+        except RequestFailed as error:
+            if error.code == sp.ERROR_STALE_EPOCH:
+                raise
             log.warning("recovery: %s", error)
-            return link.node_id, None
+        except NodeUnreachable as error:
+            log.warning("recovery: %s", error)
+        return link.node_id, None
 
-    replies = await asyncio.gather(*(ask(link) for link in links))
-    return {node_id: reply for node_id, reply in replies if reply is not None}
+    results = await asyncio.gather(*(ask(link) for link in links), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return {node_id: reply for node_id, reply in results if reply is not None}
 
 
 async def _quorum_of(client: StorageClient, message_for, needed: int, what: str) -> dict[str, dict]:
@@ -54,7 +68,10 @@ async def _quorum_of(client: StorageClient, message_for, needed: int, what: str)
     deadline = loop.time() + RECOVERY_TIMEOUT_MS / 1000
     while True:
         links = await client.wait_connected(needed, 1000)
-        replies = await _ask_all(links, message_for()) if len(links) >= needed else {}
+        try:
+            replies = await _ask_all(links, message_for()) if len(links) >= needed else {}
+        except RequestFailed as error:
+            raise NewerEpochSeen(0) from error
         if len(replies) >= needed:
             return replies
         if loop.time() > deadline:
@@ -72,9 +89,7 @@ async def recover(client: StorageClient) -> RecoveredVolume:
             replies = await _quorum_of(client, lambda: {"t": sp.SET_EPOCH, "epoch": epoch}, WRITE_QUORUM,
                                        f"setting epoch {epoch}")
             break
-        except CannotConnectNow:
-            raise
-        except RequestFailed:  # a node holds a newer epoch: another writer raced us; go above it
+        except NewerEpochSeen:  # another writer raced us to a newer epoch: go above it
             epoch += 1
     log.info("recovery: epoch %d is durable on %s", epoch, sorted(replies))
 
