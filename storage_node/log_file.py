@@ -1,0 +1,292 @@
+"""The append-only log of one segment: files DATA/pg-<n>/<seq>.log, rotated at LOG_FILE_BYTES_MAX.
+
+Responsibilities: append entries (one call, returns once written), fsync on a separate call so the
+server can cover many appends with one fsync, and on open scan every file, verify every checksum
+and hand back the entries in the order they were written.
+Invariants: entries are only ever appended, never rewritten; every entry served was verified
+(a record's checksum is the writer's own CRC of its body: records.open_sealed, end to end); a
+torn tail (a partial entry or a bad checksum at the very end of the last file) is cut off with
+ftruncate; a bad entry anywhere else is reported with logging.error and skipped, never served;
+a file is fsynced before the next one is created, so only the last file can have a torn tail.
+
+Entry layout: a 16-byte header, then the payload.
+  magic b"AL" | kind (1 byte) | reserved 0 (1) | payload length (4) | payload checksum (4) | header checksum (4)
+The header checksum (CRC-32 of the 12 bytes before it) lets a scan trust the length, and find the
+next entry after a damaged header. Kinds:
+  RECORD    payload = a redo record's body exactly as received; payload checksum = the sender's CRC.
+  TRUNCATE  payload = msgpack [above_lsn, epoch, lsn_floor or None]: every record written before it
+            with above_lsn < lsn <= lsn_floor (no upper bound if lsn_floor is None) is discarded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import msgpack
+
+from aurora_db.constants import LOG_ENTRY_BYTES_MAX, LOG_FILE_BYTES_MAX
+from aurora_db.records import ChecksumMismatch, Record, checksum, open_sealed
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"AL"
+KIND_RECORD = 1
+KIND_TRUNCATE = 2
+_HEADER = struct.Struct(">2sBBII")  # magic, kind, reserved, length, payload checksum
+_HEADER_CRC = struct.Struct(">I")
+HEADER_BYTES = _HEADER.size + _HEADER_CRC.size
+assert HEADER_BYTES == 16
+LOG_SUFFIX = ".log"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RecordEntry:
+    """A redo record as it travels and rests: its decoded form, the sender's checksum and body."""
+
+    record: Record
+    crc: int
+    body: bytes
+
+    @classmethod
+    def from_sealed(cls, crc: int, body: bytes) -> "RecordEntry":
+        """Verify and decode; raises ChecksumMismatch, or ValueError/TypeError for a bad body."""
+        return cls(open_sealed(crc, body), crc, body)
+
+    @property
+    def lsn(self) -> int:
+        return self.record.lsn
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TruncateEntry:
+    """Discard every earlier record with above_lsn < lsn <= lsn_floor (lsn_floor None: no bound)."""
+
+    above_lsn: int
+    epoch: int
+    lsn_floor: int | None
+
+
+LogEntry = RecordEntry | TruncateEntry
+
+
+@dataclasses.dataclass(slots=True)
+class ScanReport:
+    """What opening a log found: entries kept, a torn tail cut, damaged entries skipped."""
+
+    entries: int = 0
+    torn_bytes_cut: int = 0
+    bad_entries: int = 0
+    bad_bytes_skipped: int = 0
+
+
+def encode_entry(entry: LogEntry) -> bytes:
+    if isinstance(entry, RecordEntry):
+        kind, payload, payload_crc = KIND_RECORD, entry.body, entry.crc
+    else:
+        kind = KIND_TRUNCATE
+        payload = msgpack.packb([entry.above_lsn, entry.epoch, entry.lsn_floor], use_bin_type=True)
+        payload_crc = checksum(payload)
+    assert len(payload) <= LOG_ENTRY_BYTES_MAX, f"log entry of {len(payload)} bytes"
+    header = _HEADER.pack(MAGIC, kind, 0, len(payload), payload_crc)
+    return header + _HEADER_CRC.pack(zlib.crc32(header) & 0xFFFFFFFF) + payload
+
+
+class _Bad(Exception):
+    """An entry that does not verify. `end`: where it ends, if its header verified and it is whole."""
+
+    def __init__(self, reason: str, end: int | None):
+        super().__init__(reason)
+        self.end = end
+
+
+def _decode_at(data: bytes, pos: int) -> tuple[LogEntry, int]:
+    """The entry at `pos` and the offset after it; raises _Bad."""
+    if len(data) - pos < HEADER_BYTES:
+        raise _Bad("partial header", None)
+    magic, kind, reserved, length, payload_crc = _HEADER.unpack_from(data, pos)
+    (header_crc,) = _HEADER_CRC.unpack_from(data, pos + _HEADER.size)
+    if magic != MAGIC or header_crc != zlib.crc32(data[pos:pos + _HEADER.size]) & 0xFFFFFFFF:
+        raise _Bad("bad header", None)
+    if reserved != 0 or kind not in (KIND_RECORD, KIND_TRUNCATE) or length > LOG_ENTRY_BYTES_MAX:
+        raise _Bad(f"bad header fields (kind {kind}, length {length})", None)
+    end = pos + HEADER_BYTES + length
+    if end > len(data):
+        raise _Bad("partial payload", None)
+    payload = bytes(data[pos + HEADER_BYTES:end])
+    try:
+        if kind == KIND_RECORD:
+            return RecordEntry.from_sealed(payload_crc, payload), end
+        if checksum(payload) != payload_crc:
+            raise ChecksumMismatch("truncate marker checksum mismatch")
+        above_lsn, epoch, lsn_floor = msgpack.unpackb(payload, raw=False)
+        assert isinstance(above_lsn, int) and isinstance(epoch, int) and (lsn_floor is None or isinstance(lsn_floor, int))
+        return TruncateEntry(above_lsn, epoch, lsn_floor), end
+    except ChecksumMismatch as error:
+        raise _Bad(str(error), end) from None
+    except Exception as error:  # a body with a good checksum that does not decode: the sender's bug
+        raise _Bad(f"undecodable payload: {error!r}", end) from None
+
+
+def _next_good_entry(data: bytes, start: int) -> int | None:
+    """The first offset at or after `start` where a whole, verified entry begins."""
+    pos = data.find(MAGIC, start)
+    while pos != -1:
+        try:
+            _decode_at(data, pos)
+            return pos
+        except _Bad:
+            pos = data.find(MAGIC, pos + 1)
+    return None
+
+
+def scan(data: bytes, *, is_last_file: bool, name: str, report: ScanReport) -> tuple[list[LogEntry], int]:
+    """Verify every entry of one file's bytes. Returns (entries, length to keep).
+
+    The length to keep is shorter than the data only for a torn tail of the last file."""
+    entries: list[LogEntry] = []
+    pos = 0
+    while pos < len(data):
+        try:
+            entry, end = _decode_at(data, pos)
+        except _Bad as bad:
+            if bad.end is not None and (bad.end < len(data) or not is_last_file):
+                log.error("%s: entry at offset %d is damaged (%s): skipped, never served", name, pos, bad)
+                report.bad_entries += 1
+                report.bad_bytes_skipped += bad.end - pos
+                pos = bad.end
+                continue
+            resume = None if bad.end is not None else _next_good_entry(data, pos + 1)
+            if resume is None and is_last_file:
+                log.warning("%s: torn tail at offset %d (%s): cutting %d bytes", name, pos, bad, len(data) - pos)
+                report.torn_bytes_cut += len(data) - pos
+                return entries, pos
+            skipped_to = len(data) if resume is None else resume
+            log.error("%s: bytes %d..%d are damaged (%s): skipped, never served", name, pos, skipped_to, bad)
+            report.bad_entries += 1
+            report.bad_bytes_skipped += skipped_to - pos
+            pos = skipped_to
+            continue
+        entries.append(entry)
+        report.entries += 1
+        pos = end
+    return entries, len(data)
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+class LogFile:
+    """One segment's log. Not thread-safe: the server calls it from one disk thread only."""
+
+    def __init__(self, directory: Path, *, file_bytes_max: int = LOG_FILE_BYTES_MAX):
+        self.directory = Path(directory)
+        self.file_bytes_max = file_bytes_max
+        self._fd: int | None = None
+        self._seq = 0
+        self._size = 0
+        self._dirty = False
+
+    @classmethod
+    def open(cls, directory: Path, *, file_bytes_max: int = LOG_FILE_BYTES_MAX) -> tuple["LogFile", list[LogEntry], ScanReport]:
+        """Open (creating the directory if needed), scan and verify; the torn tail is cut here."""
+        directory = Path(directory)
+        if not directory.exists():
+            directory.mkdir(parents=True)
+            _fsync_directory(directory.parent)
+        log_file = cls(directory, file_bytes_max=file_bytes_max)
+        report = ScanReport()
+        entries: list[LogEntry] = []
+        paths = log_file._paths()
+        for index, path in enumerate(paths):
+            data = path.read_bytes()
+            is_last = index == len(paths) - 1
+            found, keep = scan(data, is_last_file=is_last, name=str(path.relative_to(directory.parent)), report=report)
+            entries.extend(found)
+            if keep < len(data):
+                assert is_last
+                os.truncate(path, keep)
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        if paths:
+            log_file._seq = int(paths[-1].name.removesuffix(LOG_SUFFIX))
+            log_file._open_current()
+        else:
+            log_file._start_file(1)
+        return log_file, entries, report
+
+    def _paths(self) -> list[Path]:
+        paths = [p for p in self.directory.iterdir() if p.name.endswith(LOG_SUFFIX) and p.name[:-len(LOG_SUFFIX)].isdigit()]
+        return sorted(paths, key=lambda p: int(p.name.removesuffix(LOG_SUFFIX)))
+
+    def _path(self, seq: int) -> Path:
+        return self.directory / f"{seq:08d}{LOG_SUFFIX}"
+
+    def _open_current(self) -> None:
+        self._fd = os.open(self._path(self._seq), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._size = os.fstat(self._fd).st_size
+
+    def _start_file(self, seq: int) -> None:
+        """Make `seq` the current file; the previous one was fsynced, so only the last can be torn."""
+        self._seq = seq
+        self._open_current()
+        _fsync_directory(self.directory)
+
+    def append(self, entries: list[LogEntry]) -> None:
+        """Write entries in order; returns once written (not durable: call sync)."""
+        assert self._fd is not None, "log is closed"
+        chunk = bytearray()
+        for entry in entries:
+            encoded = encode_entry(entry)
+            if self._size + len(chunk) + len(encoded) > self.file_bytes_max and self._size + len(chunk) > 0:
+                self._write(chunk)
+                chunk = bytearray()
+                self._rotate()
+            chunk += encoded
+        self._write(chunk)
+
+    def _write(self, chunk: bytearray) -> None:
+        if chunk:
+            _write_all(self._fd, bytes(chunk))
+            self._size += len(chunk)
+            self._dirty = True
+
+    def _rotate(self) -> None:
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._dirty = False
+        self._start_file(self._seq + 1)
+
+    def sync(self) -> None:
+        """Make every appended entry durable. An fsync failure is fatal to the caller (never retried)."""
+        if self._dirty:
+            os.fsync(self._fd)
+            self._dirty = False
+
+    @property
+    def files(self) -> int:
+        return len(self._paths())
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

@@ -1,0 +1,316 @@
+"""The sans-I/O state of a storage node: its durable volume epoch and LSN floor, its segments by
+PG, and the dispatch of storage-protocol requests (aurora_db/storage_protocol.py) to replies.
+
+The shell drives it in the etcd/raft Ready/Advance style:
+    reply = node.step(request, token)     # an answer now, or None: the answer waits for durability
+    ready = node.ready()                  # what to persist: node metadata first, then log entries
+    ... the shell writes and fsyncs all of it (one group fsync for every waiting request) ...
+    for token, reply in node.advance(ready): send(token, reply)
+Invariants:
+  - Persist before ack: records enter a segment only in `advance`, after their fsync, so no reply
+    names an SCL that is not durable; truncation markers and a raised epoch are durable before the
+    replies that depend on them.
+  - Epoch rule: a request with an epoch older than the newest accepted one is refused
+    ("stale_epoch"); one with a newer epoch raises it at once (so older ones are refused from then
+    on), and nothing of that request is answered before the new epoch is durable.
+  - Queued work is applied in `advance` in arrival order, the order it was written to the logs,
+    so a restart that replays the logs rebuilds the same segments and the same SCLs.
+  - At most one Ready is outstanding. Queued work is bounded by the shell: at most
+    STORAGE_CONNECTIONS_MAX x IN_FLIGHT_REQUESTS_MAX requests are ever waiting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from aurora_db import pages
+from aurora_db import storage_protocol as sp
+from aurora_db.constants import (
+    BATCH_RECORDS_MAX,
+    CHAIN_RECORDS_MAX,
+    PAGE_ID_MAX,
+    READ_RECORDS_BYTES_MAX,
+    READ_RECORDS_MAX,
+)
+from aurora_db.records import ChecksumMismatch, pg_of_page
+from storage_node.log_file import LogEntry, RecordEntry, TruncateEntry
+from storage_node.segment import BrokenPageChain, NotComplete, Segment
+
+log = logging.getLogger(__name__)
+
+
+class BadRequest(Exception):
+    """The request is malformed: answered with "bad_request", the connection stays open."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NodeMeta:
+    """What the node keeps outside its logs: the volume epoch and the highest LSN floor seen."""
+
+    epoch: int = 0
+    lsn_floor: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Append:
+    token: Any
+    request_id: Any
+    pg: int
+    entries: list[RecordEntry]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Truncate:
+    token: Any
+    request_id: Any
+    above_lsn: int
+    epoch: int
+    lsn_floor: int | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Deferred:
+    """A request answered only once the epoch it raised is durable."""
+
+    token: Any
+    request: dict
+
+
+_Op = _Append | _Truncate | _Deferred
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Ready:
+    meta: NodeMeta | None  # persist first (atomically), if not None
+    log_writes: dict[int, list[LogEntry]]  # pg -> entries to append, in order; then fsync them all
+    ops: list[_Op]
+
+
+def replay_segment(pg: int, entries: list[LogEntry]) -> Segment:
+    """Rebuild a segment from its log, in the order the entries were written."""
+    segment = Segment(pg)
+    batch: list[RecordEntry] = []
+    for entry in entries:
+        if isinstance(entry, RecordEntry):
+            batch.append(entry)
+            continue
+        segment.add(batch)
+        batch = []
+        segment.truncate(entry.above_lsn, entry.lsn_floor)
+    segment.add(batch)
+    return segment
+
+
+def _int(request: dict, name: str, minimum: int = 0) -> int:
+    value = request.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise BadRequest(f"field {name!r} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+class Node:
+    def __init__(self, node_id: str, az: str, meta: NodeMeta, segments: dict[int, Segment]):
+        self.node_id = node_id
+        self.az = az
+        self.meta = meta  # durable
+        self.accepted = meta  # >= meta: raised by requests, durable after the next Ready
+        self.segments = segments
+        self._queued: list[_Op] = []
+        self._ready_outstanding = False
+        self.stats = {"durable_batches": 0, "durable_requests": 0}  # group fsync at work: requests per batch
+
+    # --- input --------------------------------------------------------------------------------
+
+    def step(self, request: dict, token: Any) -> dict | None:
+        """Take one request. Returns its reply now, or None: advance() will return it with `token`."""
+        request_id = request.get("id")
+        try:
+            return self._step(request, token, request_id)
+        except BadRequest as error:
+            return sp.error(request_id, sp.ERROR_BAD_REQUEST, str(error))
+        except ChecksumMismatch as error:
+            return sp.error(request_id, sp.ERROR_CHECKSUM, str(error))
+
+    def _step(self, request: dict, token: Any, request_id: Any) -> dict | None:
+        kind = request.get("t")
+        if kind == sp.STATUS:
+            return self._answer(request)
+        if kind not in (sp.SET_EPOCH, sp.APPEND, sp.GET_PAGE, sp.CHAIN, sp.READ_RECORDS, sp.TRUNCATE):
+            raise BadRequest(f"unknown request type {kind!r}")
+        epoch = _int(request, "epoch")
+        if epoch < self.accepted.epoch:
+            return sp.error(request_id, sp.ERROR_STALE_EPOCH,
+                            f"request epoch {epoch} is older than volume epoch {self.accepted.epoch}")
+        if kind == sp.APPEND:
+            pg, entries = self._validate_append(request)
+            self._raise_epoch(epoch)
+            segment = self.segments.get(pg)
+            if segment is not None:
+                entries = [e for e in entries if not segment.holds(e) and not segment.in_truncated_range(e.lsn)]
+            if not entries and epoch <= self.meta.epoch:
+                return sp.ok(request_id, pg=pg, scl=segment.scl if segment else 0)  # all already durable
+            self._queued.append(_Append(token, request_id, pg, entries))
+            return None
+        if kind == sp.TRUNCATE:
+            above_lsn = _int(request, "above_lsn")
+            lsn_floor = request.get("lsn_floor")
+            if lsn_floor is not None:
+                lsn_floor = _int(request, "lsn_floor", minimum=above_lsn)
+            self._raise_epoch(epoch)
+            if lsn_floor is not None and lsn_floor > self.accepted.lsn_floor:
+                self.accepted = dataclasses.replace(self.accepted, lsn_floor=lsn_floor)
+            self._queued.append(_Truncate(token, request_id, above_lsn, epoch, lsn_floor))
+            return None
+        self._validate_read(kind, request)
+        self._raise_epoch(epoch)
+        if epoch > self.meta.epoch:
+            self._queued.append(_Deferred(token, request))
+            return None
+        return self._answer(request)
+
+    def _raise_epoch(self, epoch: int) -> None:
+        if epoch > self.accepted.epoch:
+            log.info("volume epoch %d -> %d (durable before any reply of that request)", self.accepted.epoch, epoch)
+            self.accepted = dataclasses.replace(self.accepted, epoch=epoch)
+
+    def _validate_append(self, request: dict) -> tuple[int, list[RecordEntry]]:
+        pg = _int(request, "pg")
+        sealed = request.get("records")
+        if not isinstance(sealed, list) or not sealed:
+            raise BadRequest("field 'records' must be a non-empty list of [crc, body]")
+        if len(sealed) > BATCH_RECORDS_MAX:
+            raise BadRequest(f"{len(sealed)} records in one append exceed the limit of {BATCH_RECORDS_MAX}")
+        entries = []
+        for item in sealed:
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], int) and isinstance(item[1], bytes)):
+                raise BadRequest("each record must be [crc, body] with an integer crc and a binary body")
+            try:
+                entry = RecordEntry.from_sealed(item[0], item[1])
+            except ChecksumMismatch:
+                raise
+            except Exception as error:
+                raise BadRequest(f"record body does not decode: {error!r}") from None
+            record = entry.record
+            if record.pg != pg:
+                raise BadRequest(f"record {record.lsn} is for page {record.page_id} of PG {record.pg}, not PG {pg}")
+            if not (0 <= record.page_id < PAGE_ID_MAX):
+                raise BadRequest(f"record {record.lsn} names page {record.page_id}, outside 0..{PAGE_ID_MAX}")
+            if not all(isinstance(v, int) and 0 <= v < record.lsn
+                       for v in (record.prev_volume, record.prev_pg, record.prev_page)):
+                raise BadRequest(f"record {record.lsn} has backlinks that do not point below it")
+            if record.op not in pages.OPS:
+                raise BadRequest(f"record {record.lsn} has unknown op {record.op!r}")
+            entries.append(entry)
+        entries.sort(key=lambda e: e.lsn)  # written and applied in LSN order: fewer pending records
+        return pg, entries
+
+    def _validate_read(self, kind: str, request: dict) -> None:
+        if kind == sp.GET_PAGE:
+            pg, page_id = _int(request, "pg"), _int(request, "page_id")
+            _int(request, "lsn")
+            if pg_of_page(page_id) != pg:
+                raise BadRequest(f"page {page_id} belongs to PG {pg_of_page(page_id)}, not PG {pg}")
+        elif kind == sp.CHAIN:
+            _int(request, "pg"), _int(request, "after_lsn")
+        elif kind == sp.READ_RECORDS:
+            _int(request, "pg"), _int(request, "after_lsn"), _int(request, "upto_lsn"), _int(request, "limit")
+
+    # --- answers from the durable state --------------------------------------------------------
+
+    def scls(self) -> dict[int, int]:
+        return {pg: segment.scl for pg, segment in sorted(self.segments.items())}
+
+    def _answer(self, request: dict) -> dict:
+        request_id, kind = request.get("id"), request.get("t")
+        if kind == sp.STATUS:
+            return sp.ok(request_id, node_id=self.node_id, az=self.az, epoch=self.meta.epoch,
+                         lsn_floor=self.meta.lsn_floor, pgs=self.scls(), stats=dict(self.stats))
+        if kind == sp.SET_EPOCH:
+            return sp.ok(request_id, epoch=self.meta.epoch, lsn_floor=self.meta.lsn_floor, pgs=self.scls())
+        pg = request["pg"]
+        segment = self.segments.get(pg) or Segment(pg)
+        if kind == sp.GET_PAGE:
+            try:
+                page = segment.get_page(request["page_id"], request["lsn"])
+            except NotComplete as error:
+                return sp.error(request_id, sp.ERROR_NOT_COMPLETE, str(error))
+            except BrokenPageChain as error:
+                log.error("PG %d: %s", pg, error)
+                return sp.error(request_id, sp.ERROR_INTERNAL, str(error))
+            except Exception as error:  # a record whose args do not apply: the writer's bug, not ours
+                log.exception("PG %d: applying the records of page %d failed", pg, request["page_id"])
+                return sp.error(request_id, sp.ERROR_INTERNAL, f"applying page {request['page_id']}: {error!r}")
+            return sp.ok(request_id, page=None if page is None else pages.to_wire(page))
+        if kind == sp.CHAIN:
+            records, last_at_or_below, more = segment.chain(request["after_lsn"], CHAIN_RECORDS_MAX)
+            return sp.ok(request_id, records=records, last_at_or_below=last_at_or_below, scl=segment.scl, more=more)
+        assert kind == sp.READ_RECORDS, kind
+        limit = min(request["limit"], READ_RECORDS_MAX)
+        entries, more = segment.read_records(request["after_lsn"], request["upto_lsn"], limit, READ_RECORDS_BYTES_MAX)
+        return sp.ok(request_id, records=[[e.crc, e.body] for e in entries], scl=segment.scl, more=more)
+
+    # --- durability ---------------------------------------------------------------------------
+
+    def has_ready(self) -> bool:
+        return bool(self._queued) or self.accepted != self.meta
+
+    def ready(self) -> Ready:
+        """Everything queued since the last Ready: the shell persists it, fsyncs, then calls advance."""
+        assert not self._ready_outstanding, "advance() the previous Ready first"
+        self._ready_outstanding = True
+        ops, self._queued = self._queued, []
+        writes: dict[int, list[LogEntry]] = {}
+        known_pgs = set(self.segments)
+        for op in ops:
+            if isinstance(op, _Append):
+                writes.setdefault(op.pg, []).extend(op.entries)
+                known_pgs.add(op.pg)
+            elif isinstance(op, _Truncate):
+                marker = TruncateEntry(op.above_lsn, op.epoch, op.lsn_floor)
+                for pg in known_pgs:
+                    writes.setdefault(pg, []).append(marker)
+        meta = self.accepted if self.accepted != self.meta else None
+        return Ready(meta, writes, ops)
+
+    def advance(self, ready: Ready) -> list[tuple[Any, dict]]:
+        """The Ready is durable: apply it in order and return the replies it was holding."""
+        assert self._ready_outstanding
+        self._ready_outstanding = False
+        if ready.meta is not None:
+            assert ready.meta.epoch >= self.meta.epoch and ready.meta.lsn_floor >= self.meta.lsn_floor
+            self.meta = ready.meta
+        self.stats["durable_batches"] += 1
+        self.stats["durable_requests"] += len(ready.ops)
+        replies = []
+        for op in ready.ops:
+            if isinstance(op, _Append):
+                replies.append((op.token, self._apply_append(op)))
+            elif isinstance(op, _Truncate):
+                for segment in self.segments.values():
+                    segment.truncate(op.above_lsn, op.lsn_floor)
+                replies.append((op.token, sp.ok(op.request_id, pgs=self.scls(), epoch=self.meta.epoch,
+                                                lsn_floor=self.meta.lsn_floor)))
+            else:
+                replies.append((op.token, self._answer(op.request)))
+        return replies
+
+    def _apply_append(self, op: _Append) -> dict:
+        segment = self.segments.get(op.pg)
+        if segment is None:
+            segment = self.segments[op.pg] = Segment(op.pg)
+        result = segment.add(op.entries)
+        if result.conflicts:
+            log.error("PG %d: refused %d records that contradict the chain: %s", op.pg, len(result.conflicts),
+                      "; ".join(result.conflicts[:5]))
+            return sp.error(op.request_id, sp.ERROR_BAD_REQUEST,
+                            f"PG {op.pg}: {len(result.conflicts)} records contradict the chain: "
+                            + "; ".join(result.conflicts[:5]))
+        if result.dropped:
+            log.warning("PG %d: pending map over its limit of %d records: dropped %d (the writer resends)",
+                        op.pg, segment.pending_records_max, len(result.dropped))
+        reply = sp.ok(op.request_id, pg=op.pg, scl=segment.scl)
+        if result.dropped:
+            reply["pending_dropped"] = len(result.dropped)
+        return reply

@@ -1,0 +1,267 @@
+"""The storage node's asyncio shell: sockets, disk and signals around the sans-I/O Node.
+
+Responsibilities: accept connections and read frames (at most FRAME_BYTES_MAX; bad bytes close
+that connection only); keep at most IN_FLIGHT_REQUESTS_MAX requests outstanding per connection,
+answering them in the order received; run the group fsync; store the node's metadata (epoch and
+LSN floor) in DATA/epoch atomically; on start, reopen every PG's log and rebuild its segment.
+Invariants:
+  - Persist before ack: a reply that depends on records, a truncation marker or a raised epoch is
+    sent only after the write and fsync that cover it (Node.ready -> persist -> Node.advance).
+  - Group fsync: one disk thread persists a whole Ready (everything that arrived, from every
+    connection, while the previous fsync ran) with one fsync per touched log; the event loop keeps
+    receiving meanwhile.
+  - An fsync or write failure is fatal: the process stops (fsync is never retried).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from aurora_db import storage_protocol as sp
+from aurora_db.constants import FRAME_BYTES_MAX, IN_FLIGHT_REQUESTS_MAX, STORAGE_CONNECTIONS_MAX
+from aurora_db.framing import FrameError, encode_frame, read_frame
+from storage_node.log_file import LogFile
+from storage_node.node import Node, NodeMeta, Ready, replay_segment
+
+log = logging.getLogger("storage_node")
+
+META_FILE = "epoch"
+PG_DIR_PREFIX = "pg-"
+
+
+# --- node metadata: DATA/epoch ----------------------------------------------------------------
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_meta(data_dir: Path) -> NodeMeta:
+    path = data_dir / META_FILE
+    if not path.exists():
+        return NodeMeta()
+    stored = json.loads(path.read_text())  # written atomically: a parse error is real damage, stop
+    return NodeMeta(epoch=int(stored["epoch"]), lsn_floor=int(stored.get("lsn_floor", 0)))
+
+
+def write_meta(data_dir: Path, meta: NodeMeta) -> None:
+    """Atomically: write a temporary file, fsync it, rename it over the old one, fsync the directory."""
+    path = data_dir / META_FILE
+    tmp = data_dir / (META_FILE + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, json.dumps({"epoch": meta.epoch, "lsn_floor": meta.lsn_floor}).encode() + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_directory(data_dir)
+
+
+# --- the disk side: runs in the one disk thread -------------------------------------------------
+
+
+class Disk:
+    """The node's files. Used from one thread at a time: startup, then the disk executor."""
+
+    def __init__(self, data_dir: Path):
+        self.data_dir = data_dir
+        self.logs: dict[int, LogFile] = {}
+
+    def open(self, node_id: str, az: str) -> Node:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        meta = read_meta(self.data_dir)
+        segments = {}
+        for directory in sorted(self.data_dir.iterdir()):
+            suffix = directory.name.removeprefix(PG_DIR_PREFIX)
+            if not directory.is_dir() or not directory.name.startswith(PG_DIR_PREFIX) or not suffix.isdigit():
+                continue
+            pg = int(suffix)
+            log_file, entries, report = LogFile.open(directory)
+            self.logs[pg] = log_file
+            segment = segments[pg] = replay_segment(pg, entries)
+            floors = [e.lsn_floor for e in entries if getattr(e, "lsn_floor", None) is not None]
+            if floors and max(floors) > meta.lsn_floor:  # cannot happen: the floor is persisted first
+                log.error("PG %d: a truncation floor %d above the stored floor %d", pg, max(floors), meta.lsn_floor)
+                meta = NodeMeta(meta.epoch, max(floors))
+            log.info("PG %d: %d log entries, SCL %d, %d pending, torn bytes cut %d, damaged entries skipped %d",
+                     pg, report.entries, segment.scl, segment.pending_count, report.torn_bytes_cut, report.bad_entries)
+        return Node(node_id, az, meta, segments)
+
+    def persist(self, ready: Ready) -> None:
+        if ready.meta is not None:
+            write_meta(self.data_dir, ready.meta)
+        touched = []
+        for pg, entries in ready.log_writes.items():
+            log_file = self.logs.get(pg)
+            if log_file is None:
+                log_file, existing, _ = LogFile.open(self.data_dir / f"{PG_DIR_PREFIX}{pg}")
+                assert not existing, f"PG {pg} has a log the node did not open at start"
+                self.logs[pg] = log_file
+            log_file.append(entries)
+            touched.append(log_file)
+        for log_file in touched:
+            log_file.sync()
+
+    def close(self) -> None:
+        for log_file in self.logs.values():
+            log_file.close()
+
+
+# --- the network side -------------------------------------------------------------------------
+
+
+class StorageServer:
+    def __init__(self, node: Node, disk: Disk):
+        self.node = node
+        self.disk = disk
+        self._disk_thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="disk")
+        self._work = asyncio.Event()
+        self._connections: set[asyncio.Task] = set()
+        self.broken_invariant = asyncio.get_running_loop().create_future()  # set: the node stops
+
+    async def persist_forever(self) -> None:
+        """The group fsync loop. Returns only by raising: a disk failure stops the node."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._work.wait()
+            self._work.clear()
+            while self.node.has_ready():
+                ready = self.node.ready()
+                await loop.run_in_executor(self._disk_thread, self.disk.persist, ready)
+                for future, reply in self.node.advance(ready):
+                    if not future.done():
+                        future.set_result(reply)
+
+    async def handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        if len(self._connections) >= STORAGE_CONNECTIONS_MAX:
+            log.warning("refusing connection from %s: %d connections is the limit", peer, STORAGE_CONNECTIONS_MAX)
+            writer.close()
+            return
+        task = asyncio.current_task()
+        self._connections.add(task)
+        loop = asyncio.get_running_loop()
+        in_flight: asyncio.Queue[asyncio.Future | None] = asyncio.Queue(maxsize=IN_FLIGHT_REQUESTS_MAX)
+        sender = loop.create_task(self._send_replies(in_flight, writer, peer))
+        graceful = False
+        try:
+            while not sender.done():
+                request = await read_frame(reader, FRAME_BYTES_MAX)
+                future = loop.create_future()
+                await in_flight.put(future)  # blocks while IN_FLIGHT_REQUESTS_MAX replies are owed
+                reply = self._step(request, future)
+                if reply is None:
+                    self._work.set()
+                else:
+                    future.set_result(reply)
+        except asyncio.IncompleteReadError as error:
+            graceful = not error.partial
+            if error.partial:
+                log.warning("connection from %s closed in the middle of a frame", peer)
+        except FrameError as error:
+            log.warning("closing connection from %s: %s", peer, error)
+        except (ConnectionError, OSError) as error:
+            log.info("connection from %s: %s", peer, error)
+        finally:
+            if graceful and not sender.done():
+                await in_flight.put(None)  # answer what was asked, then close
+                with contextlib.suppress(Exception):
+                    await sender
+            sender.cancel()
+            with contextlib.suppress(BaseException):
+                await sender
+            writer.close()
+            self._connections.discard(task)
+
+    def _step(self, request: dict, future: asyncio.Future) -> dict | None:
+        try:
+            return self.node.step(request, future)
+        except AssertionError as error:  # a broken invariant: stop loudly, do not limp on
+            if not self.broken_invariant.done():
+                self.broken_invariant.set_exception(error)
+            raise
+        except Exception as error:  # an unexpected failure of one request: answer "internal"
+            log.exception("request %r failed", {k: request.get(k) for k in ("id", "t")})
+            return sp.error(request.get("id"), sp.ERROR_INTERNAL, repr(error))
+
+    async def _send_replies(self, in_flight: asyncio.Queue, writer: asyncio.StreamWriter, peer) -> None:
+        try:
+            while True:
+                future = await in_flight.get()
+                if future is None:
+                    return
+                reply = await future
+                try:
+                    frame = encode_frame(reply)
+                except FrameError as error:
+                    frame = encode_frame(sp.error(reply.get("id"), sp.ERROR_INTERNAL, str(error)))
+                writer.write(frame)
+                await writer.drain()
+        except (ConnectionError, OSError) as error:
+            log.info("connection from %s: %s", peer, error)
+            writer.close()
+
+    async def close(self) -> None:
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+        self._disk_thread.shutdown(wait=True)  # let a persist already running finish
+
+
+async def serve(args) -> int:
+    host, port = args.listen
+    disk = Disk(Path(args.data))
+    node = disk.open(args.node_id, args.az)
+    storage = StorageServer(node, disk)
+    listener = await asyncio.start_server(storage.handle_connection, host, port)
+    log.info("storage node %s (AZ %s) listening on %s:%d, epoch %d, %d PGs",
+             args.node_id, args.az, host, port, node.meta.epoch, len(node.segments))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    persister = loop.create_task(storage.persist_forever())
+    stopper = loop.create_task(stop.wait())
+    await asyncio.wait([persister, stopper, storage.broken_invariant], return_when=asyncio.FIRST_COMPLETED)
+    exit_code = 0
+    if persister.done():
+        log.critical("stopping: the disk loop failed (a write or fsync error, or a broken invariant)",
+                     exc_info=persister.exception())
+        exit_code = 1
+    elif storage.broken_invariant.done():
+        log.critical("stopping: broken invariant", exc_info=storage.broken_invariant.exception())
+        exit_code = 1
+    else:
+        log.info("stopping")
+    persister.cancel()
+    stopper.cancel()
+    listener.close()
+    await storage.close()
+    disk.close()
+    return exit_code
+
+
+def run(args) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s storage-node {args.node_id} %(levelname)s %(name)s: %(message)s")
+    try:
+        import uvloop
+    except ImportError:
+        loop_factory = None
+    else:
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(serve(args))

@@ -1,0 +1,73 @@
+"""The sans-I/O node: persist before ack, the epoch rule, truncation markers, replay (no sockets, no disk)."""
+
+from aurora_db import storage_protocol as sp
+from aurora_db.constants import PAGES_PER_PG
+from storage_node.log_file import RecordEntry, TruncateEntry
+from storage_node.node import Node, NodeMeta, replay_segment
+from tests.record_builder import RecordBuilder
+
+
+def sealed(records):
+    return [list(r.sealed()) for r in records]
+
+
+def persist_and_advance(node, disk):
+    """A perfect disk: keep what each Ready writes, per PG, in order."""
+    ready = node.ready()
+    for pg, entries in ready.log_writes.items():
+        disk.setdefault(pg, []).extend(entries)
+    return ready, dict(node.advance(ready))
+
+
+def test_an_append_is_acked_only_after_advance():
+    """DESIGN.md 10: persist before ack. The SCL does not move until the records are durable."""
+    node, disk = Node("a1", "a", NodeMeta(epoch=1), {}), {}
+    builder = RecordBuilder()
+    records = [builder.heap_init(0), builder.heap_insert(0, ["x"])]
+    assert node.step({"id": 1, "t": sp.APPEND, "epoch": 1, "pg": 0, "records": sealed(records)}, "token-1") is None
+    assert node.step({"id": 2, "t": sp.STATUS}, "token-2")["pgs"] == {}
+    ready, replies = persist_and_advance(node, disk)
+    assert [e.lsn for e in ready.log_writes[0]] == [1, 2]
+    assert replies == {"token-1": {"id": 1, "ok": True, "pg": 0, "scl": 2}}
+    resend = node.step({"id": 3, "t": sp.APPEND, "epoch": 1, "pg": 0, "records": sealed(records)}, "token-3")
+    assert resend == {"id": 3, "ok": True, "pg": 0, "scl": 2}  # already durable: answered at once
+    assert not node.has_ready()
+
+
+def test_a_newer_epoch_is_durable_before_anything_of_its_request():
+    node, disk = Node("a1", "a", NodeMeta(epoch=3), {}), {}
+    reply = node.step({"id": 1, "t": sp.GET_PAGE, "epoch": 4, "pg": 0, "page_id": 1, "lsn": 0}, "t1")
+    assert reply is None  # waits for the epoch to be durable
+    stale = node.step({"id": 2, "t": sp.CHAIN, "epoch": 3, "pg": 0, "after_lsn": 0}, "t2")
+    assert stale["error"] == sp.ERROR_STALE_EPOCH and stale["message"] == "request epoch 3 is older than volume epoch 4"
+    ready, replies = persist_and_advance(node, disk)
+    assert ready.meta == NodeMeta(epoch=4)
+    assert replies == {"t1": {"id": 1, "ok": True, "page": None}} and node.meta.epoch == 4
+
+
+def test_bad_requests_do_not_raise_the_epoch():
+    node = Node("a1", "a", NodeMeta(epoch=1), {})
+    reply = node.step({"id": 1, "t": sp.APPEND, "epoch": 9, "pg": 0, "records": [[1, b"\x00"]]}, "t")
+    assert reply["error"] == sp.ERROR_CHECKSUM
+    reply = node.step({"id": 2, "t": sp.GET_PAGE, "epoch": 9, "pg": 1, "page_id": 3, "lsn": 0}, "t")
+    assert reply["error"] == sp.ERROR_BAD_REQUEST
+    assert not node.has_ready() and node.accepted.epoch == 1
+
+
+def test_truncate_writes_a_marker_to_every_pg_and_replay_matches():
+    node, disk = Node("a1", "a", NodeMeta(epoch=1), {}), {}
+    builder = RecordBuilder()
+    records = [builder.heap_init(0), builder.heap_init(PAGES_PER_PG)]
+    records += [builder.heap_insert(0 if i % 2 else PAGES_PER_PG, [i]) for i in range(10)]
+    for pg in (0, 1):
+        node.step({"id": pg, "t": sp.APPEND, "epoch": 1, "pg": pg, "records": sealed([r for r in records if r.pg == pg])}, pg)
+    node.step({"id": 9, "t": sp.TRUNCATE, "epoch": 2, "above_lsn": 6, "lsn_floor": 1006}, "truncate")
+    ready, replies = persist_and_advance(node, disk)  # appends and the truncation in one group
+    assert ready.meta == NodeMeta(epoch=2, lsn_floor=1006)
+    assert all(entries[-1] == TruncateEntry(6, 2, 1006) for entries in disk.values())
+    assert replies["truncate"]["pgs"] == {0: 6, 1: 5}
+    for pg, entries in disk.items():
+        assert replay_segment(pg, entries).scl == node.segments[pg].scl
+    late = node.step({"id": 10, "t": sp.APPEND, "epoch": 2, "pg": 0, "records": sealed(records[7:8])}, "late")
+    assert records[7].pg == 0 and late == {"id": 10, "ok": True, "pg": 0, "scl": 6}  # inside the truncated range: discarded
+    assert isinstance(disk[0][0], RecordEntry)
