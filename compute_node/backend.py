@@ -64,11 +64,13 @@ class Session(Protocol):
     def transaction_status(self) -> str:
         """'I' idle, 'T' in a transaction block, 'E' in a failed transaction block."""
 
-    def prepare(self, sql: str, param_oids: list[int]) -> Statement:
-        """Parse exactly one statement (Parse message); raises DatabaseError."""
+    async def prepare(self, sql: str, param_oids: list[int]) -> Statement:
+        """Parse and plan exactly one statement (Parse message); raises DatabaseError.
+        Async: planning may read catalog pages from storage."""
 
-    def prepare_script(self, sql: str) -> list[Statement]:
-        """Parse a simple-query string into its statements; [] for an empty query."""
+    async def prepare_script(self, sql: str) -> list[Statement]:
+        """Split a simple-query string into its statements; [] for an empty query. Each is
+        planned when it runs, since an earlier one may create the table a later one uses."""
 
     async def execute(self, statement: Statement, params: list[Any]) -> Result:
         """Run a statement; raises DatabaseError, after which the transaction status says what happened."""

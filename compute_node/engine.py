@@ -100,8 +100,7 @@ class Engine:
         tables = self.catalog.tables(snapshot, session.xid)
         if any((tables[name].tid if name in tables else None) != tid for name, tid in plan.tables.items()):
             plan = plan_statement(node, tables, list(param_types))
-        context = Context(self.store, self.transactions, self.catalog, snapshot, session.xid,
-                          lambda: session.ensure_xid(), params, session.settings)
+        context = Context(self.store, self.transactions, self.catalog, snapshot, session, params, session.settings)
         return plan, plan.run(context)
 
     def begin_xid(self) -> int:

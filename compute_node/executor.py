@@ -48,10 +48,16 @@ class Context:
     transactions: object
     catalog: object
     snapshot: object
-    xid: int | None
-    ensure_xid: Callable[[], int]
+    session: object  # has .xid (None until the first write) and .ensure_xid()
     params: list
     settings: dict
+
+    @property
+    def xid(self) -> int | None:
+        return self.session.xid
+
+    def ensure_xid(self) -> int:
+        return self.session.ensure_xid()
 
     def visible(self, xmin, xmax) -> bool:
         return self.transactions.visible(xmin, xmax, self.snapshot, self.xid)
@@ -843,13 +849,13 @@ class CreateTablePlan(Plan):
             if index is None:
                 raise UndefinedColumn(f'column "{name}" named in key does not exist')
             columns[index] = dataclasses.replace(columns[index], not_null=True)
-        self.columns, self.primary_key = columns, primary_key
+        self.column_defs, self.primary_key = columns, primary_key
         self.tables = {self.name: tables[self.name].tid} if self.name in tables else {self.name: None}
 
     def run(self, ctx: Context) -> Result:
         if self.if_not_exists and self.name in ctx.catalog.tables(ctx.snapshot, ctx.xid):
             return Result("CREATE TABLE")
-        ctx.catalog.create(self.name, self.columns, self.primary_key, ctx.snapshot, ctx.ensure_xid())
+        ctx.catalog.create(self.name, self.column_defs, self.primary_key, ctx.snapshot, ctx.ensure_xid())
         return Result("CREATE TABLE")
 
 

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 META_PAGE = 0
 DATA_FIRST_PAGE = PAGES_PER_PG  # PG 0 holds the meta page and the transaction status (clog) pages
 MTR_RECORDS_MAX = 128
-PAGE_FETCH_TIMEOUT_MS = 4 * STORAGE_REQUEST_TIMEOUT_MS
+PAGE_FETCH_TIMEOUT_MS = 5 * STORAGE_REQUEST_TIMEOUT_MS  # above the client's own deadline
 
 
 class PageStore:

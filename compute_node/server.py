@@ -47,22 +47,25 @@ class ComputeNode:
     async def serve(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         host, port = self.args.listen
-        admin = None
-        if self.args.admin:
-            admin = await asyncio.start_server(self._admin_connection, *self.args.admin)
-        self.client.start()
-        volume = await recover(self.client)
-        self.engine = Engine(loop, self.client, volume, self.args.cache_pages)
-        await self.engine.call(self.engine.open_volume)
-        self.role = "writer"
-        server = await pg_server.serve(host, port, lambda: EngineSession(self.engine))
-        log.info("writer ready on %s:%d (epoch %d, VDL %d)", host, port, volume.epoch, volume.vdl)
-        await stop.wait()
-        server.close()
-        if admin:
-            admin.close()
-        await self.client.stop()
-        self.engine.shutdown()
+        admin = server = None
+        try:
+            if self.args.admin:
+                admin = await asyncio.start_server(self._admin_connection, *self.args.admin)
+            self.client.start()
+            volume = await recover(self.client)
+            self.engine = Engine(loop, self.client, volume, self.args.cache_pages)
+            await self.engine.call(self.engine.open_volume)
+            self.role = "writer"
+            server = await pg_server.serve(host, port, lambda: EngineSession(self.engine))
+            log.info("writer ready on %s:%d (epoch %d, VDL %d)", host, port, volume.epoch, volume.vdl)
+            await stop.wait()
+        finally:
+            for listener in (server, admin):
+                if listener is not None:
+                    listener.close()
+            await self.client.stop()
+            if self.engine:
+                self.engine.shutdown()
 
     def status(self) -> dict:
         status = {"node_id": self.args.node_id, "role": self.role, "port": self.args.listen[1], "pid": os.getpid()}

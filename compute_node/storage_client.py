@@ -318,25 +318,33 @@ class StorageClient:
 
     # --- reads --------------------------------------------------------------------------------
 
-    async def get_page(self, pg: int, page_id: int, read_point: int, complete: list[str]) -> list | None:
-        """GetPage@LSN from one segment complete to `read_point` (DESIGN.md 4: no quorum read)."""
-        candidates = [self.links[n] for n in complete if n in self.links and self.links[n].connected.is_set()]
-        self._rng.shuffle(candidates)
-        candidates += [link for link in self._shuffled() if link not in candidates]
-        errors = []
-        for link in candidates:
-            try:
-                reply = await link.request({"t": sp.GET_PAGE, "epoch": self.epoch, "pg": pg, "page_id": page_id,
-                                            "lsn": read_point})
-                return reply["page"]
-            except RequestFailed as error:
-                if error.code == sp.ERROR_STALE_EPOCH:
-                    raise StaleEpoch(str(error)) from None
-                errors.append(str(error))
-            except NodeUnreachable as error:
-                errors.append(str(error))
-        raise StorageUnavailable(f"no segment of PG {pg} could serve page {page_id} at LSN {read_point}: "
-                                 + "; ".join(errors[:6]))
+    async def get_page(self, pg: int, page_id: int, read_point: int, complete: list[str],
+                       timeout_ms: int = 3 * STORAGE_REQUEST_TIMEOUT_MS) -> list | None:
+        """GetPage@LSN from one segment complete to `read_point` (DESIGN.md 4: no quorum read).
+
+        Segments known complete are tried first, then any connected one (it refuses with
+        not_complete if it is behind); with none connected, wait for one until the deadline."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_ms / 1000
+        errors: list[str] = []
+        while loop.time() < deadline:
+            candidates = [self.links[n] for n in complete if n in self.links and self.links[n].connected.is_set()]
+            self._rng.shuffle(candidates)
+            candidates += [link for link in self._shuffled() if link not in candidates]
+            for link in candidates:
+                try:
+                    reply = await link.request({"t": sp.GET_PAGE, "epoch": self.epoch, "pg": pg, "page_id": page_id,
+                                                "lsn": read_point})
+                    return reply["page"]
+                except RequestFailed as error:
+                    if error.code == sp.ERROR_STALE_EPOCH:
+                        raise StaleEpoch(str(error)) from None
+                    errors.append(str(error))
+                except NodeUnreachable as error:
+                    errors.append(str(error))
+            await asyncio.sleep(RECONNECT_INTERVAL_MS / 1000 / 4)
+        raise StorageUnavailable(f"no segment of PG {pg} could serve page {page_id} at LSN {read_point} "
+                                 f"within {timeout_ms} ms: " + "; ".join(errors[-6:]))
 
     async def wait_connected(self, count: int, timeout_ms: int) -> list[NodeLink]:
         deadline = asyncio.get_running_loop().time() + timeout_ms / 1000
