@@ -58,9 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = commands.add_parser("up", help="start a local cluster (six storage nodes and a writer)")
     up.add_argument("--data", required=True, help="cluster directory (data and logs of every process)")
-    up.add_argument("--port", type=int, default=5432, help="port clients connect to (default 5432)")
+    up.add_argument("--port", type=int, default=None,
+                    help="port clients connect to (default 5432 for a new cluster; an existing one keeps its own)")
     up.add_argument("--detach", action="store_true", help="return once the cluster is ready")
     up.add_argument("--cache-pages", type=int, default=CACHE_PAGES_DEFAULT)
+    up.add_argument("--ready-timeout", type=float, default=None, metavar="SECONDS",
+                    help="how long to wait for the storage nodes, then for the writer (default 60)")
 
     down = commands.add_parser("down", help="stop a local cluster")
     down.add_argument("--data", required=True)

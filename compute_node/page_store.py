@@ -18,7 +18,7 @@ import os
 import msgpack
 
 from aurora_db import pages
-from aurora_db.constants import PAGE_ID_MAX, PAGES_PER_PG, STORAGE_REQUEST_TIMEOUT_MS
+from aurora_db.constants import BATCH_RECORDS_MAX, PAGE_ID_MAX, PAGES_PER_PG, STORAGE_REQUEST_TIMEOUT_MS
 from aurora_db.errors import ProgramLimitExceeded, StorageUnavailable
 from aurora_db.pages import Page
 from aurora_db.records import Record, pg_of_page
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 META_PAGE = 0
 DATA_FIRST_PAGE = PAGES_PER_PG  # PG 0 holds the meta page and the transaction status (clog) pages
 MTR_RECORDS_MAX = 128
+assert MTR_RECORDS_MAX <= BATCH_RECORDS_MAX  # one MTR always fits one append request
 PAGE_FETCH_TIMEOUT_MS = 5 * STORAGE_REQUEST_TIMEOUT_MS  # above the client's own deadline
 
 

@@ -21,6 +21,7 @@ from typing import Callable
 
 from aurora_db import storage_protocol as sp
 from aurora_db.constants import (
+    BATCH_RECORDS_MAX,
     CATCH_UP_RECORDS_PER_REQUEST,
     FRAME_BYTES_MAX,
     RECENT_RECORDS_PER_PG_MAX,
@@ -114,11 +115,16 @@ class NodeLink:
         self._queue_ready.set()
 
     async def _ship(self) -> None:
+        """Send queued records in order, merging consecutive batches of one PG into one append
+        of at most BATCH_RECORDS_MAX records, so many small MTRs share a request and an fsync."""
         while True:
             await self._queue_ready.wait()
             self._queue_ready.clear()
             while self._queue:
                 pg, sealed = self._queue.popleft()
+                sealed = list(sealed)
+                while self._queue and self._queue[0][0] == pg and len(sealed) + len(self._queue[0][1]) <= BATCH_RECORDS_MAX:
+                    sealed += self._queue.popleft()[1]
                 asyncio.get_running_loop().create_task(self._append(pg, sealed))
 
     async def _append(self, pg: int, sealed: list) -> None:
