@@ -113,8 +113,12 @@ class Engine:
         self.transactions.write_abort(xid)
 
     def status(self) -> dict:
+        """For the admin port; read from the loop thread (plain reads of counters)."""
         tracker = self.log_writer.tracker
+        client = self.log_writer.client
         return {"epoch": self.volume.epoch, "vdl": tracker.vdl, "vcl": tracker.vcl, "lsn": tracker.last_lsn,
                 "cache_pages": len(self.store.cache), "cache_hits": self.store.cache.hits,
                 "cache_misses": self.store.cache.misses, "active_transactions": len(self.transactions.active),
+                "records_made": self.store.records_made, "storage_bytes_sent": client.bytes_sent,
+                "storage_requests_sent": client.requests_sent,
                 "pgcl": {str(pg): lsn for pg, lsn in tracker.pgcl.items()}}

@@ -89,7 +89,10 @@ class NodeLink:
         future = asyncio.get_running_loop().create_future()
         self._replies[request_id] = future
         try:
-            self._writer.write(encode_frame({**message, "id": request_id}))
+            frame = encode_frame({**message, "id": request_id})
+            self._writer.write(frame)
+            self.client.bytes_sent += len(frame)
+            self.client.requests_sent += 1
             reply = await asyncio.wait_for(future, timeout_ms / 1000)
         except (asyncio.TimeoutError, ConnectionError, OSError) as error:
             raise NodeUnreachable(f"{self.node_id}: {type(error).__name__} {error}") from None
@@ -256,6 +259,8 @@ class StorageClient:
             lambda: collections.deque(maxlen=RECENT_RECORDS_PER_PG_MAX))
         self._sent_tail: dict[int, int] = {}
         self._rng = random.Random()
+        self.bytes_sent = 0  # frames written to all storage nodes, for the benchmarks
+        self.requests_sent = 0
 
     def start(self) -> None:
         for link in self.links.values():
