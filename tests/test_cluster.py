@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port_range
 from aurora_db.cluster import (
     CLIENT_PORT_DEFAULT,
     ROLE_STORAGE,
@@ -47,19 +48,9 @@ from aurora_db.cluster import (
 CLUSTER_DIR = Path("/clusters/one")
 FAKE_PROGRAM = (sys.executable, str(Path(__file__).with_name("fake_node.py")))
 AURORA_DB = str(Path(sys.executable).with_name("aurora-db"))
-PORT_SPAN = 21  # P .. P+20
 FAKE_READY_TIMEOUT_S = 20
 REAL_READY_TIMEOUT_S = 90
 COMMAND_TIMEOUT_S = 180
-
-
-def free_port_range() -> int:
-    """A base port P such that P..P+20 are all free now."""
-    for _ in range(200):
-        base = random.randrange(20_000, 60_000)
-        if all(port_is_free(base + offset) for offset in range(PORT_SPAN)):
-            return base
-    raise RuntimeError("no free range of ports found")
 
 
 # ---------------------------------------------------------------------------------------------

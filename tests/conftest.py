@@ -1,0 +1,67 @@
+"""Shared fixtures: one real local cluster per test session for the SQL tests, and the
+PostgreSQL 15 oracle (tests/pg_oracle.py)."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+
+import psycopg
+import pytest
+
+from aurora_db.cluster import port_is_free
+from tests.pg_oracle import postgres_server  # noqa: F401  (re-exported fixture)
+
+PORT_SPAN = 21  # P .. P+20
+CLUSTER_COMMAND_TIMEOUT_S = 180
+
+
+def free_port_range() -> int:
+    """A base port P such that P..P+20 are all free now."""
+    for _ in range(200):
+        base = random.randrange(20_000, 60_000)
+        if all(port_is_free(base + offset) for offset in range(PORT_SPAN)):
+            return base
+    raise RuntimeError("no free range of ports found")
+
+
+def aurora_db(*arguments: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the real CLI in a subprocess, as a user would."""
+    return subprocess.run([sys.executable, "-m", "aurora_db.cli", *arguments], capture_output=True, text=True,
+                          timeout=CLUSTER_COMMAND_TIMEOUT_S, check=check)
+
+
+class SqlCluster:
+    """A running local cluster: six storage nodes and a writer, started with `aurora-db up`."""
+
+    def __init__(self, data_dir, port: int, cache_pages: int):
+        self.data_dir = str(data_dir)
+        self.port = port
+        self.cache_pages = cache_pages
+
+    def up(self) -> None:
+        result = aurora_db("up", "--data", self.data_dir, "--port", str(self.port), "--detach",
+                           "--cache-pages", str(self.cache_pages), check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"aurora-db up failed:\n{result.stdout}\n{result.stderr}")
+
+    def down(self) -> None:
+        aurora_db("down", "--data", self.data_dir, check=False)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def connect(self, **kwargs) -> psycopg.Connection:
+        return psycopg.connect(self.url, autocommit=True, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def sql_cluster(tmp_path_factory):
+    """One cluster for the whole session, with a small buffer cache so reads really reach storage."""
+    cluster = SqlCluster(tmp_path_factory.mktemp("sql-cluster"), free_port_range(), cache_pages=64)
+    cluster.up()
+    yield cluster
+    cluster.down()
