@@ -1,9 +1,10 @@
 """A bounded cache of pages: the compute node's only copy of data, and never a durable one.
 
 DESIGN.md 1, 4: a page missing from the cache is read from a storage segment at the read point;
-no page is ever written from compute to storage. Invariants: the cache holds at most `capacity`
-pages except transiently while every page is pinned or not yet durable; a page whose LSN is
-above VDL is never evicted (storage could not yet give it back); a pinned page is never evicted.
+no page is ever written from compute to storage. Invariants: a page whose LSN is above VDL is never
+evicted (storage could not yet give it back); a pinned page is never evicted; the cache holds at
+most `capacity` pages, except that an MTR in progress (which must not wait) may add its few pages
+beyond it; the next read or MTR that may wait first waits for acks until there is room again.
 """
 
 from __future__ import annotations
@@ -28,22 +29,34 @@ class BufferCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, page_id: int) -> Page | None:
+    def get(self, page_id: int, may_wait: bool = True) -> Page | None:
         page = self._pages.get(page_id)
         if page is not None:
             self._pages.move_to_end(page_id)
             self.hits += 1
             return page
         self.misses += 1
+        if may_wait:
+            self.make_room()
         page = self._fetch(page_id)
         if page is not None:
             self.put(page)
         return page
 
     def put(self, page: Page) -> None:
+        """Add a page and evict what may be evicted; never waits."""
         self._pages[page.page_id] = page
         self._pages.move_to_end(page.page_id)
-        self._evict()
+        while len(self._pages) > self.capacity and self._evict_one():
+            pass
+
+    def make_room(self) -> None:
+        """Wait for acks (VDL to advance) until the cache is within its capacity; raises
+        QuorumTimeout if no write quorum answers. Only called where waiting is safe."""
+        while len(self._pages) >= self.capacity and not self._evict_one():
+            if len(self._pins) >= len(self._pages):
+                return  # nothing could ever be evicted by waiting
+            self._wait_durable()
 
     def pin(self, page_id: int) -> None:
         self._pins[page_id] += 1
@@ -58,16 +71,6 @@ class BufferCache:
 
     def __contains__(self, page_id: int) -> bool:
         return page_id in self._pages
-
-    def _evict(self) -> None:
-        while len(self._pages) > self.capacity:
-            if not self._evict_one():
-                # Every page is pinned or above VDL: wait for acks rather than grow without bound.
-                if len(self._pages) - len(self._pins) <= 0:
-                    return  # only pinned pages: the MTR in progress needs them all
-                self._wait_durable()
-                if not self._evict_one():
-                    return
 
     def _evict_one(self) -> bool:
         vdl = self._durable_lsn()

@@ -48,7 +48,7 @@ class PageStore:
     # --- reads --------------------------------------------------------------------------------
 
     def get(self, page_id: int) -> Page:
-        page = self.cache.get(page_id)
+        page = self.cache.get(page_id, may_wait=not self._mtr)  # never wait once an MTR made a record
         if page is None:
             raise AssertionError(f"page {page_id} does not exist on storage")
         if self._mtr is not None:
@@ -74,6 +74,7 @@ class PageStore:
     def mtr(self, records_max: int = MTR_RECORDS_MAX):
         """A mini-transaction: reserve LSN room, collect records, ship them with a CPL at the end."""
         assert self._mtr is None, "MTRs do not nest"
+        self.cache.make_room()
         self.log_writer.reserve(records_max)
         self._mtr = []
         try:
