@@ -47,7 +47,7 @@ class BufferCache:
         """Add a page and evict what may be evicted; never waits."""
         self._pages[page.page_id] = page
         self._pages.move_to_end(page.page_id)
-        while len(self._pages) > self.capacity and self._evict_one():
+        while len(self._pages) > self.capacity and self._evict_one(keep=page.page_id):
             pass
 
     def make_room(self) -> None:
@@ -72,10 +72,11 @@ class BufferCache:
     def __contains__(self, page_id: int) -> bool:
         return page_id in self._pages
 
-    def _evict_one(self) -> bool:
+    def _evict_one(self, keep: int | None = None) -> bool:
+        """Evict the least recently used page that may go (never `keep`, the page being added)."""
         vdl = self._durable_lsn()
         for page_id, page in self._pages.items():
-            if page_id not in self._pins and page.lsn <= vdl:
+            if page_id not in self._pins and page.lsn <= vdl and page_id != keep:
                 del self._pages[page_id]
                 return True
         return False
