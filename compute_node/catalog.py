@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 
 from aurora_db.errors import DuplicateTable, SerializationFailure, UndefinedTable
-from aurora_db.pages import XID_ABORTED
 from compute_node.heap import Heap
 from compute_node.page_store import META_PAGE, PageStore
 from compute_node.transactions import BOOTSTRAP_XID, Snapshot, Transactions

@@ -20,7 +20,6 @@ from sqlglot.errors import ParseError, TokenError
 
 from aurora_db.errors import FeatureNotSupported, SyntaxError_
 from aurora_db.quorum import DurabilityTracker
-from compute_node import sql_types as t
 from compute_node.catalog import Catalog
 from compute_node.executor import Context, Plan, plan_statement
 from compute_node.log_writer import LogWriter

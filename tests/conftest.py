@@ -3,7 +3,6 @@ PostgreSQL 15 oracle (tests/pg_oracle.py)."""
 
 from __future__ import annotations
 
-import os
 import random
 import subprocess
 import sys

@@ -219,7 +219,7 @@ def test_parameters_in_text_and_binary(sql_cluster):
 
 def test_a_primary_key_lookup_reads_few_pages(sql_cluster):
     """A B-tree over pages: a key lookup in a table far larger than the cache reads O(depth) pages."""
-    import msgpack  # noqa: F401  (the admin protocol's encoding)
+
     from tests.admin import writer_status
     with sql_cluster.connect() as connection:
         connection.execute("CREATE TABLE lookup (id int PRIMARY KEY, pad text)")
