@@ -93,14 +93,21 @@ class Engine:
         plan = self.plan(node, types, self.transactions.snapshot(), xid)
         return node, plan, types
 
-    def run(self, node: exp.Expression, plan: Plan, param_types: list[str], params: list, session) -> tuple[Plan, object]:
-        """Run a statement; replan first if a table it was planned against changed."""
+    def run(self, node: exp.Expression, plan: Plan, param_types: list[str], params: list, session,
+            autocommit: bool) -> tuple[Plan, object, int | None]:
+        """Run a statement; replan first if a table it was planned against changed.
+
+        With `autocommit`, a statement that wrote also logs its commit record here, so the
+        statement's records and its commit record travel to storage together; returns
+        (plan, result, commit LSN or None)."""
         snapshot = self.transactions.snapshot()
         tables = self.catalog.tables(snapshot, session.xid)
         if any((tables[name].tid if name in tables else None) != tid for name, tid in plan.tables.items()):
             plan = plan_statement(node, tables, list(param_types))
         context = Context(self.store, self.transactions, self.catalog, snapshot, session, params, session.settings)
-        return plan, plan.run(context)
+        result = plan.run(context)
+        commit_lsn = self.transactions.write_commit(session.xid) if autocommit and session.xid is not None else None
+        return plan, result, commit_lsn
 
     def begin_xid(self) -> int:
         return self.transactions.begin()

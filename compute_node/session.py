@@ -167,17 +167,19 @@ class EngineSession:
         if kind == "show":
             (name,) = statement.setting
             return Result("SHOW", statement.columns, [(self.settings.get(name, ""),)])
+        autocommit = not self.in_block
         try:
-            statement.plan, result = await self.engine.call(
-                self.engine.run, statement.node, statement.plan, statement.param_types, params, self)
+            statement.plan, result, commit_lsn = await self.engine.call(
+                self.engine.run, statement.node, statement.plan, statement.param_types, params, self, autocommit)
         except DatabaseError:
             if self.in_block:
                 self.failed = True
             else:
                 await self._rollback()
             raise
-        if not self.in_block:
-            await self._commit()
+        if commit_lsn is not None:
+            xid, self.xid = self.xid, None
+            await self._wait_commit_durable(xid, commit_lsn)
         return result
 
     def ensure_xid(self) -> int:
@@ -192,6 +194,10 @@ class EngineSession:
         if xid is None:
             return
         commit_lsn = await self.engine.call(self.engine.write_commit, xid)
+        await self._wait_commit_durable(xid, commit_lsn)
+
+    async def _wait_commit_durable(self, xid: int, commit_lsn: int) -> None:
+        """Answer the commit only once VDL >= its commit LSN (DESIGN.md 3)."""
         try:
             await self.engine.log_writer.wait_durable(commit_lsn)
         except QuorumTimeout:

@@ -118,17 +118,19 @@ class NodeLink:
         self._queue_ready.set()
 
     async def _ship(self) -> None:
-        """Send queued records in order, merging consecutive batches of one PG into one append
-        of at most BATCH_RECORDS_MAX records, so many small MTRs share a request and an fsync."""
+        """Send everything queued, one append per PG of at most BATCH_RECORDS_MAX records, so many
+        small MTRs share a request and an fsync. Order within a PG is kept; order across PGs does
+        not matter, since each segment builds its own chain."""
         while True:
             await self._queue_ready.wait()
             self._queue_ready.clear()
+            by_pg: dict[int, list] = {}
             while self._queue:
                 pg, sealed = self._queue.popleft()
-                sealed = list(sealed)
-                while self._queue and self._queue[0][0] == pg and len(sealed) + len(self._queue[0][1]) <= BATCH_RECORDS_MAX:
-                    sealed += self._queue.popleft()[1]
-                asyncio.get_running_loop().create_task(self._append(pg, sealed))
+                by_pg.setdefault(pg, []).extend(sealed)
+            for pg, sealed in by_pg.items():
+                for start in range(0, len(sealed), BATCH_RECORDS_MAX):
+                    asyncio.get_running_loop().create_task(self._append(pg, sealed[start:start + BATCH_RECORDS_MAX]))
 
     async def _append(self, pg: int, sealed: list) -> None:
         message = {"t": sp.APPEND, "epoch": self.client.epoch, "pg": pg, "records": sealed}
