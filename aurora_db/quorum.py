@@ -77,7 +77,7 @@ class DurabilityTracker:
         if lsn > self.allocation_ceiling:
             raise AllocationLimitReached(f"LSN {lsn} is beyond VDL {self.vdl} + LAL {self.allocation_limit}")
         pg = pg_of_page(page_id)
-        record = Record(lsn, page_id, self.last_lsn, self.pg_tail.get(pg, 0), prev_page, cpl, op, args)
+        record = Record(lsn, page_id, self.last_lsn, self.pg_tail.get(pg, 0), prev_page, cpl, op, args, self.vdl)
         self._next_lsn = lsn + 1
         self.last_lsn = lsn
         self.pg_tail[pg] = lsn

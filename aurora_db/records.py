@@ -2,7 +2,9 @@
 
 A record is a physiological change to one page (DESIGN.md 3), with three backlinks (6a):
 `prev_volume` (the record allocated just before it, in any PG), `prev_pg` (the previous record of
-its PG) and `prev_page` (the previous record of its page); `cpl` marks the last record of an MTR.
+its PG) and `prev_page` (the previous record of its page); `cpl` marks the last record of an MTR;
+`vdl` is the writer's VDL when it allocated the record: every record at or below it was already on
+a write quorum, so recovery may start its chain walk there (DESIGN.md 6a).
 Invariants: lsn > prev_volume >= 0, lsn > prev_pg >= 0, lsn > prev_page >= 0; the body is the
 msgpack encoding of the record's fields and its CRC-32C-style checksum (zlib.crc32) travels with it
 on the wire and on disk, and is verified on every read.
@@ -37,6 +39,7 @@ class Record:
     cpl: bool
     op: str
     args: tuple
+    vdl: int = 0
 
     @property
     def pg(self) -> int:
@@ -44,7 +47,8 @@ class Record:
 
     def encode(self) -> bytes:
         return msgpack.packb(
-            [self.lsn, self.page_id, self.prev_volume, self.prev_pg, self.prev_page, self.cpl, self.op, list(self.args)],
+            [self.lsn, self.page_id, self.prev_volume, self.prev_pg, self.prev_page, self.cpl, self.op, list(self.args),
+             self.vdl],
             use_bin_type=True,
         )
 
@@ -59,8 +63,8 @@ def checksum(body: bytes) -> int:
 
 
 def decode(body: bytes) -> Record:
-    lsn, page_id, prev_volume, prev_pg, prev_page, cpl, op, args = msgpack.unpackb(body, raw=False, use_list=True)
-    return Record(lsn, page_id, prev_volume, prev_pg, prev_page, bool(cpl), op, tuple(args))
+    lsn, page_id, prev_volume, prev_pg, prev_page, cpl, op, args, vdl = msgpack.unpackb(body, raw=False, use_list=True)
+    return Record(lsn, page_id, prev_volume, prev_pg, prev_page, bool(cpl), op, tuple(args), vdl)
 
 
 def open_sealed(crc: int, body: bytes) -> Record:

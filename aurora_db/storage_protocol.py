@@ -11,8 +11,9 @@ node's epoch at once (older requests are refused from then on) and durably (fsyn
 reply to that request. A malformed request never raises the epoch.
 
 Requests and their successful replies ({"id", "ok": True, ...}):
-  status                                   -> node_id, az, epoch, lsn_floor, pgs: {pg: scl}, stats
-  set_epoch   epoch                        -> epoch, lsn_floor, pgs: {pg: scl}   (durable before the reply)
+  status                                   -> node_id, az, epoch, lsn_floor, pgs: {pg: scl}, vdl_hint, stats
+  set_epoch   epoch                        -> epoch, lsn_floor, pgs: {pg: scl}, vdl_hint (durable before the reply)
+                                              vdl_hint: the highest writer VDL named by a held record
   append      epoch, pg, records: [[crc, body], ...]  (at most BATCH_RECORDS_MAX, any order)
                                            -> pg, scl       (every record and the SCL durable)
                                               [pending_dropped: n] records that arrived ahead of a gap

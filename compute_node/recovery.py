@@ -2,8 +2,9 @@
 
 Steps: (1) new epoch = highest stored epoch of a read quorum + 1, made durable on a write quorum;
 (2) from the set_epoch replies (a write quorum, so they meet every earlier write quorum) take each
-PG's best segment; (3) walk the volume chain (prev_volume backlinks) upward from a CPL that every
-best segment holds, to find VCL, and VDL = the highest CPL on it; (4) record "truncate above VDL"
+PG's best segment; (3) walk the volume chain (prev_volume backlinks) upward from the highest VDL a
+record in the quorum names (a point some writer acknowledged, so held by the best segments), to
+find VCL, and VDL = the highest CPL on it; (4) record "truncate above VDL"
 with the epoch and the new LSN floor on a write quorum; (5) re-replication to segments that lack
 records happens through each link's catch-up. Transactions without a commit record at or below
 VDL are aborted by the transaction manager (MVCC: no undo pass).
@@ -23,8 +24,6 @@ from aurora_db.errors import CannotConnectNow
 from compute_node.storage_client import NodeLink, NodeUnreachable, RequestFailed, StorageClient
 
 log = logging.getLogger(__name__)
-
-CHAIN_WINDOW_LSNS = 1024  # how far below the complete point to look for a CPL, doubled until found
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,15 +92,11 @@ async def recover(client: StorageClient) -> RecoveredVolume:
             epoch += 1
     log.info("recovery: epoch %d is durable on %s", epoch, sorted(replies))
 
-    best: dict[int, tuple[int, str]] = {}  # pg -> (scl, node)
-    for node_id, reply in replies.items():
-        for pg, scl in reply.get("pgs", {}).items():
-            pg = int(pg)
-            if scl > best.get(pg, (-1, ""))[0]:
-                best[pg] = (scl, node_id)
+    best = best_segments(replies)
     old_floor = max(reply.get("lsn_floor", 0) for reply in replies.values())
 
-    vdl, vcl, pg_tails = await _find_vdl(client, best) if best else (0, 0, {})
+    start = max(reply.get("vdl_hint", 0) for reply in replies.values())
+    vdl, vcl, pg_tails = await _find_vdl(client, best, start) if best else (0, 0, {})
     lsn_floor = max(vdl, old_floor) + LSN_ALLOCATION_LIMIT
     client.truncation = (vdl, lsn_floor)
     await _quorum_of(client, lambda: {"t": sp.TRUNCATE, "epoch": epoch, "above_lsn": vdl, "lsn_floor": lsn_floor},
@@ -113,34 +108,58 @@ async def recover(client: StorageClient) -> RecoveredVolume:
     return RecoveredVolume(epoch, vdl, vcl, lsn_floor, pg_tails)
 
 
-async def _find_vdl(client: StorageClient, best: dict[int, tuple[int, str]]) -> tuple[int, int, dict[int, int]]:
-    complete_to = min(scl for scl, _ in best.values())  # F: every record at or below it is held
-    window = CHAIN_WINDOW_LSNS
-    while True:
-        low = max(0, complete_to - window)
-        chains = {}
-        for pg, (_, node_id) in best.items():
+async def _find_vdl(client: StorageClient, best: dict[int, tuple[int, str]], start: int) -> tuple[int, int, dict[int, int]]:
+    """Read each PG's best segment's chain above `start` (a known durable VDL) and walk it."""
+    chains = {}
+    for pg, (_, node_id) in best.items():
+        records, last_at_or_below, after = [], None, start
+        while True:
             reply = await client.links[node_id].request(
-                {"t": sp.CHAIN, "epoch": client.epoch, "pg": pg, "after_lsn": low})
-            chains[pg] = reply
-        records = {}  # lsn -> (prev_volume, cpl, pg)
-        for pg, reply in chains.items():
-            for lsn, prev_volume, _prev_pg, cpl in reply["records"]:
-                records[lsn] = (prev_volume, bool(cpl), pg)
-        start_cpls = [lsn for lsn, (_, cpl, _) in records.items() if cpl and lsn <= complete_to]
-        if start_cpls or low == 0:
-            break
-        window *= 2
-    start = max(start_cpls, default=0)  # 0: the volume's beginning
+                {"t": sp.CHAIN, "epoch": client.epoch, "pg": pg, "after_lsn": after})
+            if last_at_or_below is None:
+                last_at_or_below = reply.get("last_at_or_below", 0)
+            records += reply["records"]
+            if not reply.get("more") or not reply["records"]:
+                break
+            after = reply["records"][-1][0]
+        chains[pg] = (records, last_at_or_below)
+    return walk_volume_chain(chains, start)
+
+
+# --- the pure part: no I/O ----------------------------------------------------------------------
+
+
+def best_segments(replies: dict[str, dict]) -> dict[int, tuple[int, str]]:
+    """Per PG, the (SCL, node) of the segment with the highest SCL among the replies."""
+    best: dict[int, tuple[int, str]] = {}
+    for node_id, reply in sorted(replies.items()):
+        for pg, scl in reply.get("pgs", {}).items():
+            pg = int(pg)
+            if scl > best.get(pg, (-1, ""))[0]:
+                best[pg] = (scl, node_id)
+    return best
+
+
+def walk_volume_chain(chains: dict[int, tuple[list, int]], start: int) -> tuple[int, int, dict[int, int]]:
+    """DESIGN.md 6a step 3. `start` is a VDL some writer acknowledged (the highest `vdl` a record
+    in the quorum names), so every record at or below it is on a write quorum and therefore in its
+    PG's best segment. `chains` maps each PG to that best segment's chain records above `start`
+    ([lsn, prev_volume, prev_pg, cpl]) and the last LSN it holds at or below `start`. From `start`,
+    follow prev_volume links upward while the next record is present: where the walk stops is VCL;
+    VDL is the highest CPL on the way. Every acknowledged record lies on this walk, so the new VDL
+    is at least every VDL ever acknowledged. Returns (VDL, VCL, last LSN of each PG <= VDL)."""
+    records = {}  # lsn -> (prev_volume, cpl, pg)
+    for pg, (chain, _) in chains.items():
+        for lsn, prev_volume, _prev_pg, cpl in chain:
+            records[lsn] = (prev_volume, bool(cpl), pg)
     next_of = {prev_volume: lsn for lsn, (prev_volume, _, _) in records.items()}
     vcl = vdl = start
     while vcl in next_of:
         vcl = next_of[vcl]
         if records[vcl][1]:
             vdl = vcl
-    pg_tails = {pg: reply.get("last_at_or_below", 0) for pg, reply in chains.items()}
+    pg_tails = {pg: last_at_or_below for pg, (_, last_at_or_below) in chains.items()}
     for lsn, (_, _, pg) in records.items():
         if lsn <= vdl and lsn > pg_tails.get(pg, 0):
             pg_tails[pg] = lsn
-    pg_tails = {pg: tail for pg, tail in pg_tails.items() if tail > 0}
-    return vdl, vcl, pg_tails
+    return vdl, vcl, {pg: tail for pg, tail in pg_tails.items() if tail > 0}

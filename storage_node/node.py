@@ -222,13 +222,19 @@ class Node:
     def scls(self) -> dict[int, int]:
         return {pg: segment.scl for pg, segment in sorted(self.segments.items())}
 
+    def vdl_hint(self) -> int:
+        """The highest writer VDL any held record names: recovery's known-durable starting point."""
+        return max((segment.vdl_hint for segment in self.segments.values()), default=0)
+
     def _answer(self, request: dict) -> dict:
         request_id, kind = request.get("id"), request.get("t")
         if kind == sp.STATUS:
             return sp.ok(request_id, node_id=self.node_id, az=self.az, epoch=self.meta.epoch,
-                         lsn_floor=self.meta.lsn_floor, pgs=self.scls(), stats=dict(self.stats))
+                         lsn_floor=self.meta.lsn_floor, pgs=self.scls(), vdl_hint=self.vdl_hint(),
+                         stats=dict(self.stats))
         if kind == sp.SET_EPOCH:
-            return sp.ok(request_id, epoch=self.meta.epoch, lsn_floor=self.meta.lsn_floor, pgs=self.scls())
+            return sp.ok(request_id, epoch=self.meta.epoch, lsn_floor=self.meta.lsn_floor, pgs=self.scls(),
+                         vdl_hint=self.vdl_hint())
         pg = request["pg"]
         segment = self.segments.get(pg) or Segment(pg)
         if kind == sp.GET_PAGE:

@@ -83,6 +83,7 @@ class Segment:
         self._page_inits: dict[int, list[int]] = {}  # page_id -> chain LSNs of its init records
         self._cache: collections.OrderedDict[int, _CachedPage] = collections.OrderedDict()
         self.truncation_ranges: list[tuple[int, int]] = []  # (above_lsn, lsn_floor]: refused forever
+        self.vdl_hint = 0  # highest writer VDL named by a chain record: a known durable point
 
     # --- state --------------------------------------------------------------------------------
 
@@ -156,6 +157,7 @@ class Segment:
         assert record.prev_pg == self.scl and record.lsn > self.scl, (record.lsn, record.prev_pg, self.scl)
         self._chain.append(record.lsn)
         self._held[record.lsn] = entry
+        self.vdl_hint = max(self.vdl_hint, record.vdl)
         self._page_lsns.setdefault(record.page_id, []).append(record.lsn)
         if record.op.endswith("_init"):
             self._page_inits.setdefault(record.page_id, []).append(record.lsn)
