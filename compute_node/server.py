@@ -8,6 +8,7 @@ only a working directory. The admin port answers {"t": "status"} frames for `aur
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import os
 import signal
@@ -23,12 +24,28 @@ from compute_node.storage_client import StorageClient
 log = logging.getLogger("compute_node")
 
 
+class Role(enum.Enum):
+    RECOVERING = "recovering"
+    WRITER = "writer"
+    FENCED = "fenced"
+
+
+ROLE_TRANSITIONS = {
+    (Role.RECOVERING, "recovered"): Role.WRITER,
+    (Role.WRITER, "newer_epoch_seen"): Role.FENCED,
+    (Role.FENCED, "newer_epoch_seen"): Role.FENCED,
+}
+
+
 class ComputeNode:
     def __init__(self, args):
         self.args = args
         self.engine: Engine | None = None
         self.client = StorageClient(args.storage, on_ack=self._on_ack, on_forget=self._on_forget, on_fenced=self._on_fenced)
-        self.role = "recovering"
+        self.role = Role.RECOVERING
+
+    def _transition(self, event: str) -> None:
+        self.role = ROLE_TRANSITIONS[(self.role, event)]  # a missing pair is a bug: KeyError
 
     def _on_ack(self, pg, node_id, scl):
         if self.engine:
@@ -41,7 +58,7 @@ class ComputeNode:
     def _on_fenced(self, reason):
         if self.engine:
             log.error("fenced: %s", reason)
-            self.role = "fenced"
+            self._transition("newer_epoch_seen")
             self.engine.log_writer.on_fenced(reason)
 
     async def serve(self, stop: asyncio.Event) -> None:
@@ -55,7 +72,7 @@ class ComputeNode:
             volume = await recover(self.client)
             self.engine = Engine(loop, self.client, volume, self.args.cache_pages)
             await self.engine.call(self.engine.open_volume)
-            self.role = "writer"
+            self._transition("recovered")
             server = await pg_server.serve(host, port, lambda: EngineSession(self.engine))
             log.info("writer ready on %s:%d (epoch %d, VDL %d)", host, port, volume.epoch, volume.vdl)
             await stop.wait()
@@ -68,7 +85,7 @@ class ComputeNode:
                 self.engine.shutdown()
 
     def status(self) -> dict:
-        status = {"node_id": self.args.node_id, "role": self.role, "port": self.args.listen[1], "pid": os.getpid()}
+        status = {"node_id": self.args.node_id, "role": self.role.value, "port": self.args.listen[1], "pid": os.getpid()}
         if self.engine:
             status.update(self.engine.status())
         return status

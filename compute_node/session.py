@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import enum
 import logging
 import re
 
@@ -26,6 +27,26 @@ _TRANSACTION_CONTROL = re.compile(
     re.IGNORECASE)
 _SET = re.compile(r"^\s*set\s+(session\s+|local\s+)?([a-z_][a-z0-9_.]*)\s*(=|\s+to\s+)\s*(.+?)\s*;?\s*$", re.IGNORECASE | re.S)
 _SHOW = re.compile(r"^\s*show\s+([a-z_][a-z0-9_.]*)\s*;?\s*$", re.IGNORECASE)
+
+class BlockState(enum.Enum):
+    """The transaction block state, with the status byte ReadyForQuery reports."""
+
+    IDLE = "I"
+    IN_BLOCK = "T"
+    FAILED = "E"
+
+
+BLOCK_TRANSITIONS = {
+    (BlockState.IDLE, "begin"): BlockState.IN_BLOCK,
+    (BlockState.IN_BLOCK, "begin"): BlockState.IN_BLOCK,  # PostgreSQL warns and stays in the block
+    (BlockState.FAILED, "begin"): BlockState.FAILED,
+    (BlockState.IDLE, "error"): BlockState.IDLE,  # the implicit transaction is rolled back
+    (BlockState.IN_BLOCK, "error"): BlockState.FAILED,
+    (BlockState.IDLE, "end"): BlockState.IDLE,  # COMMIT or ROLLBACK
+    (BlockState.IN_BLOCK, "end"): BlockState.IDLE,
+    (BlockState.FAILED, "end"): BlockState.IDLE,
+}
+
 
 DEFAULT_SETTINGS = {
     "server_version": "15.0", "server_encoding": "UTF8", "client_encoding": "UTF8", "datestyle": "ISO, MDY",
@@ -95,16 +116,16 @@ class EngineSession:
 
     def __init__(self, engine: Engine):
         self.engine = engine
-        self.in_block = False
-        self.failed = False
+        self.state = BlockState.IDLE
         self.xid: int | None = None
         self.settings = dict(DEFAULT_SETTINGS)
 
     @property
     def transaction_status(self) -> str:
-        if self.failed:
-            return "E"
-        return "T" if self.in_block else "I"
+        return self.state.value
+
+    def _transition(self, event: str) -> None:
+        self.state = BLOCK_TRANSITIONS[(self.state, event)]  # a missing pair is a bug: KeyError
 
     # --- prepare ------------------------------------------------------------------------------
 
@@ -129,7 +150,7 @@ class EngineSession:
         if match:
             name = match.group(1).lower()
             return Statement(sql, "show", [], [Column(name, TEXT_OID)], setting=(name,))
-        if self.failed:
+        if self.state is BlockState.FAILED:
             raise InFailedTransaction("current transaction is aborted, commands ignored until end of transaction block")
         param_types = [t.NAMES_BY_OID.get(oid, "unknown") if oid else "unknown" for oid in param_oids]
         node, plan, types = await self.engine.call(self.engine.prepare, sql, param_types, self.xid)
@@ -146,11 +167,10 @@ class EngineSession:
         if kind == "empty":
             return Result("")
         if kind == "begin":
-            if not self.failed:
-                self.in_block = True
+            self._transition("begin")
             return Result("BEGIN")
         if kind == "commit":
-            if self.failed:
+            if self.state is BlockState.FAILED:
                 await self._rollback()
                 return Result("ROLLBACK")
             await self._commit()
@@ -158,7 +178,7 @@ class EngineSession:
         if kind == "rollback":
             await self._rollback()
             return Result("ROLLBACK")
-        if self.failed:
+        if self.state is BlockState.FAILED:
             raise InFailedTransaction("current transaction is aborted, commands ignored until end of transaction block")
         if kind == "set":
             name, value = statement.setting
@@ -167,15 +187,14 @@ class EngineSession:
         if kind == "show":
             (name,) = statement.setting
             return Result("SHOW", statement.columns, [(self.settings.get(name, ""),)])
-        autocommit = not self.in_block
+        autocommit = self.state is BlockState.IDLE
         try:
             statement.plan, result, commit_lsn = await self.engine.call(
                 self.engine.run, statement.node, statement.plan, statement.param_types, params, self, autocommit)
         except DatabaseError:
-            if self.in_block:
-                self.failed = True
-            else:
+            if autocommit:
                 await self._rollback()
+            self._transition("error")
             raise
         if commit_lsn is not None:
             xid, self.xid = self.xid, None
@@ -190,7 +209,7 @@ class EngineSession:
 
     async def _commit(self) -> None:
         xid, self.xid = self.xid, None
-        self.in_block = self.failed = False
+        self._transition("end")
         if xid is None:
             return
         commit_lsn = await self.engine.call(self.engine.write_commit, xid)
@@ -220,7 +239,7 @@ class EngineSession:
 
     async def _rollback(self) -> None:
         xid, self.xid = self.xid, None
-        self.in_block = self.failed = False
+        self._transition("end")
         if xid is not None:
             await self.engine.call(self.engine.write_abort, xid)
 
