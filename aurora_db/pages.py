@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import msgpack
 
-from aurora_db.constants import PAGE_BYTES_MAX
+from aurora_db.constants import BATCH_RECORDS_MAX, FRAME_BYTES_MAX, PAGE_BYTES_MAX
 from aurora_db.records import Record
 
 XIDS_PER_CLOG_PAGE = 8192
@@ -29,6 +29,10 @@ XID_ABORTED = 2
 TUPLE_OVERHEAD_BYTES = 24
 KEY_OVERHEAD_BYTES = 16
 PAGE_HEADER_BYTES = 64
+ROW_BYTES_MAX = PAGE_BYTES_MAX - PAGE_HEADER_BYTES  # a row lives in one heap page
+KEY_BYTES_MAX = (PAGE_BYTES_MAX - PAGE_HEADER_BYTES) // 3  # a B-tree node splits into halves of >= 1 key
+RECORD_OVERHEAD_BYTES = 256  # a record's fields around its largest payload, a page image
+assert BATCH_RECORDS_MAX * (PAGE_BYTES_MAX + RECORD_OVERHEAD_BYTES) < FRAME_BYTES_MAX  # a batch fits a frame
 
 
 class Page:

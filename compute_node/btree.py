@@ -82,9 +82,7 @@ class BTree:
         return self._descend(key, rightmost=True)
 
     def insert(self, key: tuple, tid: tuple[int, int], path: list[int]) -> None:
-        """Inside an MTR, with the path from prepare_insert (pages pinned)."""
-        for page_id in path:
-            self.store.get(page_id)  # pin the whole path for this MTR
+        """Inside an MTR that pinned the path from prepare_insert."""
         leaf = self.store.get(path[-1])
         position = bisect.bisect_right(leaf.keys, key)
         if leaf.fits(key):

@@ -88,11 +88,9 @@ class Catalog:
     def create(self, name: str, columns: list[ColumnDef], primary_key: list[str], snapshot: Snapshot, xid: int) -> TableDef:
         self._check_name_free(name, snapshot, xid)
         heap = self.heap
-        row_target = None
         # The table's pages first, then its catalog row; each its own MTR. Pages of a table whose
         # transaction aborts are unreachable garbage, never visible.
-        self.store.get(META_PAGE)
-        with self.store.mtr():
+        with self.store.mtr(META_PAGE):
             table_page_id = Heap.create(self.store)
             if primary_key:
                 from compute_node.btree import BTree
@@ -100,7 +98,7 @@ class Catalog:
                 self.store.log(table_page_id, "table_set", "indexes", {PRIMARY_KEY_INDEX: root})
         values = [name, table_page_id, [list(dataclasses.astuple(c)) for c in columns], list(primary_key)]
         row_target = heap.prepare_insert(values)
-        with self.store.mtr():
+        with self.store.mtr(*heap.pages_for_insert()):
             tid = heap.insert(values, xid, row_target)
         return _decode(tid, values)
 

@@ -207,10 +207,17 @@ def _int_mod(a, b):
     return a - b * _int_div(a, b)
 
 
+def _numeric_mod(a, b):
+    """numeric % numeric: the remainder takes the dividend's sign, as in PostgreSQL."""
+    return a - b * (a / b).to_integral_value(rounding=decimal.ROUND_DOWN)
+
+
 def _arithmetic(symbol):
     def handler(node, scope, expected):
         left_fn, left, right_fn, right = _operands(node, scope)
         result = _result_type(left, right, symbol)
+        if symbol == "%" and result in t.FLOATS:
+            raise UndefinedFunction(f"operator does not exist: {t.DISPLAY[left]} % {t.DISPLAY[right]}")
         is_int = result in t.INTEGERS
         is_numeric = result == "numeric"
         if symbol == "+":
@@ -222,7 +229,7 @@ def _arithmetic(symbol):
         elif symbol == "/":
             op = _int_div if is_int else operator.truediv
         else:
-            op = _int_mod if is_int else (lambda a, b: a % b if is_numeric else __import__("math").fmod(a, b))
+            op = _int_mod if is_int else _numeric_mod
 
         def compute(row, params):
             a = left_fn(row, params)
@@ -313,13 +320,15 @@ def _not(node, scope, expected):
 
 
 def _is(node: exp.Is, scope, expected):
+    """IS [NOT] NULL and IS [NOT] TRUE/FALSE: never NULL themselves. sqlglot marks NOT with `negate`."""
     fn, _ = compile_expr(node.this, scope)
     target = node.expression
+    negate = bool(node.args.get("negate"))
     if isinstance(target, exp.Null):
-        return (lambda row, params: fn(row, params) is None), "bool"
+        return (lambda row, params: (fn(row, params) is None) != negate), "bool"
     if isinstance(target, exp.Boolean):
         wanted = bool(target.this)
-        return (lambda row, params: fn(row, params) is wanted), "bool"
+        return (lambda row, params: (fn(row, params) is wanted) != negate), "bool"
     raise FeatureNotSupported(f"IS {target.sql()} is not supported")
 
 

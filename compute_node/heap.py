@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from compute_node.page_store import PageStore
+from compute_node.page_store import META_PAGE, PageStore
 
 
 class Heap:
@@ -28,10 +28,14 @@ class Heap:
         return table_page_id
 
     def prepare_insert(self, values: list) -> int:
-        """Before the MTR: fetch and pin what an insert touches; returns the target page id."""
+        """Before the MTR: returns the page the tuple goes to, or 0 if a new page is needed."""
         table = self.store.get(self.table_page_id)
         last = self.store.get(table.values["last_heap"])
         return last.page_id if last.fits(values) else 0
+
+    def pages_for_insert(self) -> list[int]:
+        """The existing pages an insert may read or change: pin them at the MTR's start."""
+        return [META_PAGE, self.table_page_id, self.store.get(self.table_page_id).values["last_heap"]]
 
     def insert(self, values: list, xid: int, target_page_id: int) -> tuple[int, int]:
         """Inside an MTR, after prepare_insert. Returns the new tuple's tid."""
@@ -48,7 +52,7 @@ class Heap:
         return target_page_id, slot
 
     def set_xmax(self, tid: tuple[int, int], xid: int) -> None:
-        with self.store.mtr():
+        with self.store.mtr(tid[0]):
             self.store.log(tid[0], "heap_set_xmax", tid[1], xid)
 
     def fetch(self, tid) -> list:

@@ -71,13 +71,16 @@ class PageStore:
     # --- changes ------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def mtr(self, records_max: int = MTR_RECORDS_MAX):
-        """A mini-transaction: reserve LSN room, collect records, ship them with a CPL at the end."""
+    def mtr(self, *pages_used: int, records_max: int = MTR_RECORDS_MAX):
+        """A mini-transaction: reserve LSN room, fetch and pin `pages_used` (every existing page
+        the MTR will read or change), collect records, ship them with a CPL at the end."""
         assert self._mtr is None, "MTRs do not nest"
         self.cache.make_room()
         self.log_writer.reserve(records_max)
         self._mtr = []
         try:
+            for page_id in pages_used:
+                self.get(page_id)  # no record made yet: a failed fetch leaves nothing behind
             yield self
         except BaseException as error:
             if self._mtr:

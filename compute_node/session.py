@@ -14,7 +14,7 @@ import enum
 import logging
 import re
 
-from aurora_db.errors import DatabaseError, InFailedTransaction, QuorumTimeout
+from aurora_db.errors import DatabaseError, InFailedTransaction, InternalError, QuorumTimeout
 from compute_node import sql_types as t
 from compute_node.backend import Column, Result, TEXT_OID
 from compute_node.engine import Engine
@@ -191,11 +191,14 @@ class EngineSession:
         try:
             statement.plan, result, commit_lsn = await self.engine.call(
                 self.engine.run, statement.node, statement.plan, statement.param_types, params, self, autocommit)
-        except DatabaseError:
+        except Exception as error:
             if autocommit:
                 await self._rollback()
             self._transition("error")
-            raise
+            if isinstance(error, DatabaseError):
+                raise
+            log.exception("internal error in %r", statement.sql[:200])
+            raise InternalError(f"internal error: {type(error).__name__}: {error}") from error
         if commit_lsn is not None:
             xid, self.xid = self.xid, None
             await self._wait_commit_durable(xid, commit_lsn)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import itertools
 import logging
 import random
@@ -136,6 +137,10 @@ class NodeLink:
         message = {"t": sp.APPEND, "epoch": self.client.epoch, "pg": pg, "records": sealed}
         try:
             reply = await self._send_request(message, timeout_ms=STORAGE_REQUEST_TIMEOUT_MS * 5)
+        except FrameError:
+            # Rows and keys are bounded so that a full batch always fits a frame: this is a bug.
+            log.critical("an append batch of %d records does not fit a frame", len(sealed), exc_info=True)
+            os._exit(70)
         except (NodeUnreachable, RequestFailed, AttributeError) as error:
             log.warning("append to %s failed: %s", self.node_id, error)
             self._drop_connection()

@@ -14,11 +14,13 @@ from aurora_db.errors import (
     DuplicateColumn,
     FeatureNotSupported,
     NotNullViolation,
+    ProgramLimitExceeded,
     SerializationFailure,
     SyntaxError_,
     UndefinedColumn,
     UniqueViolation,
 )
+from aurora_db import pages
 from aurora_db.pages import XID_ABORTED, XID_COMMITTED
 from compute_node import sql_types as t
 from compute_node.backend import Result
@@ -78,8 +80,21 @@ def check_unique(ctx: Context, table: TableDef, tree: BTree, heap: Heap, key: tu
                               detail=f"Key ({', '.join(table.primary_key)})=({shown}) already exists.")
 
 
+def check_sizes(table: TableDef, values: list) -> None:
+    """A row must fit a heap page and its key a B-tree node (no out-of-line storage yet)."""
+    size = pages.tuple_bytes(values)
+    if size > pages.ROW_BYTES_MAX:
+        raise ProgramLimitExceeded(f"row is too big: size {size}, maximum size {pages.ROW_BYTES_MAX}")
+    if table.primary_key:
+        key_size = pages.key_bytes(tuple(values[i] for i in table.primary_key_indexes))
+        if key_size > pages.KEY_BYTES_MAX:
+            raise ProgramLimitExceeded(f'index row size {key_size} exceeds maximum {pages.KEY_BYTES_MAX} '
+                                       f'for index "{_pkey_name(table)}"')
+
+
 def write_row(ctx: Context, table: TableDef, values: list, old_tid=None) -> tuple:
     """Insert one row version (and, for an UPDATE, end the old one) with its index entry, in one MTR."""
+    check_sizes(table, values)
     store = ctx.store
     xid = ctx.ensure_xid()
     heap = Heap(store, table.table_page_id)
@@ -89,10 +104,9 @@ def write_row(ctx: Context, table: TableDef, values: list, old_tid=None) -> tupl
         tree = BTree(store, store.get(table.table_page_id).values["indexes"][PRIMARY_KEY_INDEX])
         key = tuple(values[i] for i in table.primary_key_indexes)
     target = heap.prepare_insert(values)
-    path = tree.prepare_insert(key) if tree else None
-    if old_tid is not None:
-        store.get(old_tid[0])
-    with store.mtr():
+    path = tree.prepare_insert(key) if tree else []
+    old_page = [old_tid[0]] if old_tid is not None else []
+    with store.mtr(*heap.pages_for_insert(), *path, *old_page):
         if old_tid is not None:
             store.log(old_tid[0], "heap_set_xmax", old_tid[1], xid)
         tid = heap.insert(values, xid, target)
@@ -239,8 +253,7 @@ class DeletePlan(_TargetedPlan):
             xid = ctx.ensure_xid()
             if not check_writable(ctx, tid, heap.fetch(tid)[1]):
                 continue
-            ctx.store.get(tid[0])
-            with ctx.store.mtr():
+            with ctx.store.mtr(tid[0]):
                 ctx.store.log(tid[0], "heap_set_xmax", tid[1], xid)
             count += 1
         return Result(f"DELETE {count}")

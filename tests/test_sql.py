@@ -30,6 +30,8 @@ QUERIES = [
     "SELECT * FROM {t} ORDER BY id",
     "SELECT id, name FROM {t} WHERE score > 1 ORDER BY id",
     "SELECT id FROM {t} WHERE score IS NULL OR flag IS NULL ORDER BY id",
+    "SELECT id, score IS NOT NULL, flag IS NOT TRUE, flag IS FALSE, note IS NULL FROM {t} ORDER BY id",
+    "SELECT id FROM {t} WHERE note IS NOT NULL AND NOT flag IS NULL ORDER BY id",
     "SELECT id FROM {t} WHERE NOT (flag AND score > 0) ORDER BY id",
     "SELECT id FROM {t} WHERE flag OR score < 0 ORDER BY 1",
     "SELECT id, small / 2, small % 4, -small, small * 3 + 1 FROM {t} ORDER BY id",
@@ -74,6 +76,8 @@ ERRORS = [
     "INSERT INTO {t} (id, name, small) VALUES (200, 'x', 40000)",
     "INSERT INTO {t} (id, name) VALUES (201, 'this name is much too long for twenty')",
     "SELECT 'abc'::int",
+    "SELECT id, score % 1 FROM {t} WHERE false",
+    "SELECT id, ratio % 2 FROM {t}",
     "SELECT CAST(score AS int) FROM {t} WHERE id = 7",
     "SELECT name + 1 FROM {t}",
     "SELECT id, count(*) FROM {t}",
@@ -138,6 +142,19 @@ def test_writes_leave_the_same_table(both):
         assert run(ours, sql) == run(theirs, sql), sql
     final = f"SELECT * FROM {table} ORDER BY id"
     assert run(ours, final) == run(theirs, final)
+
+
+def test_an_internal_error_rolls_back_like_any_other_error(sql_cluster):
+    """Whatever fails inside a statement, nothing of it is committed later."""
+    with sql_cluster.connect() as connection:
+        connection.execute("CREATE TABLE oversize (id int PRIMARY KEY, v text)")
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded):
+            connection.execute("INSERT INTO oversize VALUES (1, 'a'), (2, repeat_me)".replace(
+                "repeat_me", "'" + "x" * 20_000 + "'"))
+        assert run(connection, "SELECT 1") == [(1,)]
+        assert run(connection, "SELECT count(*) FROM oversize") == [(0,)], "row 1 must not survive"
+        connection.execute("INSERT INTO oversize VALUES (3, 'ok')")
+        assert run(connection, "SELECT id FROM oversize") == [(3,)]
 
 
 def test_a_failed_statement_is_not_half_applied(sql_cluster):
