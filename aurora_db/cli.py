@@ -71,6 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="show every process of a local cluster")
     status.add_argument("--data", required=True)
     status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    slt = commands.add_parser("sqllogictest", help="run sqllogictest scripts against a PostgreSQL-protocol server")
+    slt.add_argument("files", nargs="+", metavar="FILE", help="a .test script; files run one after another")
+    slt.add_argument("--host", default=None)
+    slt.add_argument("--port", type=int, default=None)
+    slt.add_argument("--user", default=None)
+    slt.add_argument("--dbname", default=None)
+    slt.add_argument("--failures", type=int, default=None, metavar="N",
+                     help="how many of the first failures to show (default 10)")
+    slt.add_argument("--limit-records", type=int, default=None, metavar="N",
+                     help="run only the first N statements and queries of each file")
+    slt.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                     help="give up on a statement after this long (default 60)")
+    slt.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -86,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         from aurora_db.cluster import run_up as run
     elif args.command == "down":
         from aurora_db.cluster import run_down as run
+    elif args.command == "sqllogictest":
+        from aurora_db.sqllogictest import run
     else:
         from aurora_db.cluster import run_status as run
     return run(args) or 0
