@@ -2,7 +2,8 @@
 
 States (PostgreSQL's): idle 'I', in a block 'T', in a failed block 'E'. An error inside a block
 fails the block until ROLLBACK (or COMMIT, which then rolls back); an error outside a block
-aborts the implicit transaction. A commit is answered only after VDL >= its commit LSN; until
+aborts the implicit transaction. The statements of one simple-query string share one implicit
+transaction (committed after the last, rolled back whole on an error), as in PostgreSQL. A commit is answered only after VDL >= its commit LSN; until
 then its transaction id stays active, so no other snapshot can see what recovery might lose.
 """
 
@@ -68,6 +69,8 @@ class Statement:
     plan: Plan | None = None
     param_types: list[str] = dataclasses.field(default_factory=list)
     setting: tuple = ()
+    in_script: bool = False  # one of several statements of one simple-query string
+    ends_script: bool = False  # the last of them: the implicit transaction commits after it
 
 
 def split_statements(sql: str) -> list[str]:
@@ -131,7 +134,10 @@ class EngineSession:
 
     async def prepare_script(self, sql: str) -> list[Statement]:
         """Statements of a simple query, planned only when run: an earlier one may create a table."""
-        return [Statement(text, "deferred", [], None) for text in split_statements(sql)]
+        texts = split_statements(sql)
+        several = len(texts) > 1
+        return [Statement(text, "deferred", [], None, in_script=several, ends_script=several and i == len(texts) - 1)
+                for i, text in enumerate(texts)]
 
     async def prepare(self, sql: str, param_oids: list[int]) -> Statement:
         text = _strip_comments(sql).strip()
@@ -162,7 +168,14 @@ class EngineSession:
     async def execute(self, statement: Statement, params: list) -> Result:
         if statement.kind == "deferred":
             prepared = await self.prepare(statement.sql, [])
+            prepared.in_script, prepared.ends_script = statement.in_script, statement.ends_script
             statement.__dict__.update(prepared.__dict__)
+        result = await self._execute(statement, params)
+        if statement.ends_script and self.state is BlockState.IDLE and self.xid is not None:
+            await self._commit()  # the script's implicit transaction, if its last statement left it open
+        return result
+
+    async def _execute(self, statement: Statement, params: list) -> Result:
         kind = statement.kind
         if kind == "empty":
             return Result("")
@@ -187,12 +200,13 @@ class EngineSession:
         if kind == "show":
             (name,) = statement.setting
             return Result("SHOW", statement.columns, [(self.settings.get(name, ""),)])
-        autocommit = self.state is BlockState.IDLE
+        implicit = self.state is BlockState.IDLE
+        autocommit = implicit and (not statement.in_script or statement.ends_script)
         try:
             statement.plan, result, commit_lsn = await self.engine.call(
                 self.engine.run, statement.node, statement.plan, statement.param_types, params, self, autocommit)
         except Exception as error:
-            if autocommit:
+            if implicit:
                 await self._rollback()
             self._transition("error")
             if isinstance(error, DatabaseError):

@@ -253,3 +253,18 @@ def test_a_primary_key_lookup_reads_few_pages(sql_cluster):
         table_pages = 20_000 * 90 // 8192
         assert misses <= lookups * 6, f"{misses} page reads for {lookups} lookups in a {table_pages}-page table"
         assert run(connection, "SELECT count(*), sum(id) FROM lookup") == [(20_000, sum(range(20_000)))]
+
+
+def test_a_multi_statement_query_is_one_implicit_transaction(sql_cluster):
+    """PostgreSQL: the statements of one simple-query string commit together or not at all."""
+    with sql_cluster.connect() as connection:
+        connection.execute("CREATE TABLE script_block (id int PRIMARY KEY)")
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            connection.execute("INSERT INTO script_block VALUES (1); SELECT 1 / 0")
+        assert run(connection, "SELECT count(*) FROM script_block") == [(0,)]
+        connection.execute("INSERT INTO script_block VALUES (2); INSERT INTO script_block VALUES (3); SHOW server_version")
+        assert run(connection, "SELECT id FROM script_block ORDER BY id") == [(2,), (3,)]
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            connection.execute("INSERT INTO script_block VALUES (4); COMMIT; INSERT INTO script_block VALUES (4)")
+        assert run(connection, "SELECT id FROM script_block ORDER BY id") == [(2,), (3,), (4,)], \
+            "an explicit COMMIT inside the string commits what came before it"
