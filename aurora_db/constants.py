@@ -2,7 +2,26 @@
 
 Invariants are asserted where the constants are defined, so a bad edit fails at import time.
 Aurora SIGMOD 2017, 2.1: V = 6 copies, two per AZ in three AZs; Vw = 4, Vr = 3.
+A few limits may be overridden from the environment (named below, read once at import): each
+must be a positive integer, or the process stops at import with a message naming the variable.
 """
+
+import os
+
+
+def _positive_int_from_env(name: str, default: int) -> int:
+    """The integer in environment variable `name`, or `default` when it is unset or empty."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={text!r} is not an integer") from None
+    if value <= 0:
+        raise ValueError(f"environment variable {name}={value} must be positive")
+    return value
+
 
 SEGMENTS_PER_PG = 6
 AZS = ("a", "b", "c")
@@ -38,7 +57,10 @@ STATEMENT_ROWS_MAX = 10_000_000
 
 # Timeouts.
 STORAGE_REQUEST_TIMEOUT_MS = 2_000
-COMMIT_TIMEOUT_MS = 30_000  # a commit that gets no write quorum in this time fails
+# A commit that gets no write quorum in this time fails (QuorumTimeout, outcome unknown); also how
+# long a statement waits for LSN room or for VDL to advance. Override: AURORA_DB_COMMIT_TIMEOUT_MS
+# (the fault tests set a few seconds so a lost quorum is reported quickly).
+COMMIT_TIMEOUT_MS = _positive_int_from_env("AURORA_DB_COMMIT_TIMEOUT_MS", 30_000)
 RECOVERY_TIMEOUT_MS = 60_000
 RECONNECT_INTERVAL_MS = 200
 
@@ -57,7 +79,8 @@ assert PGWIRE_READ_CHUNK_BYTES <= PGWIRE_OUTPUT_BUFFER_BYTES_MAX
 
 # Writer -> storage shipping.
 SEND_QUEUE_BATCHES_MAX = 4096  # batches queued for one storage node before it is treated as behind
-CATCH_UP_RECORDS_PER_REQUEST = 2048
+CATCH_UP_RECORDS_PER_REQUEST = BATCH_RECORDS_MAX  # records resent to a segment behind, per append
+assert CATCH_UP_RECORDS_PER_REQUEST <= BATCH_RECORDS_MAX  # a catch-up append is refused over the batch limit
 assert RECENT_RECORDS_PER_PG_MAX >= LSN_ALLOCATION_LIMIT  # every record not yet durable can be resent
 
 # Storage node.

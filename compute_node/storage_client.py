@@ -5,7 +5,8 @@ matches replies to requests by id, and ships append batches in LSN order per PG.
 (re)connect the link first raises the node to the writer's epoch and truncation point, then
 resends what the node lacks: from the writer's bounded buffer of recent records, or, when that
 does not reach back far enough, from a peer segment that has them (this is how a restarted
-storage node catches up until gossip exists).
+storage node catches up until gossip exists); while no connected peer has them, the link drops
+and reconnects every RECONNECT_INTERVAL_MS until one does.
 Invariants: acks feed the DurabilityTracker only; a node's queue is bounded (a node too far
 behind is disconnected and caught up on reconnect); a "stale_epoch" reply fences this writer.
 """
@@ -48,6 +49,11 @@ class RequestFailed(Exception):
 
 class NodeUnreachable(Exception):
     """No connection to the node, or it did not answer in time."""
+
+
+class CatchUpStalled(NodeUnreachable):
+    """No connected peer holds the records this node lacks yet (after a writer restart the peers'
+    links reconnect at the same moment as this one): drop the link, reconnect and try again."""
 
 
 class NodeLink:
@@ -218,7 +224,8 @@ class NodeLink:
                 if sealed is None:
                     sealed = await self.client.fetch_from_peer(pg, scl, tail, exclude=self.node_id)
                 if not sealed:
-                    break
+                    raise CatchUpStalled(f"{self.node_id}: PG {pg} is complete to {scl}, the writer sent up to "
+                                         f"{tail}, and no connected peer has the records in between yet")
                 reply = await self._send_request(
                     {"t": sp.APPEND, "epoch": self.client.epoch, "pg": pg, "records": sealed},
                     STORAGE_REQUEST_TIMEOUT_MS * 5)

@@ -224,9 +224,10 @@ class Segment:
             self.truncation_ranges.append((above_lsn, lsn_floor))
         self._drain_pending()
         result = self.add(sorted(survivors, key=lambda e: e.lsn))
-        if survivors:
+        unchained = sum(1 for entry in survivors if entry.lsn > self.scl)
+        if unchained:  # a truncation repeated on reconnect re-chains every survivor: say nothing then
             log.warning("PG %d: truncation above %d left %d records above the floor %s without their chain",
-                        self.pg, above_lsn, len(survivors), lsn_floor)
+                        self.pg, above_lsn, unchained, lsn_floor)
         assert not result.conflicts, result.conflicts
 
     # --- reads --------------------------------------------------------------------------------
