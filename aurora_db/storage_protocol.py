@@ -8,12 +8,17 @@ and, for every type except "status", "epoch" (the sender's volume epoch).
 Epoch rule (DESIGN.md 2): a request whose epoch is older than the node's epoch is refused with
 error "stale_epoch" ("request epoch 3 is older than volume epoch 4"); a newer one raises the
 node's epoch at once (older requests are refused from then on) and durably (fsync) before any
-reply to that request. A malformed request never raises the epoch.
+reply to that request. A malformed request never raises the epoch. set_epoch is a claim: it is
+refused with "epoch_claimed" unless its epoch is newer than every epoch the node accepted.
 
 Requests and their successful replies ({"id", "ok": True, ...}):
-  status                                   -> node_id, az, epoch, lsn_floor, pgs: {pg: scl}, vdl_hint, stats
-  set_epoch   epoch                        -> epoch, lsn_floor, pgs: {pg: scl}, vdl_hint (durable before the reply)
+  status                                   -> node_id, az, epoch, lsn_floor, pgs: {pg: scl}, vdl_hint,
+                                              truncations, stats
+  set_epoch   epoch                        -> epoch, lsn_floor, pgs: {pg: scl}, vdl_hint, truncations
+                                              (durable before the reply)
                                               vdl_hint: the highest writer VDL named by a held record
+                                              truncations: every [above_lsn, lsn_floor] range the node
+                                              was told of (node-wide, durable)
   append      epoch, pg, records: [[crc, body], ...]  (at most BATCH_RECORDS_MAX, any order)
                                            -> pg, scl       (every record and the SCL durable)
                                               [pending_dropped: n] records that arrived ahead of a gap
@@ -63,6 +68,7 @@ READ_RECORDS = "read_records"
 TRUNCATE = "truncate"
 
 ERROR_STALE_EPOCH = "stale_epoch"
+ERROR_EPOCH_CLAIMED = "epoch_claimed"  # set_epoch for an epoch the node already accepted
 ERROR_NOT_COMPLETE = "not_complete"
 ERROR_BAD_REQUEST = "bad_request"
 ERROR_CHECKSUM = "checksum"

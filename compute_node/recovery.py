@@ -47,7 +47,7 @@ async def _ask_all(links: list[NodeLink], message: dict) -> dict[str, dict]:
         try:
             return link.node_id, await link.request(message)
         except RequestFailed as error:
-            if error.code == sp.ERROR_STALE_EPOCH:
+            if error.code in (sp.ERROR_STALE_EPOCH, sp.ERROR_EPOCH_CLAIMED):
                 raise
             log.warning("recovery: %s", error)
         except NodeUnreachable as error:
@@ -91,21 +91,61 @@ async def recover(client: StorageClient) -> RecoveredVolume:
         except NewerEpochSeen:  # another writer raced us to a newer epoch: go above it
             epoch += 1
     log.info("recovery: epoch %d is durable on %s", epoch, sorted(replies))
+    replies, truncations = await _apply_known_truncations(client, epoch, replies)
 
     best = best_segments(replies)
     old_floor = max(reply.get("lsn_floor", 0) for reply in replies.values())
-
     start = max(reply.get("vdl_hint", 0) for reply in replies.values())
     vdl, vcl, pg_tails = await _find_vdl(client, best, start) if best else (0, 0, {})
     lsn_floor = max(vdl, old_floor) + LSN_ALLOCATION_LIMIT
-    client.truncation = (vdl, lsn_floor)
+    client.truncations = truncations + [(vdl, lsn_floor)]
     await _quorum_of(client, lambda: {"t": sp.TRUNCATE, "epoch": epoch, "above_lsn": vdl, "lsn_floor": lsn_floor},
                      WRITE_QUORUM, f"truncating above {vdl}")
     client.seed_tails(pg_tails)
     for link in client.links.values():
         link.resync()  # handshake again and catch up to the tails
+    await _wait_replicated(client, pg_tails)
     log.info("recovery: epoch %d, VCL %d, VDL %d, LSN floor %d, %d PGs", epoch, vcl, vdl, lsn_floor, len(pg_tails))
     return RecoveredVolume(epoch, vdl, vcl, lsn_floor, pg_tails)
+
+
+async def _apply_known_truncations(client: StorageClient, epoch: int,
+                                   replies: dict[str, dict]) -> tuple[dict[str, dict], list[tuple[int, int]]]:
+    """Every truncation an earlier recovery made durable reached a write quorum, so it is in these
+    replies. A node that missed one may still hold an old epoch's records inside it, which the
+    chain walk must never see: tell every replying node every range, then read their SCLs again."""
+    truncations: list[tuple[int, int]] = []
+    for reply in replies.values():
+        for above_lsn, lsn_floor in reply.get("truncations", []):
+            if (above_lsn, lsn_floor) not in truncations:
+                truncations.append((above_lsn, lsn_floor))
+    lacking = {node_id: [r for r in truncations if list(r) not in reply.get("truncations", [])]
+               for node_id, reply in replies.items()}
+    if not any(lacking.values()):
+        return replies, truncations
+    for node_id, missing in lacking.items():
+        for above_lsn, lsn_floor in missing:
+            log.info("recovery: %s missed truncation (%d, %d]; applying it", node_id, above_lsn, lsn_floor)
+            await client.links[node_id].request(
+                {"t": sp.TRUNCATE, "epoch": epoch, "above_lsn": above_lsn, "lsn_floor": lsn_floor})
+    fresh = {node_id: await client.links[node_id].request({"t": sp.STATUS}) for node_id in replies}
+    return fresh, truncations
+
+
+async def _wait_replicated(client: StorageClient, pg_tails: dict[int, int]) -> None:
+    """DESIGN.md 6a step 5: serve only once every PG's records up to its part of VDL are on a write
+    quorum, so the new writer never builds on a record a single segment holds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + RECOVERY_TIMEOUT_MS / 1000
+    while True:
+        behind = {pg: tail for pg, tail in pg_tails.items()
+                  if sum(1 for link in client.links.values()
+                         if link.connected.is_set() and link.last_scls.get(pg, 0) >= tail) < WRITE_QUORUM}
+        if not behind:
+            return
+        if loop.time() > deadline:
+            raise CannotConnectNow(f"recovery: PGs {sorted(behind)} are not on a write quorum up to VDL")
+        await asyncio.sleep(0.02)
 
 
 async def _find_vdl(client: StorageClient, best: dict[int, tuple[int, str]], start: int) -> tuple[int, int, dict[int, int]]:

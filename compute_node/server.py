@@ -71,6 +71,10 @@ class ComputeNode:
             self.client.start()
             volume = await recover(self.client)
             self.engine = Engine(loop, self.client, volume, self.args.cache_pages)
+            for link in self.client.links.values():  # SCLs heard during recovery, before the tracker
+                if link.connected.is_set():
+                    for pg, scl in link.last_scls.items():
+                        self.engine.log_writer.on_ack(pg, link.node_id, scl)
             await self.engine.call(self.engine.open_volume)
             self._transition("recovered")
             server = await pg_server.serve(host, port, lambda: EngineSession(self.engine))

@@ -151,7 +151,11 @@ class NodeLink:
             log.warning("append to %s failed: %s", self.node_id, error)
             self._drop_connection()
             return
-        self.client.on_ack(pg, self.node_id, reply["scl"])
+        self._on_scl(pg, reply["scl"])
+        if reply.get("pending_dropped"):
+            log.warning("%s dropped %d records it could not hold yet; reconnecting to catch it up",
+                        self.node_id, reply["pending_dropped"])
+            self.resync()
 
     # --- connection ---------------------------------------------------------------------------
 
@@ -190,17 +194,22 @@ class NodeLink:
         Repeated until neither changed meanwhile, so a node that connects while recovery is
         choosing them can never be left with records a truncation should have dropped."""
         while True:
-            epoch, truncation = self.client.epoch, self.client.truncation
+            epoch, truncations = self.client.epoch, list(self.client.truncations)
             reply = await self._send_request({"t": sp.STATUS}, STORAGE_REQUEST_TIMEOUT_MS)
             self.az = reply.get("az")
-            if epoch is not None:
-                reply = await self._send_request({"t": sp.SET_EPOCH, "epoch": epoch}, STORAGE_REQUEST_TIMEOUT_MS)
-            if truncation is not None:
-                above_lsn, lsn_floor = truncation
-                reply = await self._send_request(
-                    {"t": sp.TRUNCATE, "epoch": epoch, "above_lsn": above_lsn, "lsn_floor": lsn_floor},
-                    STORAGE_REQUEST_TIMEOUT_MS)
-            if (epoch, truncation) == (self.client.epoch, self.client.truncation):
+            if epoch is not None and reply["epoch"] < epoch:
+                try:
+                    reply = await self._send_request({"t": sp.SET_EPOCH, "epoch": epoch}, STORAGE_REQUEST_TIMEOUT_MS)
+                except RequestFailed as error:
+                    if error.code != sp.ERROR_EPOCH_CLAIMED:  # raised meanwhile by our own requests: fine
+                        raise
+            held = {tuple(r) for r in reply.get("truncations", [])}
+            for above_lsn, lsn_floor in truncations:
+                if (above_lsn, lsn_floor) not in held:
+                    reply = await self._send_request(
+                        {"t": sp.TRUNCATE, "epoch": epoch, "above_lsn": above_lsn, "lsn_floor": lsn_floor},
+                        STORAGE_REQUEST_TIMEOUT_MS)
+            if (epoch, truncations) == (self.client.epoch, self.client.truncations):
                 break
         self._report_scls(reply)
 
@@ -211,9 +220,15 @@ class NodeLink:
 
     def _report_scls(self, reply: dict) -> None:
         self.client.tracker_forget(self.node_id)
-        self.last_scls = {int(pg): scl for pg, scl in reply.get("pgs", {}).items()}
-        for pg, scl in self.last_scls.items():
-            self.client.on_ack(pg, self.node_id, scl)
+        self.last_scls = {}
+        for pg, scl in reply.get("pgs", {}).items():
+            self._on_scl(int(pg), scl)
+
+    def _on_scl(self, pg: int, scl: int) -> None:
+        """Every SCL this node reports: kept per link (recovery watches it) and fed to the tracker."""
+        if scl > self.last_scls.get(pg, -1):
+            self.last_scls[pg] = scl
+        self.client.on_ack(pg, self.node_id, scl)
 
     async def _catch_up(self) -> None:
         """Send this node every record it lacks up to what the writer has sent so far."""
@@ -229,7 +244,7 @@ class NodeLink:
                 reply = await self._send_request(
                     {"t": sp.APPEND, "epoch": self.client.epoch, "pg": pg, "records": sealed},
                     STORAGE_REQUEST_TIMEOUT_MS * 5)
-                self.client.on_ack(pg, self.node_id, reply["scl"])
+                self._on_scl(pg, reply["scl"])
                 if reply["scl"] <= scl:
                     break
                 scl = reply["scl"]
@@ -265,7 +280,7 @@ class StorageClient:
                  on_forget: Callable[[str], None], on_fenced: Callable[[str], None]):
         self.links = {node_id: NodeLink(self, node_id, host, port) for node_id, host, port in peers}
         self.epoch: int | None = None
-        self.truncation: tuple[int, int] | None = None  # (above_lsn, lsn_floor) of this epoch
+        self.truncations: list[tuple[int, int]] = []  # every (above_lsn, lsn_floor] range, this epoch's last
         self._on_ack = on_ack
         self._on_forget = on_forget
         self._on_fenced = on_fenced

@@ -12,7 +12,12 @@ Invariants:
     replies that depend on them.
   - Epoch rule: a request with an epoch older than the newest accepted one is refused
     ("stale_epoch"); one with a newer epoch raises it at once (so older ones are refused from then
-    on), and nothing of that request is answered before the new epoch is durable.
+    on), and nothing of that request is answered before the new epoch is durable. set_epoch is a
+    claim: it is refused unless its epoch is newer than every accepted one, so of two writers
+    recovering at once with the same epoch at most one can win a write quorum.
+  - Truncation ranges are node-wide: every (above_lsn, lsn_floor] range the node was told of is in
+    its durable metadata, reported in status and set_epoch replies, and applied to every segment,
+    including one created later; telling the node a range it already holds writes nothing.
   - Queued work is applied in `advance` in arrival order, the order it was written to the logs,
     so a restart that replays the logs rebuilds the same segments and the same SCLs.
   - At most one Ready is outstanding. Queued work is bounded by the shell: at most
@@ -51,6 +56,7 @@ class NodeMeta:
 
     epoch: int = 0
     lsn_floor: int = 0
+    truncations: tuple[tuple[int, int], ...] = ()  # (above_lsn, lsn_floor] ranges, in the order told
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -143,6 +149,8 @@ class Node:
         if epoch < self.accepted.epoch:
             return sp.error(request_id, sp.ERROR_STALE_EPOCH,
                             f"request epoch {epoch} is older than volume epoch {self.accepted.epoch}")
+        if kind == sp.SET_EPOCH and epoch == self.accepted.epoch:
+            return sp.error(request_id, sp.ERROR_EPOCH_CLAIMED, f"epoch {epoch} is already claimed")
         if kind == sp.APPEND:
             pg, entries = self._validate_append(request)
             self._raise_epoch(epoch)
@@ -159,8 +167,14 @@ class Node:
             if lsn_floor is not None:
                 lsn_floor = _int(request, "lsn_floor", minimum=above_lsn)
             self._raise_epoch(epoch)
-            if lsn_floor is not None and lsn_floor > self.accepted.lsn_floor:
-                self.accepted = dataclasses.replace(self.accepted, lsn_floor=lsn_floor)
+            if lsn_floor is not None:
+                known = (above_lsn, lsn_floor) in self.accepted.truncations
+                if known and (above_lsn, lsn_floor) in self.meta.truncations and epoch <= self.meta.epoch:
+                    return self._truncate_reply(request_id)  # already durable: nothing to write
+                if not known:
+                    self.accepted = dataclasses.replace(
+                        self.accepted, lsn_floor=max(lsn_floor, self.accepted.lsn_floor),
+                        truncations=self.accepted.truncations + ((above_lsn, lsn_floor),))
             self._queued.append(_Truncate(token, request_id, above_lsn, epoch, lsn_floor))
             return None
         self._validate_read(kind, request)
@@ -226,15 +240,26 @@ class Node:
         """The highest writer VDL any held record names: recovery's known-durable starting point."""
         return max((segment.vdl_hint for segment in self.segments.values()), default=0)
 
+    def _truncate_reply(self, request_id) -> dict:
+        return sp.ok(request_id, pgs=self.scls(), epoch=self.meta.epoch, lsn_floor=self.meta.lsn_floor,
+                     truncations=[list(r) for r in self.meta.truncations])
+
+    def new_segment(self, pg: int) -> Segment:
+        """A segment for a PG this node has not held yet: every known truncation range applies to it."""
+        segment = self.segments[pg] = Segment(pg)
+        for above_lsn, lsn_floor in self.meta.truncations:
+            segment.truncate(above_lsn, lsn_floor)
+        return segment
+
     def _answer(self, request: dict) -> dict:
         request_id, kind = request.get("id"), request.get("t")
         if kind == sp.STATUS:
             return sp.ok(request_id, node_id=self.node_id, az=self.az, epoch=self.meta.epoch,
                          lsn_floor=self.meta.lsn_floor, pgs=self.scls(), vdl_hint=self.vdl_hint(),
-                         stats=dict(self.stats))
+                         truncations=[list(r) for r in self.meta.truncations], stats=dict(self.stats))
         if kind == sp.SET_EPOCH:
             return sp.ok(request_id, epoch=self.meta.epoch, lsn_floor=self.meta.lsn_floor, pgs=self.scls(),
-                         vdl_hint=self.vdl_hint())
+                         vdl_hint=self.vdl_hint(), truncations=[list(r) for r in self.meta.truncations])
         pg = request["pg"]
         segment = self.segments.get(pg) or Segment(pg)
         if kind == sp.GET_PAGE:
@@ -296,16 +321,13 @@ class Node:
             elif isinstance(op, _Truncate):
                 for segment in self.segments.values():
                     segment.truncate(op.above_lsn, op.lsn_floor)
-                replies.append((op.token, sp.ok(op.request_id, pgs=self.scls(), epoch=self.meta.epoch,
-                                                lsn_floor=self.meta.lsn_floor)))
+                replies.append((op.token, self._truncate_reply(op.request_id)))
             else:
                 replies.append((op.token, self._answer(op.request)))
         return replies
 
     def _apply_append(self, op: _Append) -> dict:
-        segment = self.segments.get(op.pg)
-        if segment is None:
-            segment = self.segments[op.pg] = Segment(op.pg)
+        segment = self.segments.get(op.pg) or self.new_segment(op.pg)
         result = segment.add(op.entries)
         if result.conflicts:
             log.error("PG %d: refused %d records that contradict the chain: %s", op.pg, len(result.conflicts),

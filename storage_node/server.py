@@ -16,6 +16,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import concurrent.futures
 import contextlib
 import json
@@ -53,7 +54,8 @@ def read_meta(data_dir: Path) -> NodeMeta:
     if not path.exists():
         return NodeMeta()
     stored = json.loads(path.read_text())  # written atomically: a parse error is real damage, stop
-    return NodeMeta(epoch=int(stored["epoch"]), lsn_floor=int(stored.get("lsn_floor", 0)))
+    return NodeMeta(epoch=int(stored["epoch"]), lsn_floor=int(stored.get("lsn_floor", 0)),
+                    truncations=tuple((int(a), int(f)) for a, f in stored.get("truncations", [])))
 
 
 def write_meta(data_dir: Path, meta: NodeMeta) -> None:
@@ -62,7 +64,8 @@ def write_meta(data_dir: Path, meta: NodeMeta) -> None:
     tmp = data_dir / (META_FILE + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        os.write(fd, json.dumps({"epoch": meta.epoch, "lsn_floor": meta.lsn_floor}).encode() + b"\n")
+        os.write(fd, json.dumps({"epoch": meta.epoch, "lsn_floor": meta.lsn_floor,
+                                 "truncations": [list(r) for r in meta.truncations]}).encode() + b"\n")
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -95,9 +98,13 @@ class Disk:
             floors = [e.lsn_floor for e in entries if getattr(e, "lsn_floor", None) is not None]
             if floors and max(floors) > meta.lsn_floor:  # cannot happen: the floor is persisted first
                 log.error("PG %d: a truncation floor %d above the stored floor %d", pg, max(floors), meta.lsn_floor)
-                meta = NodeMeta(meta.epoch, max(floors))
+                meta = dataclasses.replace(meta, lsn_floor=max(floors))
             log.info("PG %d: %d log entries, SCL %d, %d pending, torn bytes cut %d, damaged entries skipped %d",
                      pg, report.entries, segment.scl, segment.pending_count, report.torn_bytes_cut, report.bad_entries)
+        for segment in segments.values():  # ranges told to the node before this PG's log existed
+            for above_lsn, lsn_floor in meta.truncations:
+                if not any(r == (above_lsn, lsn_floor) for r in segment.truncation_ranges):
+                    segment.truncate(above_lsn, lsn_floor)
         return Node(node_id, az, meta, segments)
 
     def persist(self, ready: Ready) -> None:

@@ -144,7 +144,7 @@ def test_append_status_get_page_and_restart_after_sigkill(node):
     builder, records, page_a, page_b = two_pg_workload()
     client = node.client()
     assert client.call({"t": sp.SET_EPOCH, "epoch": 1}) == {"id": 1, "ok": True, "epoch": 1, "lsn_floor": 0, "pgs": {},
-                                                               "vdl_hint": 0}
+                                                               "vdl_hint": 0, "truncations": []}
     half = len(records) // 2
     append_all(client, records[half:])  # out of order: both PGs wait for the first half
     assert client.call({"t": sp.STATUS})["pgs"] == {0: 0, 1: 0}

@@ -63,7 +63,7 @@ def test_truncate_writes_a_marker_to_every_pg_and_replay_matches():
         node.step({"id": pg, "t": sp.APPEND, "epoch": 1, "pg": pg, "records": sealed([r for r in records if r.pg == pg])}, pg)
     node.step({"id": 9, "t": sp.TRUNCATE, "epoch": 2, "above_lsn": 6, "lsn_floor": 1006}, "truncate")
     ready, replies = persist_and_advance(node, disk)  # appends and the truncation in one group
-    assert ready.meta == NodeMeta(epoch=2, lsn_floor=1006)
+    assert ready.meta == NodeMeta(epoch=2, lsn_floor=1006, truncations=((6, 1006),))
     assert all(entries[-1] == TruncateEntry(6, 2, 1006) for entries in disk.values())
     assert replies["truncate"]["pgs"] == {0: 6, 1: 5}
     for pg, entries in disk.items():
@@ -71,3 +71,29 @@ def test_truncate_writes_a_marker_to_every_pg_and_replay_matches():
     late = node.step({"id": 10, "t": sp.APPEND, "epoch": 2, "pg": 0, "records": sealed(records[7:8])}, "late")
     assert records[7].pg == 0 and late == {"id": 10, "ok": True, "pg": 0, "scl": 6}  # inside the truncated range: discarded
     assert isinstance(disk[0][0], RecordEntry)
+
+
+def test_set_epoch_is_a_claim_only_one_writer_wins():
+    """Two writers recovering at once with the same new epoch: the node accepts only the first."""
+    node = Node("a1", "a", NodeMeta(epoch=3), {})
+    assert node.step({"id": 1, "t": sp.SET_EPOCH, "epoch": 4}, "first") is None
+    refused = node.step({"id": 2, "t": sp.SET_EPOCH, "epoch": 4}, "second")
+    assert refused["error"] == sp.ERROR_EPOCH_CLAIMED and "already claimed" in refused["message"]
+
+
+def test_truncation_ranges_are_node_wide_idempotent_and_reach_later_pgs():
+    node, disk = Node("a1", "a", NodeMeta(epoch=1), {}), {}
+    builder = RecordBuilder()
+    node.step({"id": 1, "t": sp.APPEND, "epoch": 1, "pg": 0, "records": sealed([builder.heap_init(0)])}, "a")
+    node.step({"id": 2, "t": sp.TRUNCATE, "epoch": 2, "above_lsn": 1, "lsn_floor": 100}, "t")
+    persist_and_advance(node, disk)
+    again = node.step({"id": 3, "t": sp.TRUNCATE, "epoch": 2, "above_lsn": 1, "lsn_floor": 100}, "t2")
+    assert again["ok"] and again["truncations"] == [[1, 100]], "a known range is answered at once"
+    assert not node.has_ready(), "and writes nothing"
+    # A PG this node first hears of now still refuses an old epoch's record inside the range.
+    stale = RecordBuilder(first_lsn=50, last_lsn=49).heap_init(PAGES_PER_PG)
+    node.step({"id": 4, "t": sp.APPEND, "epoch": 2, "pg": 1, "records": sealed([stale])}, "s")
+    _, replies = persist_and_advance(node, disk)
+    assert replies["s"]["scl"] == 0 and node.segments[1].scl == 0
+    status = node.step({"id": 5, "t": sp.STATUS}, "st")
+    assert status["truncations"] == [[1, 100]]
