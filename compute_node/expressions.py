@@ -282,32 +282,22 @@ def _boolean_operand(node, scope):
     return fn
 
 
-def _and(node, scope, expected):
-    left, right = _boolean_operand(node.this, scope), _boolean_operand(node.expression, scope)
+def _logical(decisive: bool):
+    """AND (decisive False) and OR (decisive True) in three-valued logic: a decisive operand
+    decides, else NULL if either is NULL, else the other value."""
+    def handler(node, scope, expected):
+        left, right = _boolean_operand(node.this, scope), _boolean_operand(node.expression, scope)
 
-    def both(row, params):
-        a = left(row, params)
-        if a is False:
-            return False
-        b = right(row, params)
-        if b is False:
-            return False
-        return None if a is None or b is None else True
-    return both, "bool"
-
-
-def _or(node, scope, expected):
-    left, right = _boolean_operand(node.this, scope), _boolean_operand(node.expression, scope)
-
-    def either(row, params):
-        a = left(row, params)
-        if a is True:
-            return True
-        b = right(row, params)
-        if b is True:
-            return True
-        return None if a is None or b is None else False
-    return either, "bool"
+        def combine(row, params):
+            a = left(row, params)
+            if a is decisive:
+                return decisive
+            b = right(row, params)
+            if b is decisive:
+                return decisive
+            return None if a is None or b is None else not decisive
+        return combine, "bool"
+    return handler
 
 
 def _not(node, scope, expected):
@@ -462,8 +452,8 @@ _HANDLERS = {
     exp.Mod: _arithmetic("%"),
     exp.Neg: _neg,
     exp.DPipe: _concat,
-    exp.And: _and,
-    exp.Or: _or,
+    exp.And: _logical(False),
+    exp.Or: _logical(True),
     exp.Not: _not,
     exp.Is: _is,
     exp.Between: _between,

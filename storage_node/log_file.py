@@ -177,7 +177,7 @@ def scan(data: bytes, *, is_last_file: bool, name: str, report: ScanReport) -> t
     return entries, len(data)
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -209,7 +209,7 @@ class LogFile:
         directory = Path(directory)
         if not directory.exists():
             directory.mkdir(parents=True)
-            _fsync_directory(directory.parent)
+            fsync_directory(directory.parent)
         log_file = cls(directory, file_bytes_max=file_bytes_max)
         report = ScanReport()
         entries: list[LogEntry] = []
@@ -249,7 +249,7 @@ class LogFile:
         """Make `seq` the current file; the previous one was fsynced, so only the last can be torn."""
         self._seq = seq
         self._open_current()
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
 
     def append(self, entries: list[LogEntry]) -> None:
         """Write entries in order; returns once written (not durable: call sync)."""

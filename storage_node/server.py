@@ -29,7 +29,7 @@ from pathlib import Path
 from aurora_db import storage_protocol as sp
 from aurora_db.constants import FRAME_BYTES_MAX, IN_FLIGHT_REQUESTS_MAX, STORAGE_CONNECTIONS_MAX
 from aurora_db.framing import FrameError, encode_frame, read_frame
-from storage_node.log_file import LogFile
+from storage_node.log_file import LogFile, fsync_directory
 from storage_node.node import Node, NodeMeta, Ready, replay_segment
 
 log = logging.getLogger("storage_node")
@@ -39,14 +39,6 @@ PG_DIR_PREFIX = "pg-"
 
 
 # --- node metadata: DATA/epoch ----------------------------------------------------------------
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_meta(data_dir: Path) -> NodeMeta:
@@ -70,7 +62,7 @@ def write_meta(data_dir: Path, meta: NodeMeta) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    _fsync_directory(data_dir)
+    fsync_directory(data_dir)
 
 
 # --- the disk side: runs in the one disk thread -------------------------------------------------
