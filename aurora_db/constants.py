@@ -79,6 +79,7 @@ assert PGWIRE_READ_CHUNK_BYTES <= PGWIRE_OUTPUT_BUFFER_BYTES_MAX
 
 # Writer -> storage shipping.
 SEND_QUEUE_BATCHES_MAX = 4096  # batches queued for one storage node before it is treated as behind
+APPENDS_IN_FLIGHT_MAX = 64  # unanswered appends to one storage node; beyond, batches wait in the queue
 CATCH_UP_RECORDS_PER_REQUEST = BATCH_RECORDS_MAX  # records resent to a segment behind, per append
 assert CATCH_UP_RECORDS_PER_REQUEST <= BATCH_RECORDS_MAX  # a catch-up append is refused over the batch limit
 assert RECENT_RECORDS_PER_PG_MAX >= LSN_ALLOCATION_LIMIT  # every record not yet durable can be resent

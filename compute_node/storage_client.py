@@ -23,6 +23,7 @@ from typing import Callable
 
 from aurora_db import storage_protocol as sp
 from aurora_db.constants import (
+    APPENDS_IN_FLIGHT_MAX,
     BATCH_RECORDS_MAX,
     CATCH_UP_RECORDS_PER_REQUEST,
     FRAME_BYTES_MAX,
@@ -71,8 +72,10 @@ class NodeLink:
         self._ids = itertools.count(1)
         self._queue: collections.deque[tuple[int, list]] = collections.deque()  # (pg, sealed records)
         self._queue_ready = asyncio.Event()
+        self._in_flight = asyncio.Semaphore(APPENDS_IN_FLIGHT_MAX)
         self._task: asyncio.Task | None = None
         self._resync_now = False
+        self._generation = 0  # counts connections: a failure on an old one never drops a new one
         self.last_scls: dict[int, int] = {}
 
     def start(self) -> None:
@@ -127,7 +130,10 @@ class NodeLink:
     async def _ship(self) -> None:
         """Send everything queued, one append per PG of at most BATCH_RECORDS_MAX records, so many
         small MTRs share a request and an fsync. Order within a PG is kept; order across PGs does
-        not matter, since each segment builds its own chain."""
+        not matter, since each segment builds its own chain. At most APPENDS_IN_FLIGHT_MAX appends
+        await their replies: a slow node's batches then wait in the bounded queue, and a node that
+        overflows it is disconnected and caught up (a slow node outside the write quorum never
+        holds VDL back, so LAL alone would not bound what it is owed)."""
         while True:
             await self._queue_ready.wait()
             self._queue_ready.clear()
@@ -137,10 +143,18 @@ class NodeLink:
                 by_pg.setdefault(pg, []).extend(sealed)
             for pg, sealed in by_pg.items():
                 for start in range(0, len(sealed), BATCH_RECORDS_MAX):
+                    await self._in_flight.acquire()
                     asyncio.get_running_loop().create_task(self._append(pg, sealed[start:start + BATCH_RECORDS_MAX]))
 
     async def _append(self, pg: int, sealed: list) -> None:
+        try:
+            await self._append_once(pg, sealed)
+        finally:
+            self._in_flight.release()
+
+    async def _append_once(self, pg: int, sealed: list) -> None:
         message = {"t": sp.APPEND, "epoch": self.client.epoch, "pg": pg, "records": sealed}
+        generation = self._generation
         try:
             reply = await self._send_request(message, timeout_ms=STORAGE_REQUEST_TIMEOUT_MS * 5)
         except FrameError:
@@ -148,9 +162,12 @@ class NodeLink:
             log.critical("an append batch of %d records does not fit a frame", len(sealed), exc_info=True)
             os._exit(70)
         except (NodeUnreachable, RequestFailed, AttributeError) as error:
-            log.warning("append to %s failed: %s", self.node_id, error)
-            self._drop_connection()
+            if generation == self._generation:
+                log.warning("append to %s failed: %s", self.node_id, error)
+                self._drop_connection()
             return
+        if generation != self._generation:
+            return  # answered on a connection since replaced: the handshake reported afresh
         self._on_scl(pg, reply["scl"])
         if reply.get("pending_dropped"):
             log.warning("%s dropped %d records it could not hold yet; reconnecting to catch it up",
@@ -168,6 +185,7 @@ class NodeLink:
                 await asyncio.sleep(RECONNECT_INTERVAL_MS / 1000)
                 continue
             self._writer = writer
+            self._generation += 1
             receiver = asyncio.get_running_loop().create_task(self._receive(reader))
             shipper = None
             try:
