@@ -7,9 +7,11 @@ LSN floor) in DATA/epoch atomically; on start, reopen every PG's log and rebuild
 Invariants:
   - Persist before ack: a reply that depends on records, a truncation marker or a raised epoch is
     sent only after the write and fsync that cover it (Node.ready -> persist -> Node.advance).
-  - Group fsync: one disk thread persists a whole Ready (everything that arrived, from every
-    connection, while the previous fsync ran) with one fsync per touched log; the event loop keeps
-    receiving meanwhile.
+  - Group fsync: the event loop persists a whole Ready (everything that arrived, from every
+    connection, since the previous one) with one fsync per touched log. It does so inline: while
+    a write and fsync run, new requests wait in the sockets' kernel buffers and form the next
+    group. Handing each group to a disk thread and back measured about a third slower per commit
+    (two thread wake-ups per group on a node whose only job is this).
   - An fsync or write failure is fatal: the process stops (fsync is never retried).
 """
 
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import concurrent.futures
 import contextlib
 import json
 import logging
@@ -65,11 +66,11 @@ def write_meta(data_dir: Path, meta: NodeMeta) -> None:
     fsync_directory(data_dir)
 
 
-# --- the disk side: runs in the one disk thread -------------------------------------------------
+# --- the disk side ------------------------------------------------------------------------------
 
 
 class Disk:
-    """The node's files. Used from one thread at a time: startup, then the disk executor."""
+    """The node's files, used only from the event loop's thread."""
 
     def __init__(self, data_dir: Path):
         self.data_dir = data_dir
@@ -126,20 +127,18 @@ class StorageServer:
     def __init__(self, node: Node, disk: Disk):
         self.node = node
         self.disk = disk
-        self._disk_thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="disk")
         self._work = asyncio.Event()
         self._connections: set[asyncio.Task] = set()
         self.broken_invariant = asyncio.get_running_loop().create_future()  # set: the node stops
 
     async def persist_forever(self) -> None:
         """The group fsync loop. Returns only by raising: a disk failure stops the node."""
-        loop = asyncio.get_running_loop()
         while True:
             await self._work.wait()
             self._work.clear()
             while self.node.has_ready():
                 ready = self.node.ready()
-                await loop.run_in_executor(self._disk_thread, self.disk.persist, ready)
+                self.disk.persist(ready)  # blocks the loop for one write + fsync: see the docstring
                 for future, reply in self.node.advance(ready):
                     if not future.done():
                         future.set_result(reply)
@@ -217,7 +216,6 @@ class StorageServer:
         for task in list(self._connections):
             task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)
-        self._disk_thread.shutdown(wait=True)  # let a persist already running finish
 
 
 async def serve(args) -> int:
