@@ -140,3 +140,13 @@ class ProgramLimitExceeded(DatabaseError):
 
 class InternalError(DatabaseError):
     sqlstate = "XX000"
+
+
+class CardinalityViolation(DatabaseError):
+    """A scalar subquery returned more than one row."""
+
+    sqlstate = "21000"
+
+
+class DuplicateAlias(DatabaseError):
+    sqlstate = "42712"

@@ -12,6 +12,8 @@ Page kinds:
   heap   table rows as MVCC tuples [xmin, xmax, values], slots never move
   btree  a B+tree node: sorted keys with row ids (leaf) or child page ids (internal)
   table  a table's physical root: its heap page chain and its index roots
+  sequence  one sequence (SERIAL, identity): its bounds and the limit below which values may have
+            been handed out (values are allocated in batches; a new writer continues above it)
 """
 
 from __future__ import annotations
@@ -123,6 +125,20 @@ class TablePage(Page):
         return self.values
 
 
+class SequencePage(Page):
+    """A sequence: a small key -> value map (increment, min_value, max_value, limit, name)."""
+
+    __slots__ = ("values",)
+    kind = "sequence"
+
+    def __init__(self, page_id, lsn, values=None):
+        super().__init__(page_id, lsn)
+        self.values = dict(values or {})
+
+    def state(self):
+        return self.values
+
+
 def tuple_bytes(values: list) -> int:
     return TUPLE_OVERHEAD_BYTES + len(msgpack.packb(values, use_bin_type=True))
 
@@ -131,7 +147,7 @@ def key_bytes(key: tuple) -> int:
     return KEY_OVERHEAD_BYTES + len(msgpack.packb(list(key), use_bin_type=True))
 
 
-_KINDS = {cls.kind: cls for cls in (MetaPage, ClogPage, HeapPage, BTreePage, TablePage)}
+_KINDS = {cls.kind: cls for cls in (MetaPage, ClogPage, HeapPage, BTreePage, TablePage, SequencePage)}
 
 
 def to_wire(page: Page) -> list:
@@ -141,7 +157,7 @@ def to_wire(page: Page) -> list:
 def from_wire(wire: list) -> Page:
     kind, page_id, lsn, state = wire
     cls = _KINDS[kind]
-    if cls in (MetaPage, TablePage, ClogPage):
+    if cls in (MetaPage, TablePage, ClogPage, SequencePage):
         return cls(page_id, lsn, state)
     if cls is HeapPage:
         return HeapPage(page_id, lsn, state[0], state[1])
@@ -204,12 +220,17 @@ def _table_set(page: TablePage, key, value):
     page.values[key] = value
 
 
+def _sequence_set(page: SequencePage, key, value):
+    page.values[key] = value
+
+
 _INITS = {
     "meta_init": lambda page_id, lsn: MetaPage(page_id, lsn),
     "clog_init": lambda page_id, lsn: ClogPage(page_id, lsn),
     "heap_init": lambda page_id, lsn, next_page=0: HeapPage(page_id, lsn, None, next_page),
     "btree_init": lambda page_id, lsn, is_leaf, keys, vals, right: BTreePage(page_id, lsn, is_leaf, keys, vals, right),
     "table_init": lambda page_id, lsn, values: TablePage(page_id, lsn, values),
+    "sequence_init": lambda page_id, lsn, values: SequencePage(page_id, lsn, values),
 }
 
 _OPS = {
@@ -220,6 +241,7 @@ _OPS = {
     "heap_set_next": _heap_set_next,
     "btree_insert": _btree_insert,
     "table_set": _table_set,
+    "sequence_set": _sequence_set,
 }
 
 OPS = frozenset(_OPS) | frozenset(_INITS)

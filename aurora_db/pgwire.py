@@ -151,8 +151,24 @@ class Terminate:
     pass
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class CopyData:
+    data: bytes
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CopyDone:
+    pass
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CopyFail:
+    message: str
+
+
 StartupPhaseMessage = StartupMessage | SSLRequest | GSSENCRequest | CancelRequest
-TypedMessage = Query | Parse | Bind | Describe | Execute | Close | Sync | Flush | Terminate
+CopyMessage = CopyData | CopyDone | CopyFail
+TypedMessage = Query | Parse | Bind | Describe | Execute | Close | Sync | Flush | Terminate | CopyMessage
 FrontendMessage = StartupPhaseMessage | TypedMessage
 
 
@@ -205,6 +221,9 @@ class _BodyReader:
         if length < -1:
             raise ProtocolError(f"{self._message_name} message has a negative value length")
         return self._take(length)
+
+    def rest(self) -> bytes:
+        return self._take(len(self._body) - self._offset)
 
     def finish(self) -> None:
         if self._offset != len(self._body):
@@ -264,6 +283,9 @@ _TYPED_PARSERS: dict[int, tuple[str, Callable[[_BodyReader], TypedMessage]]] = {
     ord("S"): ("Sync", lambda reader: Sync()),
     ord("H"): ("Flush", lambda reader: Flush()),
     ord("X"): ("Terminate", lambda reader: Terminate()),
+    ord("d"): ("CopyData", lambda reader: CopyData(reader.rest())),
+    ord("c"): ("CopyDone", lambda reader: CopyDone()),
+    ord("f"): ("CopyFail", lambda reader: CopyFail(reader.string())),
 }
 
 
@@ -334,6 +356,10 @@ class FrontendDecoder:
             self.phase = DecoderPhase.FAILED
             self._buffer.clear()
             raise
+
+    def next_is_sync(self) -> bool:
+        """Is the next buffered message a Sync? (An Execute right before Sync may commit at once.)"""
+        return self.phase is DecoderPhase.TYPED and self._buffer[:1] == b"S"
 
     def _next_startup_packet(self) -> StartupPhaseMessage | None:
         if len(self._buffer) < _LENGTH_BYTES:
@@ -434,24 +460,28 @@ def encode_empty_query_response() -> bytes:
     return _message(b"I")
 
 
-def _notice_fields(severity: str, sqlstate: str, message: str, detail: str | None, hint: str | None) -> bytes:
+def _notice_fields(severity: str, sqlstate: str, message: str, detail: str | None, hint: str | None,
+                   context: str | None = None) -> bytes:
     fields = [(b"S", severity), (b"V", severity), (b"C", sqlstate), (b"M", message)]
     if detail is not None:
         fields.append((b"D", detail))
     if hint is not None:
         fields.append((b"H", hint))
+    if context is not None:
+        fields.append((b"W", context))
     return b"".join(code + _cstring(text) for code, text in fields) + b"\x00"
 
 
-def encode_error_response(severity: str, sqlstate: str, message: str, *,
-                          detail: str | None = None, hint: str | None = None) -> bytes:
-    return _message(b"E", _notice_fields(severity, sqlstate, message, detail, hint))
+def encode_error_response(severity: str, sqlstate: str, message: str, *, detail: str | None = None,
+                          hint: str | None = None, context: str | None = None) -> bytes:
+    return _message(b"E", _notice_fields(severity, sqlstate, message, detail, hint, context))
 
 
 def encode_database_error(error: errors.DatabaseError, *, severity: str | None = None) -> bytes:
-    """The ErrorResponse that tells a client about `error`; severity FATAL when the connection ends."""
+    """The ErrorResponse that tells a client about `error`; severity FATAL when the connection ends.
+    An error may carry a `context` attribute (PostgreSQL's CONTEXT line, e.g. where in COPY data)."""
     return encode_error_response(severity or error.severity, error.sqlstate, error.message,
-                                 detail=error.detail, hint=error.hint)
+                                 detail=error.detail, hint=error.hint, context=getattr(error, "context", None))
 
 
 def encode_notice_response(severity: str, sqlstate: str, message: str, *,
@@ -477,6 +507,27 @@ def encode_no_data() -> bytes:
 
 def encode_portal_suspended() -> bytes:
     return _message(b"s")
+
+
+def _encode_copy_response(type_byte: bytes, column_count: int, format_code: int) -> bytes:
+    """CopyInResponse and CopyOutResponse: the overall format, then the same code for every column."""
+    return _message(type_byte, bytes([format_code]) + _INT16.pack(column_count) + _INT16.pack(format_code) * column_count)
+
+
+def encode_copy_in_response(column_count: int, format_code: int = TEXT_FORMAT) -> bytes:
+    return _encode_copy_response(b"G", column_count, format_code)
+
+
+def encode_copy_out_response(column_count: int, format_code: int = TEXT_FORMAT) -> bytes:
+    return _encode_copy_response(b"H", column_count, format_code)
+
+
+def encode_copy_data(data: bytes) -> bytes:
+    return _message(b"d", data)
+
+
+def encode_copy_done() -> bytes:
+    return _message(b"c")
 
 
 def encode_parameter_description(param_oids: Sequence[int]) -> bytes:
@@ -626,7 +677,52 @@ def _encode_binary_text(value: Any) -> bytes:
     return (value if isinstance(value, str) else str(value)).encode("utf-8")
 
 
+def _encode_binary_numeric(value: Any) -> bytes:
+    """numeric_send: base-10000 digits, weight of the first, sign, display scale."""
+    value = decimal.Decimal(value)
+    if value.is_nan():
+        return struct.pack(">hhHH", 0, 0, 0xC000, 0)
+    if value.is_infinite():
+        return struct.pack(">hhHH", 0, 0, 0xD000 if value > 0 else 0xF000, 0)
+    sign, digit_tuple, exponent = value.as_tuple()
+    dscale = max(-exponent, 0)
+    digits = "".join(map(str, digit_tuple)) + "0" * max(exponent, 0)
+    whole_length = len(digits) - dscale  # digits before the decimal point (may be <= 0)
+    pad_front = (-whole_length) % 4
+    digits = "0" * pad_front + digits
+    whole_length += pad_front
+    digits += "0" * ((-len(digits)) % 4)
+    groups = [int(digits[i:i + 4]) for i in range(0, len(digits), 4)]
+    weight = whole_length // 4 - 1
+    while groups and groups[0] == 0:
+        groups.pop(0)
+        weight -= 1
+    while groups and groups[-1] == 0:
+        groups.pop()
+    if not groups:
+        weight = 0
+    header = struct.pack(">hhHH", len(groups), weight, _NUMERIC_SIGN_NEGATIVE if sign and groups else 0, dscale)
+    return header + struct.pack(f">{len(groups)}H", *groups)
+
+
+def _encode_binary_date(value: Any) -> bytes:
+    if isinstance(value, datetime.datetime):
+        value = value.date()
+    return _INT32.pack((value - _POSTGRES_EPOCH.date()).days)
+
+
+def _encode_binary_timestamp(value: Any) -> bytes:
+    if value.tzinfo is not None:
+        value = value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+    delta = value - _POSTGRES_EPOCH
+    return _INT64.pack((delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds)
+
+
 _BINARY_ENCODERS: dict[int, Callable[[Any], bytes]] = {
+    NUMERIC_OID: _encode_binary_numeric,
+    DATE_OID: _encode_binary_date,
+    TIMESTAMP_OID: _encode_binary_timestamp,
+    TIMESTAMPTZ_OID: _encode_binary_timestamp,
     BOOL_OID: lambda value: b"\x01" if value else b"\x00",
     INT2_OID: _INT16.pack,
     INT4_OID: _INT32.pack,

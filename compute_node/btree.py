@@ -13,12 +13,20 @@ from __future__ import annotations
 import bisect
 from typing import Iterator
 
+from aurora_db import pages
+from aurora_db.constants import PAGE_BYTES_MAX, PAGE_ID_MAX
+from aurora_db.errors import ProgramLimitExceeded
 from aurora_db.pages import BTreePage
-from compute_node.page_store import PageStore
+from compute_node.page_store import META_PAGE, PageStore
+
+BUILD_FILL_BYTES = PAGE_BYTES_MAX * 9 // 10  # a bulk-built node is filled to 90%, as PostgreSQL's leaves
+BUILD_NODES_PER_MTR = 4  # nodes written per MTR while building: few pages pinned beyond the cache
+assert BUILD_FILL_BYTES >= pages.PAGE_HEADER_BYTES + 2 * (pages.KEY_BYTES_MAX + pages.KEY_OVERHEAD_BYTES)
 
 
 def sort_key(key: tuple) -> tuple:
-    """NULLs are not allowed in index keys; values of one column share a type, so tuples compare."""
+    """Keys hold no NULL (compute_node/indexes.py encodes a nullable column as a (null flag, value)
+    pair); values of one column share a type, so tuples compare."""
     return key
 
 
@@ -48,20 +56,32 @@ class BTree:
     def lookup(self, key: tuple) -> list[tuple[int, int]]:
         return [tid for _, tid in self.range(key, key)]
 
-    def range(self, low: tuple | None, high: tuple | None) -> Iterator[tuple[tuple, tuple[int, int]]]:
-        """(key, tid) for low <= key <= high in key order (None: unbounded)."""
+    def range(self, low: tuple | None, high: tuple | None, low_inclusive: bool = True,
+              high_inclusive: bool = True) -> Iterator[tuple[tuple, tuple[int, int]]]:
+        """(key, tid) for low <= key <= high in key order (None: unbounded). A bound shorter than
+        the keys is a prefix: it compares with the same number of leading key fields."""
         if low is None:
             page = self.store.get(self._leftmost_leaf())
             index = 0
         else:
             page = self.store.get(self._descend(low, rightmost=False)[-1])
             index = bisect.bisect_left(page.keys, low)
+        low_width = len(low) if low is not None else 0
+        high_width = len(high) if high is not None else 0
+        skipping = low is not None and not low_inclusive
         while True:
             keys, vals = page.keys, page.vals
             while index < len(keys):
                 key = keys[index]
-                if high is not None and key > high:
-                    return
+                if high is not None:
+                    head = key[:high_width] if high_width < len(key) else key
+                    if head > high or (not high_inclusive and head == high):
+                        return
+                if skipping:
+                    if (key[:low_width] if low_width < len(key) else key) == low:
+                        index += 1
+                        continue
+                    skipping = False
                 yield key, vals[index]
                 index += 1
             if not page.right:
@@ -80,6 +100,12 @@ class BTree:
     def prepare_insert(self, key: tuple) -> list[int]:
         """Before the MTR: the root-to-leaf path, fetched (and pinned by the caller's MTR)."""
         return self._descend(key, rightmost=True)
+
+    @staticmethod
+    def insert_records_max(path: list[int]) -> int:
+        """Records an insert along `path` may make: a split per level (an allocation and two
+        node images; the root three images and two allocations) and the final insert."""
+        return 3 * len(path) + 2
 
     def insert(self, key: tuple, tid: tuple[int, int], path: list[int]) -> None:
         """Inside an MTR that pinned the path from prepare_insert."""
@@ -128,3 +154,56 @@ class BTree:
         parent_keys.insert(position, separator)
         parent_vals.insert(position + 1, right_id)
         self._split(path, depth - 1, parent_keys, parent_vals)
+
+    # --- bulk build ---------------------------------------------------------------------------
+
+    def build(self, entries: list[tuple[tuple, tuple[int, int]]]) -> None:
+        """Fill an empty tree (its root made by create()) from (key, tid) pairs sorted by key,
+        bottom up, a level at a time. Not one MTR: the tree must not be reachable by anyone
+        else until the catalog row naming it commits (a crash leaves unreachable pages)."""
+        root = self.store.get(self.root_page_id)
+        assert root.is_leaf and not root.keys, "build() fills an empty tree"
+        # A node is (keys, vals, lowest key under it).
+        level = [([key for key, _ in chunk], [tid for _, tid in chunk], chunk[0][0] if chunk else None)
+                 for chunk in _pack(entries)]
+        is_leaf = True
+        while len(level) > 1:
+            ids = self._allocate_pages(len(level))
+            for start in range(0, len(level), BUILD_NODES_PER_MTR):
+                with self.store.mtr(META_PAGE):
+                    for index in range(start, min(start + BUILD_NODES_PER_MTR, len(level))):
+                        keys, vals, _ = level[index]
+                        right = ids[index + 1] if is_leaf and index + 1 < len(level) else 0
+                        self.store.log(ids[index], "btree_init", is_leaf, [list(k) for k in keys],
+                                       [list(v) if isinstance(v, tuple) else v for v in vals], right)
+            children = [(low, page_id) for (_, _, low), page_id in zip(level, ids)]
+            level = [([low for low, _ in chunk[1:]], [page_id for _, page_id in chunk], chunk[0][0])
+                     for chunk in _pack(children)]
+            is_leaf = False
+        keys, vals, _ = level[0]
+        with self.store.mtr(self.root_page_id):
+            self.store.log(self.root_page_id, "btree_init", is_leaf, [list(k) for k in keys],
+                           [list(v) if isinstance(v, tuple) else v for v in vals], 0)
+
+    def _allocate_pages(self, count: int) -> list[int]:
+        with self.store.mtr(META_PAGE):
+            first = self.store.get(META_PAGE).values["next_page_id"]
+            if first + count >= PAGE_ID_MAX:
+                raise ProgramLimitExceeded("the volume has no page ids left")
+            self.store.log(META_PAGE, "meta_set", "next_page_id", first + count)
+        return list(range(first, first + count))
+
+
+def _pack(entries: list) -> list[list]:
+    """Split (key, value) pairs into consecutive chunks whose keys fill a node to BUILD_FILL_BYTES
+    (at least one pair per chunk; always at least one chunk)."""
+    chunks, chunk, used = [], [], pages.PAGE_HEADER_BYTES
+    for entry in entries:
+        size = pages.key_bytes(entry[0])
+        if chunk and used + size > BUILD_FILL_BYTES:
+            chunks.append(chunk)
+            chunk, used = [], pages.PAGE_HEADER_BYTES
+        chunk.append(entry)
+        used += size
+    chunks.append(chunk)
+    return chunks

@@ -1,21 +1,31 @@
 """The catalog: table definitions stored as MVCC rows of a system table, in pages like any table.
 
 DESIGN.md 8: "The catalog lives in pages like any table." Its rows are
-[name, table_page_id, columns, primary_key] and are read through snapshots, so CREATE and DROP
-are transactional. Invariants: at most one visible row per table name in any snapshot; a table's
-oid is its root page id, stable for its life.
+[name, table_page_id, columns, primary_key, indexes, oid] and are read through snapshots, so
+CREATE, DROP, CREATE INDEX, TRUNCATE and ALTER TABLE are transactional: each writes a new row
+version of the table (its old version gets xmax), and a plan made from an old version is remade.
+Invariants: at most one visible row per table name in any snapshot; a table's oid is stable for its
+life (its first root page id; TRUNCATE and table rewrites move the table to a new root page);
+an index's root page id never changes, and a table's primary-key root is also named in its root
+page under "indexes" (what compute_node/sources.py reads); rows written before this format
+(four fields) decode with no secondary indexes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from aurora_db.errors import DuplicateTable, SerializationFailure, UndefinedTable
+from aurora_db import pages
+from aurora_db.errors import DuplicateTable, ProgramLimitExceeded, SerializationFailure, UndefinedTable
+from aurora_db.pages import XID_IN_PROGRESS
 from compute_node.heap import Heap
 from compute_node.page_store import META_PAGE, PageStore
+from compute_node.sequences import Sequences
 from compute_node.transactions import BOOTSTRAP_XID, Snapshot, Transactions
 
 PRIMARY_KEY_INDEX = "pkey"
+INDEXES_PER_TABLE_MAX = 16  # every row version gets an entry in each, inside one MTR
+WRITERS_TRACKED_PER_TABLE_MAX = 64  # past this, finished writers are pruned from the set
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -24,6 +34,19 @@ class ColumnDef:
     type_name: str  # int2 int4 int8 float4 float8 bool text varchar
     type_modifier: int  # varchar(n): n; otherwise -1
     not_null: bool
+    default: str | None = None  # the DEFAULT expression as SQL text (postgres dialect)
+    identity: str | None = None  # "always" or "by default": GENERATED ... AS IDENTITY
+    sequence: int = 0  # page id of the sequence behind SERIAL or an identity column, 0 if none
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class IndexDef:
+    name: str
+    columns: tuple[str, ...]
+    unique: bool
+    root_page_id: int  # 0: a primary key of an old-format row, named in the table's root page
+    primary: bool = False
+    constraint: bool = False  # made by a PRIMARY KEY or UNIQUE constraint (DROP INDEX refuses it)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -33,10 +56,12 @@ class TableDef:
     columns: tuple[ColumnDef, ...]
     primary_key: tuple[str, ...]
     tid: tuple[int, int]  # where the catalog row lives
+    indexes: tuple[IndexDef, ...] = ()  # the primary key's first, if any
+    relation_oid: int = 0
 
     @property
     def oid(self) -> int:
-        return self.table_page_id
+        return self.relation_oid or self.table_page_id
 
     def column_index(self, name: str) -> int | None:
         for index, column in enumerate(self.columns):
@@ -48,10 +73,39 @@ class TableDef:
     def primary_key_indexes(self) -> tuple[int, ...]:
         return tuple(self.column_index(name) for name in self.primary_key)
 
+    @property
+    def primary_index(self) -> IndexDef | None:
+        return self.indexes[0] if self.indexes and self.indexes[0].primary else None
+
+    def index(self, name: str) -> IndexDef | None:
+        return next((index for index in self.indexes if index.name == name), None)
+
+    def values(self) -> list:
+        """The catalog row for this definition."""
+        return [self.name, self.table_page_id, [list(dataclasses.astuple(c)) for c in self.columns],
+                list(self.primary_key), [[i.name, list(i.columns), i.unique, i.root_page_id, i.primary, i.constraint]
+                                         for i in self.indexes], self.oid]
+
+
+def _checked_row(table: TableDef) -> list:
+    values = table.values()
+    size = pages.tuple_bytes(values)
+    if size > pages.ROW_BYTES_MAX:
+        raise ProgramLimitExceeded(f'the definition of table "{table.name}" is too big: {size} bytes, '
+                                   f"maximum {pages.ROW_BYTES_MAX}")
+    return values
+
 
 def _decode(tid, values) -> TableDef:
-    name, table_page_id, columns, primary_key = values
-    return TableDef(name, table_page_id, tuple(ColumnDef(*c) for c in columns), tuple(primary_key), tuple(tid))
+    name, table_page_id, columns, primary_key = values[:4]
+    if len(values) > 4:
+        indexes = tuple(IndexDef(n, tuple(c), u, r, p, k) for n, c, u, r, p, k in values[4])
+        oid = values[5]
+    else:
+        indexes = (IndexDef(f"{name}_pkey", tuple(primary_key), True, 0, True, True),) if primary_key else ()
+        oid = table_page_id
+    return TableDef(name, table_page_id, tuple(ColumnDef(*c) for c in columns), tuple(primary_key), tuple(tid),
+                    indexes, oid)
 
 
 class Catalog:
@@ -59,6 +113,8 @@ class Catalog:
         self.store = store
         self.transactions = transactions
         self._decoded: dict[tuple, TableDef] = {}
+        self._writers: dict[int, set[int]] = {}  # table oid -> transactions that wrote its rows
+        self.sequences = Sequences(store)
 
     @property
     def heap(self) -> Heap:
@@ -85,25 +141,79 @@ class Catalog:
             raise UndefinedTable(f'relation "{name}" does not exist')
         return table
 
-    def create(self, name: str, columns: list[ColumnDef], primary_key: list[str], snapshot: Snapshot, xid: int) -> TableDef:
+    def find_index(self, name: str, snapshot: Snapshot, xid: int | None) -> tuple[TableDef, IndexDef] | None:
+        for table in self.tables(snapshot, xid).values():
+            index = table.index(name)
+            if index is not None:
+                return table, index
+        return None
+
+    def check_relation_name_free(self, name: str, snapshot: Snapshot, xid: int) -> None:
+        """Tables and indexes share one namespace, as PostgreSQL's relations do."""
+        if self.find_index(name, snapshot, xid) is not None:
+            raise DuplicateTable(f'relation "{name}" already exists')
         self._check_name_free(name, snapshot, xid)
+
+    def create(self, table: TableDef, snapshot: Snapshot, xid: int) -> TableDef:
+        """Insert the catalog row of a table whose pages are made already (see make_pages)."""
+        self.check_relation_name_free(table.name, snapshot, xid)
+        for index in table.indexes:
+            self.check_relation_name_free(index.name, snapshot, xid)
         heap = self.heap
-        # The table's pages first, then its catalog row; each its own MTR. Pages of a table whose
-        # transaction aborts are unreachable garbage, never visible.
-        with self.store.mtr(META_PAGE):
-            table_page_id = Heap.create(self.store)
-            if primary_key:
-                from compute_node.btree import BTree
-                root = BTree.create(self.store)
-                self.store.log(table_page_id, "table_set", "indexes", {PRIMARY_KEY_INDEX: root})
-        values = [name, table_page_id, [list(dataclasses.astuple(c)) for c in columns], list(primary_key)]
+        values = _checked_row(table)
         row_target = heap.prepare_insert(values)
         with self.store.mtr(*heap.pages_for_insert()):
             tid = heap.insert(values, xid, row_target)
         return _decode(tid, values)
 
+    def make_pages(self, primary_key: bool) -> tuple[int, int]:
+        """One MTR: a table root page, its first heap page and, if asked, its primary-key root.
+        Returns (table_page_id, primary key root or 0). Pages of a transaction that aborts are
+        unreachable garbage, never visible."""
+        from compute_node.btree import BTree
+        with self.store.mtr(META_PAGE):
+            table_page_id = Heap.create(self.store)
+            root = 0
+            if primary_key:
+                root = BTree.create(self.store)
+                self.store.log(table_page_id, "table_set", "indexes", {PRIMARY_KEY_INDEX: root})
+        return table_page_id, root
+
+    def replace(self, old: TableDef, new: TableDef, xid: int) -> TableDef:
+        """A new version of a table's catalog row, in one MTR with the old version's xmax.
+        The caller checked that the old row is writable (check_writable)."""
+        heap = self.heap
+        values = _checked_row(new)
+        row_target = heap.prepare_insert(values)
+        with self.store.mtr(*heap.pages_for_insert(), old.tid[0]):
+            self.store.log(old.tid[0], "heap_set_xmax", old.tid[1], xid)
+            tid = heap.insert(values, xid, row_target)
+        return _decode(tid, values)
+
     def drop(self, table: TableDef, xid: int) -> None:
         self.heap.set_xmax(table.tid, xid)
+
+    # --- which transactions wrote a table (for DDL that must not race open writers) ----------
+
+    def note_writer(self, table: TableDef, xid: int) -> None:
+        writers = self._writers.setdefault(table.oid, set())
+        if xid in writers:
+            return
+        if len(writers) >= WRITERS_TRACKED_PER_TABLE_MAX:
+            writers.intersection_update(self._open(writers))
+        writers.add(xid)
+
+    def other_open_writers(self, table: TableDef, xid: int | None) -> list[int]:
+        """Transactions other than `xid` that changed rows of the table and have not ended."""
+        writers = self._writers.get(table.oid)
+        if not writers:
+            return []
+        open_ = self._open(writers)
+        writers.intersection_update(open_)
+        return [w for w in open_ if w != xid]
+
+    def _open(self, xids) -> set[int]:
+        return {x for x in xids if self.transactions.status(x) == XID_IN_PROGRESS}
 
     def _check_name_free(self, name: str, snapshot: Snapshot, xid: int) -> None:
         for tid, (xmin, xmax, values) in self.heap.scan():

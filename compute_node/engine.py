@@ -20,7 +20,10 @@ from sqlglot.errors import ParseError, TokenError
 
 from aurora_db.errors import FeatureNotSupported, SyntaxError_
 from aurora_db.quorum import DurabilityTracker
+from compute_node import copy as copy_text
+from compute_node import introspection
 from compute_node.catalog import Catalog
+from compute_node.explain import is_explain
 from compute_node.executor import Context, Plan, plan_statement
 from compute_node.log_writer import LogWriter
 from compute_node.page_store import PageStore
@@ -76,7 +79,7 @@ class Engine:
         if len(nodes) != 1:
             raise SyntaxError_("cannot insert multiple commands into a prepared statement")
         node = nodes[0]
-        if isinstance(node, exp.Command):
+        if isinstance(node, exp.Command) and not is_explain(node):
             raise FeatureNotSupported(f"statement {node.this} is not supported yet")
         self._parsed[sql] = node
         if len(self._parsed) > PARSE_CACHE_ENTRIES_MAX:
@@ -108,6 +111,22 @@ class Engine:
         result = plan.run(context)
         commit_lsn = self.transactions.write_commit(session.xid) if autocommit and session.xid is not None else None
         return plan, result, commit_lsn
+
+    def copy_target(self, spec: copy_text.CopySpec, session) -> copy_text.CopyTarget:
+        """COPY FROM STDIN: the table and columns its rows go to, as the session's snapshot sees them."""
+        return copy_text.resolve_target(spec, self.catalog.tables(self.transactions.snapshot(), session.xid))
+
+    def copy_rows(self, target: copy_text.CopyTarget, spec: copy_text.CopySpec, lines: list[tuple[int, bytes]],
+                  session) -> int:
+        """One batch of COPY FROM STDIN rows, inserted in the session's transaction; returns the count."""
+        context = Context(self.store, self.transactions, self.catalog, self.transactions.snapshot(), session, [],
+                          session.settings)
+        return copy_text.insert_lines(context, target, spec, lines)
+
+    def run_canned(self, canned: introspection.Canned, params: list, session) -> list[tuple]:
+        """A driver's catalog query that the session recognized (introspection.py)."""
+        tables = self.catalog.tables(self.transactions.snapshot(), session.xid)
+        return canned.answer(params, tables, session.settings)
 
     def begin_xid(self) -> int:
         return self.transactions.begin()

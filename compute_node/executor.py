@@ -11,7 +11,9 @@ from sqlglot import exp
 
 from aurora_db.errors import FeatureNotSupported
 from compute_node.catalog import TableDef
-from compute_node.ddl_plans import CreateTablePlan, DropTablePlan
+from compute_node.compound import CompoundPlan
+from compute_node.explain import ExplainPlan
+from compute_node.ddl_plans import AlterTablePlan, TruncatePlan, create_plan, drop_plan
 from compute_node.select_plan import SelectPlan
 from compute_node.sources import Context, Plan
 from compute_node.write_plans import DeletePlan, InsertPlan, UpdatePlan
@@ -19,8 +21,10 @@ from compute_node.write_plans import DeletePlan, InsertPlan, UpdatePlan
 __all__ = ["Context", "Plan", "plan_statement"]
 
 
-PLANS = {exp.Select: SelectPlan, exp.Insert: InsertPlan, exp.Update: UpdatePlan, exp.Delete: DeletePlan,
-         exp.Create: CreateTablePlan, exp.Drop: DropTablePlan}
+PLANS = {exp.Select: SelectPlan, exp.Union: CompoundPlan, exp.Except: CompoundPlan, exp.Intersect: CompoundPlan,
+         exp.Command: ExplainPlan,
+         exp.Insert: InsertPlan, exp.Update: UpdatePlan, exp.Delete: DeletePlan,
+         exp.Create: create_plan, exp.Drop: drop_plan, exp.TruncateTable: TruncatePlan, exp.Alter: AlterTablePlan}
 
 
 def plan_statement(node: exp.Expression, tables: dict[str, TableDef], param_types: list[str]) -> Plan:

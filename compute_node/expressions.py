@@ -34,25 +34,72 @@ class ScopeColumn:
     name: str
     type_name: str
     index: int
+    hidden: bool = False  # the right-hand copy of a JOIN ... USING column: only reachable qualified
+
+
+class QueryBlock:
+    """What the scopes of one SELECT share: whether it reads a column of an enclosing query."""
+
+    __slots__ = ("correlated",)
+
+    def __init__(self):
+        self.correlated = False
 
 
 class Scope:
-    """The columns an expression may name, and the statement's parameter types (inferred in place)."""
+    """The columns an expression may name, and the statement's parameter types (inferred in place).
 
-    def __init__(self, columns: list[ScopeColumn], param_types: list[str]):
+    A subquery's scope has `outer`: a column not found here is looked up there, and the compiled
+    closure reads it from `outer.cell[0]`, the enclosing query's current row, which the enclosing
+    subquery expression sets before it runs the subquery."""
+
+    def __init__(self, columns: list[ScopeColumn], param_types: list[str], *, outer: "Scope | None" = None,
+                 tables: dict | None = None, runtime=None, block: QueryBlock | None = None):
         self.columns = columns
         self.param_types = param_types
         self.replacements: dict[str, tuple[int, str]] = {}  # expression SQL -> (row slot, type)
+        self.outer = outer
+        self.tables = tables  # the catalog's tables, for subqueries; None where subqueries are not allowed
+        self.runtime = runtime
+        self.block = block or QueryBlock()
+        self.cell = [None]  # the current row, while a subquery compiled in this scope runs
 
-    def resolve(self, column: exp.Column) -> ScopeColumn:
+    def derive(self, columns: list[ScopeColumn]) -> "Scope":
+        """Another scope of the same query block (same parameters, outer scope and runtime)."""
+        return Scope(columns, self.param_types, outer=self.outer, tables=self.tables, runtime=self.runtime,
+                     block=self.block)
+
+    def lookup(self, column: exp.Column) -> ScopeColumn | None:
         name, table = column.name, column.table
-        matches = [c for c in self.columns if c.name == name and (not table or c.table == table)]
-        if not matches:
-            shown = f"{table}.{name}" if table else name
-            raise UndefinedColumn(f'column "{shown}" does not exist')
+        if table:
+            matches = [c for c in self.columns if c.name == name and c.table == table]
+        else:
+            matches = [c for c in self.columns if c.name == name and not c.hidden]
         if len(matches) > 1:
             raise AmbiguousColumn(f'column reference "{name}" is ambiguous')
-        return matches[0]
+        return matches[0] if matches else None
+
+    def resolve(self, column: exp.Column) -> ScopeColumn:
+        found = self.lookup(column)
+        if found is None:
+            shown = f"{column.table}.{column.name}" if column.table else column.name
+            raise UndefinedColumn(f'column "{shown}" does not exist')
+        return found
+
+    def resolve_anywhere(self, column: exp.Column) -> tuple[ScopeColumn, "Scope"]:
+        """This scope's column, else the nearest enclosing query's; marks the blocks in between correlated."""
+        scope = self
+        crossed = []
+        while True:
+            found = scope.lookup(column)
+            if found is not None:
+                for block in crossed:
+                    block.correlated = True
+                return found, scope
+            if scope.outer is None:
+                return self.resolve(column), self  # raises 42703
+            crossed.append(scope.block)
+            scope = scope.outer
 
 
 def param_index(node: exp.Expression) -> int | None:
@@ -84,9 +131,12 @@ def _describe(node: exp.Expression) -> str:
 
 
 def _column(node, scope, expected):
-    column = scope.resolve(node)
+    column, owner = scope.resolve_anywhere(node)
     index = column.index
-    return (lambda row, params: row[index]), column.type_name
+    if owner is scope:
+        return (lambda row, params: row[index]), column.type_name
+    cell = owner.cell
+    return (lambda row, params: cell[0][index]), column.type_name
 
 
 def _literal(node: exp.Literal, scope, expected):
@@ -340,10 +390,25 @@ def _between(node: exp.Between, scope, expected):
 
 
 def _in(node: exp.In, scope, expected):
-    if node.args.get("query") or node.args.get("unnest") or node.args.get("field"):
-        raise FeatureNotSupported("IN with a subquery is not supported")
+    if node.args.get("query"):
+        return _subquery_handler("compile_in")(node, scope, expected)
+    if node.args.get("unnest") or node.args.get("field"):
+        raise FeatureNotSupported("IN with UNNEST is not supported")
     value_fn, value_type = compile_expr(node.this, scope)
     item_fns = [compile_expr(item, scope, value_type)[0] for item in node.expressions]
+    if all(isinstance(item, (exp.Literal, exp.Null)) for item in node.expressions):
+        constants = [item_fn(None, None) for item_fn in item_fns]
+        values = {value for value in constants if value is not None}
+        has_null = len(values) < len(constants) and None in constants
+
+        def contains_constant(row, params):
+            value = value_fn(row, params)
+            if value is None:
+                return None
+            if value in values:
+                return True
+            return None if has_null else False
+        return contains_constant, "bool"
 
     def contains(row, params):
         value = value_fn(row, params)
@@ -421,6 +486,43 @@ def _case(node: exp.Case, scope, expected):
     return case, result_type
 
 
+def _null_safe(equal: bool):
+    """IS [NOT] DISTINCT FROM: NULL equals NULL, and the result is never NULL."""
+    def handler(node, scope, expected):
+        left_fn, left, right_fn, right = _operands(node, scope)
+        if _type_class(left) != _type_class(right) and "unknown" not in (left, right):
+            raise UndefinedFunction(f"operator does not exist: {t.DISPLAY[left]} = {t.DISPLAY[right]}")
+
+        def same(row, params):
+            a, b = left_fn(row, params), right_fn(row, params)
+            if a is None or b is None:
+                return (a is None and b is None) == equal
+            return (a == b) == equal
+        return same, "bool"
+    return handler
+
+
+def _nullif(node, scope, expected):
+    left_fn, left, right_fn, right = _operands(node, scope)
+    if _type_class(left) != _type_class(right) and "unknown" not in (left, right):
+        raise UndefinedFunction(f"operator does not exist: {t.DISPLAY[left]} = {t.DISPLAY[right]}")
+
+    def nullif(row, params):
+        a = left_fn(row, params)
+        if a is None:
+            return None
+        b = right_fn(row, params)
+        return None if b is not None and a == b else a
+    return nullif, left if left != "unknown" else right
+
+
+def _subquery_handler(name):
+    def handler(node, scope, expected):
+        from compute_node import subqueries
+        return getattr(subqueries, name)(node, scope, expected)
+    return handler
+
+
 def _text_function(fn_of_value, result_type):
     def handler(node, scope, expected):
         fn, _ = compile_expr(node.this, scope, "text")
@@ -463,6 +565,11 @@ _HANDLERS = {
     exp.Coalesce: _coalesce,
     exp.Abs: _abs,
     exp.Case: _case,
+    exp.NullSafeEQ: _null_safe(True),
+    exp.NullSafeNEQ: _null_safe(False),
+    exp.Nullif: _nullif,
+    exp.Subquery: _subquery_handler("compile_scalar"),
+    exp.Exists: _subquery_handler("compile_exists"),
     exp.Upper: _text_function(str.upper, "text"),
     exp.Lower: _text_function(str.lower, "text"),
     exp.Length: _text_function(len, "int4"),

@@ -2,12 +2,14 @@
 
 Responsibilities: accept client connections; run the startup handshake (SSL and GSSAPI refused,
 trust authentication); drive one Session per connection through the simple and the extended query
-protocols; own the connection's prepared statements and portals (hence DEALLOCATE as well).
+protocols and COPY's sub-protocol; own the connection's prepared statements and portals (hence
+DEALLOCATE as well); end the extended protocol's implicit transaction at Sync (Session.sync).
 Invariants: replies are buffered and written at ReadyForQuery and Flush, or early once the buffer
 passes PGWIRE_OUTPUT_BUFFER_BYTES_MAX; after an error in the extended protocol every message up to
 Sync is discarded; a DatabaseError becomes an ErrorResponse and the connection goes on; bytes that
-break the protocol close that one connection, never the server; a session is closed exactly once.
-PostgreSQL 15 documentation, 55.2 (Message Flow).
+break the protocol close that one connection, never the server; a session is closed exactly once;
+an ErrorResponse of the extended protocol is flushed at once (asyncpg waits for it after Flush).
+PostgreSQL 15 documentation, 55.2 (Message Flow), 55.2.6 (COPY Operations).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from aurora_db.constants import (
     PGWIRE_READ_CHUNK_BYTES,
     PGWIRE_STARTUP_TIMEOUT_MS,
 )
-from compute_node.backend import Column, Result, Session, Statement
+from compute_node.backend import Column, CopyIn, CopyOut, Result, Session, Statement
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,10 @@ class ObjectNotInPrerequisiteState(errors.DatabaseError):
 
 class TooManyConnections(errors.DatabaseError):
     sqlstate = "53300"
+
+
+class QueryCanceled(errors.DatabaseError):
+    sqlstate = "57014"
 
 
 class Phase(enum.Enum):
@@ -183,6 +189,9 @@ class ClientConnection:
             pgwire.Sync: self._on_sync,
             pgwire.Flush: self._on_flush,
             pgwire.Terminate: self._on_terminate,
+            pgwire.CopyData: self._on_stray_copy_message,
+            pgwire.CopyDone: self._on_stray_copy_message,
+            pgwire.CopyFail: self._on_stray_copy_message,
         }
 
     def _advance(self, event: str) -> None:
@@ -236,6 +245,7 @@ class ClientConnection:
         except Exception as error:  # the extended protocol: report, then discard until Sync
             self._send_error(error)
             self._advance("extended_error")
+            await self._flush()  # as PostgreSQL does: a client that sent Flush, not Sync, waits for it
 
     async def _close(self) -> None:
         self._advance("close")
@@ -368,6 +378,10 @@ class ClientConnection:
             self._send(pgwire.encode_empty_query_response())
         for statement in statements:
             result = await self._session.execute(statement, [])
+            if result.copy_in is not None:
+                result = await self._copy_in(result.copy_in)
+            elif result.copy_out is not None:
+                await self._copy_out(result.copy_out)
             columns = result.columns if result.columns is not None else statement.columns
             if columns is not None:
                 formats = [pgwire.TEXT_FORMAT] * len(columns)
@@ -379,6 +393,52 @@ class ClientConnection:
         for row in rows:
             self._send(encoder.encode(row))
             await self._flush_if_full()
+
+    # COPY (55.2.6, COPY Operations).
+
+    async def _next_message(self) -> pgwire.FrontendMessage:
+        """The client's next message, read here rather than by _serve_messages: COPY FROM STDIN."""
+        while (message := self._decoder.next_message()) is None:
+            data = await self._read()
+            if not data:
+                raise ClientGone("the client closed the connection during COPY")
+            self._decoder.receive(data)
+        return message
+
+    async def _copy_in(self, copy: CopyIn) -> Result:
+        """Stream the client's CopyData into `copy` until CopyDone; CopyFail or another message
+        aborts it. Flush and Sync are ignored meanwhile, as PostgreSQL does."""
+        format_code = pgwire.BINARY_FORMAT if copy.binary else pgwire.TEXT_FORMAT
+        self._send(pgwire.encode_copy_in_response(copy.column_count, format_code))
+        await self._flush()
+        while True:
+            message = await self._next_message()  # a lost connection ends here; Session.close rolls back
+            if isinstance(message, pgwire.CopyData):
+                await copy.write(message.data)
+            elif isinstance(message, pgwire.CopyDone):
+                return await copy.finish()
+            elif isinstance(message, (pgwire.Flush, pgwire.Sync)):
+                continue
+            elif isinstance(message, pgwire.CopyFail):
+                raise await copy.fail(QueryCanceled(f"COPY from stdin failed: {message.message}"))
+            else:
+                error = await copy.fail(errors.ProtocolViolation(
+                    f"unexpected message type {type(message).__name__} during COPY from stdin"))
+                if isinstance(message, pgwire.Terminate):
+                    self._advance("close")
+                    raise ClientGone("the client terminated during COPY")
+                raise error
+
+    async def _copy_out(self, copy: CopyOut) -> None:
+        format_code = pgwire.BINARY_FORMAT if copy.binary else pgwire.TEXT_FORMAT
+        self._send(pgwire.encode_copy_out_response(copy.column_count, format_code))
+        for chunk in copy.chunks:
+            self._send(pgwire.encode_copy_data(chunk))
+            await self._flush_if_full()
+        self._send(pgwire.encode_copy_done())
+
+    async def _on_stray_copy_message(self, message: pgwire.CopyMessage) -> None:
+        """CopyData, CopyDone or CopyFail after a COPY ended (on an error): dropped, as PostgreSQL does."""
 
     def _send_protocol_statement_result(self, statement: EmptyStatement | DeallocateStatement) -> None:
         if isinstance(statement, EmptyStatement):
@@ -455,7 +515,12 @@ class ClientConnection:
             self._send(pgwire.encode_empty_query_response())
             return
         if portal.result is None:
-            portal.result = await self._run_statement(statement, portal.params)
+            result = await self._run_statement(statement, portal.params, self._decoder.next_is_sync())
+            if result.copy_in is not None:
+                result = await self._copy_in(result.copy_in)
+            elif result.copy_out is not None:
+                await self._copy_out(result.copy_out)
+            portal.result = result
         elif statement.columns is None:
             raise ObjectNotInPrerequisiteState(f'portal "{message.portal_name}" cannot be run')
         if statement.columns is None:
@@ -463,11 +528,11 @@ class ClientConnection:
         else:
             await self._send_portal_rows(portal, statement.columns, message.rows_max)
 
-    async def _run_statement(self, statement: Statement, params: list[Any]) -> Result:
+    async def _run_statement(self, statement: Statement, params: list[Any], sync_follows: bool) -> Result:
         if isinstance(statement, DeallocateStatement):
             return self._deallocate(statement)
         assert self._session is not None
-        return await self._session.execute(statement, params)
+        return await self._session.execute(statement, params, sync_follows=sync_follows)
 
     async def _send_portal_rows(self, portal: Portal, columns: list[Column], rows_max: int) -> None:
         """Send the next rows_max rows (all when 0). Like PostgreSQL, a batch that fills rows_max
@@ -494,8 +559,16 @@ class ClientConnection:
         self._send(pgwire.encode_close_complete())
 
     async def _on_sync(self, message: pgwire.Sync) -> None:
+        """Sync ends the extended protocol's implicit transaction: it commits unless an error ended it."""
+        failed = self.phase is Phase.SKIPPING_TO_SYNC
         self._advance("sync")
         assert self._session is not None
+        try:
+            await self._session.sync(failed=failed)
+        except ClientGone:
+            raise
+        except Exception as error:
+            self._send_error(error)
         if self._session.transaction_status == "I":  # the transaction ended: its portals go with it
             self._portals.clear()
         self._send_ready_for_query()

@@ -1,4 +1,5 @@
-"""SELECT: filter, project, group and aggregate, sort, DISTINCT, LIMIT/OFFSET over one source.
+"""SELECT: filter, project, group and aggregate, sort, DISTINCT, LIMIT/OFFSET over the joined rows
+of its FROM clause (planner.py).
 
 Invariants: ORDER BY puts NULLs last ascending and first descending, as PostgreSQL does; grouped
 output may name only GROUP BY expressions and aggregates (42803 otherwise); result column types
@@ -12,21 +13,15 @@ import functools
 
 from sqlglot import exp
 
-from aurora_db.errors import FeatureNotSupported, GroupingError, UndefinedColumn, UndefinedFunction
+from aurora_db.errors import FeatureNotSupported, GroupingError, UndefinedColumn, UndefinedFunction, UndefinedTable
 from compute_node import sql_types as t
 from compute_node.backend import Column, Result
 from compute_node.catalog import TableDef
-from compute_node.expressions import Scope, compile_expr
-from compute_node.sources import (
-    Context,
-    NoSource,
-    Plan,
-    TableSource,
-    constant,
-    key_lookup,
-    output_name,
-    resolve_source,
-)
+from compute_node.explain import nest
+from compute_node.expressions import QueryBlock, Scope, ScopeColumn, compile_expr
+from compute_node.planner import FromPlan
+from compute_node.sources import Context, Plan, constant, output_name
+from compute_node.subqueries import Runtime
 
 
 AGGREGATES = (exp.Count, exp.Sum, exp.Min, exp.Max, exp.Avg)
@@ -116,46 +111,81 @@ def _bad_aggregate(kind, arg_type):
     raise UndefinedFunction(f"function {kind}({t.DISPLAY[arg_type]}) does not exist")
 
 
+def aggregates_in(node: exp.Expression) -> list[exp.Expression]:
+    """The aggregate calls of this query in `node`; those inside a subquery belong to the subquery."""
+    if isinstance(node, AGGREGATES):
+        return [node]
+    found = []
+    for child in node.iter_expressions():
+        if not isinstance(child, exp.Select):
+            found += aggregates_in(child)
+    return found
+
+
+class GroupedScope(Scope):
+    """The scope above GROUP BY: grouped expressions and aggregates are slots of the grouped row;
+    any other column of the query is an error (42803), as in PostgreSQL."""
+
+    def __init__(self, input_scope: Scope, replacements: dict):
+        super().__init__([], input_scope.param_types, outer=input_scope.outer, tables=input_scope.tables,
+                         runtime=input_scope.runtime, block=input_scope.block)
+        self.input_scope = input_scope
+        self.replacements = replacements
+
+    def lookup(self, column: exp.Column):
+        found = self.input_scope.lookup(column)
+        keys = [column.sql(dialect="postgres")]
+        if found is not None:
+            keys.append(exp.column(found.name, table=found.table).sql(dialect="postgres"))
+        for key in keys:
+            if key in self.replacements:
+                slot, type_name = self.replacements[key]
+                return ScopeColumn(column.table, column.name, type_name, slot)
+        if found is not None:
+            shown = f"{column.table}.{column.name}" if column.table else column.name
+            raise GroupingError(f'column "{shown}" must appear in the GROUP BY clause or be used in an aggregate function')
+        return None
+
+
 class SelectPlan(Plan):
-    def __init__(self, select: exp.Select, tables: dict[str, TableDef], param_types: list[str]):
-        if select.args.get("joins"):
-            raise FeatureNotSupported("joins are not supported yet")
+    """One SELECT block; a subquery's plan has the enclosing scope as `outer` and shares its Runtime."""
+
+    def __init__(self, select: exp.Select, tables: dict[str, TableDef], param_types: list[str], *,
+                 outer: Scope | None = None, runtime: Runtime | None = None):
         for unsupported in ("with_", "with", "windows", "qualify"):
             if select.args.get(unsupported):
                 raise FeatureNotSupported(f"{unsupported.rstrip('_').upper()} is not supported")
-        from_ = select.args.get("from_") or select.args.get("from")
-        if from_ is not None:
-            if not isinstance(from_.this, exp.Table):
-                raise FeatureNotSupported("subqueries in FROM are not supported yet")
-            self.source = resolve_source(from_.this, tables)
-        else:
-            self.source = NoSource()
-        if self.source.table is not None:
-            self.tables = {self.source.table.name: self.source.table.tid}
-        scope = Scope(self.source.scope_columns(), param_types)
+        self.root = runtime is None
+        self.runtime = runtime = runtime or Runtime()
+        self.block = QueryBlock()
+        template = Scope([], param_types, outer=outer, tables=tables, runtime=runtime, block=self.block)
+        self.from_plan = FromPlan(select, tables, template)
+        scope = self.from_plan.scope
         self.scope = scope
-        where = select.args.get("where")
-        self.where_fn = compile_expr(where.this, scope, "bool")[0] if where is not None else None
-        self.key_fns = key_lookup(where.this, self.source, scope) if where is not None else None
+        if self.root:
+            self.tables = runtime.tables
 
         projections = []
         for node in select.expressions:
             if isinstance(node, exp.Star):
-                projections += [(exp.column(c.name, table=c.table), c.name) for c in scope.columns]
+                projections += [(exp.column(c.name, table=c.table), c.name) for c in scope.columns if not c.hidden]
             elif isinstance(node, exp.Column) and isinstance(node.this, exp.Star):
-                projections += [(exp.column(c.name, table=c.table), c.name) for c in scope.columns
-                                if c.table == node.table]
+                matching = [c for c in scope.columns if c.table == node.table]
+                if not matching:
+                    raise UndefinedTable(f'missing FROM-clause entry for table "{node.table}"')
+                projections += [(exp.column(c.name, table=c.table), c.name) for c in matching]
             else:
                 projections.append((node.this if isinstance(node, exp.Alias) else node, output_name(node)))
         group = select.args.get("group")
         having = select.args.get("having")
         order = select.args.get("order")
-        aggregates = [a for node, _ in projections for a in node.find_all(*AGGREGATES)]
+        aggregates = [a for node, _ in projections for a in aggregates_in(node)]
         if having is not None:
-            aggregates += list(having.this.find_all(*AGGREGATES))
+            aggregates += aggregates_in(having.this)
         if order is not None:
-            aggregates += [a for o in order.expressions for a in o.find_all(*AGGREGATES)]
-        self.grouped = bool(aggregates) or group is not None
+            aggregates += [a for o in order.expressions for a in aggregates_in(o)]
+        self.grouped = bool(aggregates) or group is not None or having is not None
+        self.group_fns = []
         self.output_fns = []
         out_types = []
         if self.grouped:
@@ -174,11 +204,15 @@ class SelectPlan(Plan):
         offset = select.args.get("offset")
         self.offset = constant(offset and offset.expression, scope, "OFFSET")
 
+    @property
+    def correlated(self) -> bool:
+        return self.block.correlated
+
     def _origin(self, node):
-        if isinstance(node, exp.Column) and isinstance(self.source, TableSource):
-            index = self.source.table.column_index(node.name)
-            if index is not None:
-                return self.source.table.oid, index + 1
+        if isinstance(node, exp.Column):
+            column = self.scope.lookup(node)
+            if column is not None:
+                return self.from_plan.origins.get(column.index, (0, 0))
         return 0, 0
 
     def _plan_grouping(self, group, aggregates, scope):
@@ -205,7 +239,7 @@ class SelectPlan(Plan):
             if isinstance(aggregate, exp.Count) and (arg is None or isinstance(arg, exp.Star)):
                 kind, arg_fn, arg_type = "count_star", None, "int8"
             else:
-                if any(arg.find_all(*AGGREGATES)):
+                if aggregates_in(arg):
                     raise GroupingError("aggregate function calls cannot be nested")
                 arg_fn, arg_type = compile_expr(arg, scope)
                 kind = type(aggregate).__name__.lower()
@@ -215,13 +249,7 @@ class SelectPlan(Plan):
             slot = len(self.group_fns) + len(self.aggregate_specs)
             self.aggregate_specs.append((kind, distinct, arg_fn, result_type))
             replacements[key] = (slot, result_type)
-        self.out_scope = Scope([], scope.param_types)
-        self.out_scope.replacements = replacements
-        # A column not grouped and not inside an aggregate is an error, as in PostgreSQL.
-        self.group_scope_error = lambda column: GroupingError(
-            f'column "{column}" must appear in the GROUP BY clause or be used in an aggregate function')
-        self.out_scope.resolve = lambda column: (_ for _ in ()).throw(self.group_scope_error(
-            f"{column.table}.{column.name}" if column.table else column.name))
+        self.out_scope = GroupedScope(scope, replacements)
 
     def _plan_order(self, order, projections, scope):
         keys = []
@@ -246,8 +274,23 @@ class SelectPlan(Plan):
         return keys
 
     def run(self, ctx: Context) -> Result:
+        if self.root:
+            self.runtime.begin(ctx)
+        rows = self.rows(ctx)
+        return Result(f"SELECT {len(rows)}", self.columns, rows)
+
+    def explain(self, ctx: Context) -> list[str]:
+        trace = []
+        self.from_plan.rows(ctx, trace)
+        lines = self.from_plan.explain(trace)
+        for header, present in ((f"{'Hash' if self.group_fns else ''}Aggregate", self.grouped), ("Sort", self.sort),
+                                ("Unique", self.distinct), ("Limit", self.limit or self.offset)):
+            if present:
+                lines = nest(header, lines)
+        return lines
+
+    def rows(self, ctx: Context) -> list[tuple]:
         params = ctx.params
-        out_rows = []
         if self.grouped:
             rows_with_input = self._run_grouped(ctx)
         else:
@@ -277,14 +320,10 @@ class SelectPlan(Plan):
             out_rows = out_rows[offset:]
         if limit is not None:
             out_rows = out_rows[:limit]
-        return Result(f"SELECT {len(out_rows)}", self.columns, out_rows)
+        return out_rows
 
     def _input_rows(self, ctx):
-        params = ctx.params
-        where = self.where_fn
-        for _, values in self.source.rows(ctx, self.key_fns):
-            if where is None or where(values, params) is True:
-                yield values
+        return self.from_plan.rows(ctx)
 
     def _run_plain(self, ctx):
         params = ctx.params

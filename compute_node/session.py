@@ -3,8 +3,11 @@
 States (PostgreSQL's): idle 'I', in a block 'T', in a failed block 'E'. An error inside a block
 fails the block until ROLLBACK (or COMMIT, which then rolls back); an error outside a block
 aborts the implicit transaction. The statements of one simple-query string share one implicit
-transaction (committed after the last, rolled back whole on an error), as in PostgreSQL. A commit is answered only after VDL >= its commit LSN; until
-then its transaction id stays active, so no other snapshot can see what recovery might lose.
+transaction (committed after the last, rolled back whole on an error), and so do the extended
+protocol's statements up to Sync, as in PostgreSQL. A commit is answered only after VDL >= its
+commit LSN; until then its transaction id stays active, so no other snapshot can see what recovery
+might lose. COPY FROM STDIN inserts in batches in the same transaction; savepoints are names only
+(no subtransactions), so ROLLBACK TO one is refused once anything was written after it.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ import enum
 import logging
 import re
 
-from aurora_db.errors import DatabaseError, InFailedTransaction, InternalError, QuorumTimeout
+from aurora_db.errors import DatabaseError, FeatureNotSupported, InFailedTransaction, InternalError, QuorumTimeout
+from compute_node import copy as copy_text
+from compute_node import introspection
 from compute_node import sql_types as t
-from compute_node.backend import Column, Result, TEXT_OID
+from compute_node.backend import Column, CopyOut, Result, TEXT_OID
 from compute_node.engine import Engine
 from compute_node.executor import Plan
 
@@ -27,7 +32,23 @@ _TRANSACTION_CONTROL = re.compile(
     r"^\s*(begin|start\s+transaction|commit|end|rollback|abort)(\s+(work|transaction))?(\s+isolation\s+level\s+[a-z ]+|\s+read\s+(write|only))*\s*;?\s*$",
     re.IGNORECASE)
 _SET = re.compile(r"^\s*set\s+(session\s+|local\s+)?([a-z_][a-z0-9_.]*)\s*(=|\s+to\s+)\s*(.+?)\s*;?\s*$", re.IGNORECASE | re.S)
-_SHOW = re.compile(r"^\s*show\s+([a-z_][a-z0-9_.]*)\s*;?\s*$", re.IGNORECASE)
+_SHOW = re.compile(r"^\s*show\s+([a-z_][a-z0-9_.]*|transaction\s+isolation\s+level)\s*;?\s*$", re.IGNORECASE)
+_SAVEPOINT = re.compile(r'^\s*(savepoint|release(?:\s+savepoint)?|rollback(?:\s+work|\s+transaction)?\s+to(?:\s+savepoint)?)'
+                        r'\s+("(?:[^"]|"")+"|[a-z_][a-z0-9_$]*)\s*;?\s*$', re.IGNORECASE)
+_SHOW_ALIASES = {"transaction isolation level": "transaction_isolation"}
+_RESET = re.compile(r"^\s*reset\s+(all|[a-z_][a-z0-9_.]*)\s*;?\s*$", re.IGNORECASE)
+# Session cleanup that connection pools send (asyncpg's reset query), for features we do not have:
+# without cursors, notifications or advisory locks there is nothing to close, unlisten or unlock.
+_NO_OPS = {"close all": "CLOSE CURSOR ALL", "unlisten *": "UNLISTEN"}
+
+
+class NoActiveSqlTransaction(DatabaseError):
+    sqlstate = "25P01"
+
+
+class InvalidSavepointSpecification(DatabaseError):
+    sqlstate = "3B001"
+
 
 class BlockState(enum.Enum):
     """The transaction block state, with the status byte ReadyForQuery reports."""
@@ -43,9 +64,12 @@ BLOCK_TRANSITIONS = {
     (BlockState.FAILED, "begin"): BlockState.FAILED,
     (BlockState.IDLE, "error"): BlockState.IDLE,  # the implicit transaction is rolled back
     (BlockState.IN_BLOCK, "error"): BlockState.FAILED,
+    (BlockState.FAILED, "error"): BlockState.FAILED,
     (BlockState.IDLE, "end"): BlockState.IDLE,  # COMMIT or ROLLBACK
     (BlockState.IN_BLOCK, "end"): BlockState.IDLE,
     (BlockState.FAILED, "end"): BlockState.IDLE,
+    (BlockState.IN_BLOCK, "rollback_to_savepoint"): BlockState.IN_BLOCK,
+    (BlockState.FAILED, "rollback_to_savepoint"): BlockState.IN_BLOCK,
 }
 
 
@@ -62,7 +86,7 @@ class Statement:
     """A prepared statement: transaction control, SET/SHOW, or a planned SQL statement."""
 
     sql: str
-    kind: str  # begin commit rollback set show sql empty
+    kind: str  # begin commit rollback savepoint release rollback_to set show reset no_op sql copy_in copy_out canned empty
     param_oids: list[int]
     columns: list[Column] | None
     node: object = None
@@ -71,6 +95,9 @@ class Statement:
     setting: tuple = ()
     in_script: bool = False  # one of several statements of one simple-query string
     ends_script: bool = False  # the last of them: the implicit transaction commits after it
+    extended: bool = True  # prepared by Parse: outside a block, its implicit transaction ends at Sync
+    copy: copy_text.CopySpec | None = None
+    canned: introspection.Canned | None = None
 
 
 def split_statements(sql: str) -> list[str]:
@@ -122,6 +149,8 @@ class EngineSession:
         self.state = BlockState.IDLE
         self.xid: int | None = None
         self.settings = dict(DEFAULT_SETTINGS)
+        self.writes = 0  # statements run that may have written: a savepoint remembers the count
+        self.savepoints: list[tuple[str, int]] = []
 
     @property
     def transaction_status(self) -> str:
@@ -136,7 +165,8 @@ class EngineSession:
         """Statements of a simple query, planned only when run: an earlier one may create a table."""
         texts = split_statements(sql)
         several = len(texts) > 1
-        return [Statement(text, "deferred", [], None, in_script=several, ends_script=several and i == len(texts) - 1)
+        return [Statement(text, "deferred", [], None, in_script=several, ends_script=several and i == len(texts) - 1,
+                          extended=False)
                 for i, text in enumerate(texts)]
 
     async def prepare(self, sql: str, param_oids: list[int]) -> Statement:
@@ -154,10 +184,36 @@ class EngineSession:
             return Statement(sql, "set", [], None, setting=(match.group(2).lower(), value))
         match = _SHOW.match(text)
         if match:
-            name = match.group(1).lower()
+            name = " ".join(match.group(1).lower().split())
+            name = _SHOW_ALIASES.get(name, name)
             return Statement(sql, "show", [], [Column(name, TEXT_OID)], setting=(name,))
+        match = _RESET.match(text)
+        if match:
+            return Statement(sql, "reset", [], None, setting=(match.group(1).lower(),))
+        no_op = _NO_OPS.get(" ".join(text.rstrip(";").lower().split()))
+        if no_op is not None:
+            return Statement(sql, "no_op", [], None, setting=(no_op,))
+        match = _SAVEPOINT.match(text)
+        if match:
+            word = match.group(1).lower().split()[0]
+            kind = {"savepoint": "savepoint", "release": "release", "rollback": "rollback_to"}[word]
+            name = match.group(2)
+            name = name[1:-1].replace('""', '"') if name.startswith('"') else name.lower()
+            return Statement(sql, kind, [], None, setting=(name,))
         if self.state is BlockState.FAILED:
             raise InFailedTransaction("current transaction is aborted, commands ignored until end of transaction block")
+        canned = introspection.match(text)
+        if canned is not None:
+            return Statement(sql, "canned", canned.param_oids, canned.columns, canned=canned)
+        if copy_text.is_copy(text):
+            spec = copy_text.parse_copy(text)
+            if spec.direction == "from":
+                return Statement(sql, "copy_in", [], None, copy=spec)
+            node, plan, types = await self.engine.call(
+                self.engine.prepare, copy_text.select_for_copy_to(spec), [], self.xid)
+            if spec.binary:
+                copy_text.binary_type_oids(plan.columns)  # refused now, not after CopyOutResponse
+            return Statement(sql, "copy_out", [], None, node, plan, types, copy=spec)
         param_types = [t.NAMES_BY_OID.get(oid, "unknown") if oid else "unknown" for oid in param_oids]
         node, plan, types = await self.engine.call(self.engine.prepare, sql, param_types, self.xid)
         oids = [t.OIDS[name] if name != "unknown" else TEXT_OID for name in types]
@@ -165,22 +221,50 @@ class EngineSession:
 
     # --- execute ------------------------------------------------------------------------------
 
-    async def execute(self, statement: Statement, params: list) -> Result:
+    async def execute(self, statement: Statement, params: list, *, sync_follows: bool = False) -> Result:
         if statement.kind == "deferred":
-            prepared = await self.prepare(statement.sql, [])
+            try:
+                prepared = await self.prepare(statement.sql, [])
+            except Exception as error:  # a statement that cannot be planned fails like one that ran
+                if isinstance(error, InFailedTransaction):
+                    raise
+                raise await self._statement_failed(error, self.state is BlockState.IDLE, statement.sql) from None
             prepared.in_script, prepared.ends_script = statement.in_script, statement.ends_script
+            prepared.extended = False
             statement.__dict__.update(prepared.__dict__)
-        result = await self._execute(statement, params)
-        if statement.ends_script and self.state is BlockState.IDLE and self.xid is not None:
+        result = await self._execute(statement, params, sync_follows)
+        if result.copy_in is None and statement.ends_script and self.state is BlockState.IDLE and self.xid is not None:
             await self._commit()  # the script's implicit transaction, if its last statement left it open
         return result
 
-    async def _execute(self, statement: Statement, params: list) -> Result:
+    async def sync(self, *, failed: bool = False) -> None:
+        """Sync ends the extended protocol's implicit transaction; after an error it rolls back, and
+        an error the protocol layer raised (a bad Bind, say) fails an open block too."""
+        if failed:
+            if self.state is BlockState.IDLE and self.xid is not None:
+                await self._rollback()
+            elif self.state is BlockState.IN_BLOCK:
+                self._transition("error")
+            return
+        if self.state is BlockState.IDLE and self.xid is not None:
+            await self._commit()
+
+    def _autocommit(self, statement: Statement, sync_follows: bool) -> bool:
+        """Does this statement end its implicit transaction? Only outside a block: at the end of a
+        simple-query script, or in the extended protocol just before Sync."""
+        if self.state is not BlockState.IDLE:
+            return False
+        if statement.extended:
+            return sync_follows
+        return not statement.in_script or statement.ends_script
+
+    async def _execute(self, statement: Statement, params: list, sync_follows: bool = False) -> Result:
         kind = statement.kind
         if kind == "empty":
             return Result("")
         if kind == "begin":
             self._transition("begin")
+            self.savepoints = []
             return Result("BEGIN")
         if kind == "commit":
             if self.state is BlockState.FAILED:
@@ -191,6 +275,8 @@ class EngineSession:
         if kind == "rollback":
             await self._rollback()
             return Result("ROLLBACK")
+        if kind in ("savepoint", "release", "rollback_to"):
+            return self._savepoint(kind, statement.setting[0])
         if self.state is BlockState.FAILED:
             raise InFailedTransaction("current transaction is aborted, commands ignored until end of transaction block")
         if kind == "set":
@@ -200,23 +286,87 @@ class EngineSession:
         if kind == "show":
             (name,) = statement.setting
             return Result("SHOW", statement.columns, [(self.settings.get(name, ""),)])
+        if kind == "reset":
+            (name,) = statement.setting
+            if name == "all":
+                self.settings = dict(DEFAULT_SETTINGS)
+            elif name in DEFAULT_SETTINGS:
+                self.settings[name] = DEFAULT_SETTINGS[name]
+            else:
+                self.settings.pop(name, None)
+            return Result("RESET")
+        if kind == "no_op":
+            return Result(statement.setting[0])
         implicit = self.state is BlockState.IDLE
-        autocommit = implicit and (not statement.in_script or statement.ends_script)
+        autocommit = self._autocommit(statement, sync_follows)
+        if kind == "copy_in":
+            return await self._start_copy_in(statement, implicit, autocommit)
         try:
+            if kind == "canned":
+                rows = await self.engine.call(self.engine.run_canned, statement.canned, params, self)
+                return Result(f"SELECT {len(rows)}", statement.columns, rows)
+            if getattr(statement.plan, "writes", True):
+                self.writes += 1
             statement.plan, result, commit_lsn = await self.engine.call(
                 self.engine.run, statement.node, statement.plan, statement.param_types, params, self, autocommit)
         except Exception as error:
-            if implicit:
-                await self._rollback()
-            self._transition("error")
-            if isinstance(error, DatabaseError):
-                raise
-            log.exception("internal error in %r", statement.sql[:200])
-            raise InternalError(f"internal error: {type(error).__name__}: {error}") from error
+            raise await self._statement_failed(error, implicit, statement.sql) from None
         if commit_lsn is not None:
             xid, self.xid = self.xid, None
             await self._wait_commit_durable(xid, commit_lsn)
+        if kind == "copy_out":
+            spec = statement.copy
+            return Result(f"COPY {len(result.rows)}", copy_out=CopyOut(
+                len(result.columns), copy_text.copy_out_chunks(spec, result.columns, result.rows), spec.binary))
         return result
+
+    async def _statement_failed(self, error: Exception, implicit: bool, sql: str) -> DatabaseError:
+        """A statement failed: roll back the implicit transaction or fail the block; the error to report."""
+        if implicit:
+            await self._rollback()
+        self._transition("error")
+        if isinstance(error, DatabaseError):
+            return error
+        log.error("internal error in %r", sql[:200], exc_info=error)
+        return InternalError(f"internal error: {type(error).__name__}: {error}")
+
+    def _savepoint(self, kind: str, name: str) -> Result:
+        """Savepoints without subtransactions: ROLLBACK TO works while nothing was written since the
+        savepoint (enough for drivers that probe inside one), and fails with 0A000 otherwise."""
+        if self.state is BlockState.IDLE:
+            word = {"savepoint": "SAVEPOINT", "release": "RELEASE SAVEPOINT", "rollback_to": "ROLLBACK TO SAVEPOINT"}[kind]
+            raise NoActiveSqlTransaction(f"{word} can only be used in transaction blocks")
+        if kind == "savepoint":
+            if self.state is BlockState.FAILED:
+                raise InFailedTransaction("current transaction is aborted, commands ignored until end of transaction block")
+            self.savepoints.append((name, self.writes))
+            return Result("SAVEPOINT")
+        found = [i for i, (saved, _) in enumerate(self.savepoints) if saved == name]
+        if not found:
+            if self.state is BlockState.FAILED:
+                raise InFailedTransaction("current transaction is aborted, commands ignored until end of transaction block")
+            raise InvalidSavepointSpecification(f'savepoint "{name}" does not exist')
+        index = found[-1]
+        if kind == "release":
+            if self.state is BlockState.FAILED:
+                raise InFailedTransaction("current transaction is aborted, commands ignored until end of transaction block")
+            del self.savepoints[index:]
+            return Result("RELEASE")
+        if self.writes != self.savepoints[index][1]:
+            raise FeatureNotSupported("ROLLBACK TO SAVEPOINT after a write since the savepoint is not supported yet")
+        del self.savepoints[index + 1:]
+        self._transition("rollback_to_savepoint")
+        return Result("ROLLBACK")
+
+    # --- COPY FROM STDIN ------------------------------------------------------------------------
+
+    async def _start_copy_in(self, statement: Statement, implicit: bool, autocommit: bool) -> Result:
+        try:
+            target = await self.engine.call(self.engine.copy_target, statement.copy, self)
+        except Exception as error:
+            raise await self._statement_failed(error, implicit, statement.sql) from None
+        self.writes += 1
+        return Result("COPY", copy_in=CopyInSink(self, statement, target, implicit, autocommit))
 
     def ensure_xid(self) -> int:
         """Called on the engine thread when a statement first writes."""
@@ -266,3 +416,99 @@ class EngineSession:
                 await self._rollback()
             except DatabaseError as error:
                 log.warning("rollback at disconnect failed: %s", error)
+
+
+class CopyInSink:
+    """backend.CopyIn for one COPY ... FROM STDIN: cuts the client's bytes into lines and hands
+    them to the engine thread in batches of up to COPY_BATCH_ROWS_MAX rows.
+
+    Invariant: lines are numbered from 1 as the client sent them (a header line counts), so an
+    error's CONTEXT names the line PostgreSQL would name; after an error nothing more is inserted."""
+
+    def __init__(self, session: EngineSession, statement: Statement, target: copy_text.CopyTarget,
+                 implicit: bool, autocommit: bool):
+        self.session = session
+        self.statement = statement
+        self.spec = statement.copy
+        self.target = target
+        self.implicit = implicit
+        self.autocommit = autocommit
+        self.column_count = len(target.positions)
+        self.binary = self.spec.binary
+        self._binary_rows = copy_text.BinaryRows() if self.binary else None
+        self._buffer = bytearray()
+        self._lines: list[tuple[int, bytes]] = []
+        self._line_number = 0
+        self._ended = False  # the \. end-of-data line was seen: the rest is ignored
+        self._failed = False
+        self.count = 0
+
+    async def write(self, data: bytes) -> None:
+        if self._ended or self._failed:
+            return
+        self._buffer += data
+        try:
+            self._cut_lines(final=False)
+        except DatabaseError as error:
+            self._failed = True
+            raise await self.session._statement_failed(error, self.implicit, self.statement.sql) from None
+        if len(self._lines) >= copy_text.COPY_BATCH_ROWS_MAX or len(self._buffer) >= copy_text.COPY_BATCH_BYTES_MAX:
+            await self._insert_batch()
+
+    def _cut_lines(self, final: bool) -> None:
+        if self._binary_rows is not None:
+            self._lines += self._binary_rows.take(self._buffer)
+            if final:
+                self._binary_rows.finish(self._buffer)
+            return
+        buffer = self._buffer
+        end = buffer.rfind(b"\n")
+        complete = bytes(buffer[:end]) if end >= 0 else b""
+        rest = bytes(buffer[end + 1:]) if end >= 0 else bytes(buffer)
+        pieces = complete.split(b"\n") if end >= 0 else []
+        if final and rest:
+            pieces.append(rest)
+            rest = b""
+        self._buffer = bytearray(rest)
+        for raw in pieces:
+            if self._ended:
+                break
+            self._line_number += 1
+            if raw.endswith(b"\r"):
+                raw = raw[:-1]
+            if raw == b"\\.":
+                self._ended = True
+                self._buffer.clear()
+                break
+            if self._line_number == 1 and self.spec.header:
+                continue
+            self._lines.append((self._line_number, raw))
+
+    async def _insert_batch(self) -> None:
+        lines, self._lines = self._lines, []
+        if not lines:
+            return
+        session = self.session
+        try:
+            self.count += await session.engine.call(session.engine.copy_rows, self.target, self.spec, lines, session)
+        except Exception as error:
+            self._failed = True
+            raise await session._statement_failed(error, self.implicit, self.statement.sql) from None
+
+    async def finish(self) -> Result:
+        if not self._failed:
+            try:
+                self._cut_lines(final=True)
+            except DatabaseError as error:
+                self._failed = True
+                raise await self.session._statement_failed(error, self.implicit, self.statement.sql) from None
+            await self._insert_batch()
+        if self.autocommit and self.session.state is BlockState.IDLE and self.session.xid is not None:
+            await self.session._commit()
+        return Result(f"COPY {self.count}")
+
+    async def fail(self, error: Exception) -> Exception:
+        if self._failed:
+            return error
+        self._failed = True
+        return await self.session._statement_failed(error, self.implicit, self.statement.sql)

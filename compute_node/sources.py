@@ -189,25 +189,35 @@ def output_name(node: exp.Expression) -> str:
     return "?column?"
 
 
-def _conjuncts(node):
+def conjuncts(node):
+    """The AND-ed parts of a condition."""
     if isinstance(node, exp.And):
-        return _conjuncts(node.this) + _conjuncts(node.expression)
+        return conjuncts(node.this) + conjuncts(node.expression)
     if isinstance(node, exp.Paren):
-        return _conjuncts(node.this)
+        return conjuncts(node.this)
     return [node]
 
 
-def key_lookup(where: exp.Expression | None, source, scope: Scope):
-    """If WHERE pins every primary-key column to a constant, the closures computing the key."""
+def _row_independent(node, scope: Scope) -> bool:
+    """No column of this query (a column of an enclosing query is fixed while this one runs)."""
+    columns = list(node.find_all(exp.Column))
+    if not columns:
+        return True
+    return scope.outer is not None and not node.find(exp.Select) and all(scope.lookup(c) is None for c in columns)
+
+
+def key_lookup(where: exp.Expression | list | None, source, scope: Scope):
+    """If WHERE (a condition, or a list of AND-ed conditions) pins every primary-key column to a
+    value not depending on the row, the closures computing the key."""
     table = getattr(source, "table", None)
     if where is None or not isinstance(source, TableSource) or not table.primary_key:
         return None
     pinned = {}
-    for conjunct in _conjuncts(where):
+    for conjunct in (where if isinstance(where, list) else conjuncts(where)):
         if not isinstance(conjunct, exp.EQ):
             continue
         for column, other in ((conjunct.this, conjunct.expression), (conjunct.expression, conjunct.this)):
-            if isinstance(column, exp.Column) and column.name in table.primary_key and not list(other.find_all(exp.Column)) \
+            if isinstance(column, exp.Column) and column.name in table.primary_key and _row_independent(other, scope) \
                     and not (column.table and column.table != source.alias):
                 type_name = table.columns[table.column_index(column.name)].type_name
                 fn, value_type = compile_expr(other, scope, type_name)

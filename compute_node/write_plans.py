@@ -1,16 +1,24 @@
-"""INSERT, UPDATE and DELETE: MVCC row versions with their primary-key entries.
+"""INSERT, UPDATE and DELETE: MVCC row versions with their entries in every index of the table.
 
-Invariants: UPDATE and DELETE collect their target rows before changing any, so a statement never
-sees its own new row versions; a row's heap tuple, its old version's xmax and its index entry
-change in one MTR; every check that can fail (types, NOT NULL, duplicate key, a row another open
-transaction changed) runs before that MTR, so a failed row leaves nothing behind.
+Invariants: UPDATE and DELETE collect their target rows before changing any, and INSERT ... SELECT
+materializes its rows before inserting any, so a statement never sees its own new row versions;
+a row's heap tuple, its old version's xmax and its entries in every index change in one MTR
+(DESIGN.md 2); every check that can fail (types, NOT NULL, identity, duplicate key, a row another
+open transaction changed, a table another open transaction is altering, record and key sizes)
+runs before that MTR, so a failed row leaves nothing behind. DEFAULT expressions and sequence
+values are computed when the row is made; RETURNING columns are known when the plan is made.
 """
 
 from __future__ import annotations
 
+import functools
+
+import sqlglot
 from sqlglot import exp
 
+from aurora_db import pages
 from aurora_db.errors import (
+    DatabaseError,
     DuplicateColumn,
     FeatureNotSupported,
     NotNullViolation,
@@ -18,28 +26,32 @@ from aurora_db.errors import (
     SerializationFailure,
     SyntaxError_,
     UndefinedColumn,
-    UniqueViolation,
 )
-from aurora_db import pages
 from aurora_db.pages import XID_ABORTED, XID_COMMITTED
+from compute_node import indexes as ix
 from compute_node import sql_types as t
-from compute_node.backend import Result
+from compute_node.backend import Column, Result
 from compute_node.btree import BTree
-from compute_node.catalog import PRIMARY_KEY_INDEX, TableDef
+from compute_node.catalog import ColumnDef, TableDef
 from compute_node.expressions import Scope, compile_expr
 from compute_node.heap import Heap
-from compute_node.sources import Context, Plan, TableSource, key_lookup, resolve_source
+from compute_node.page_store import MTR_RECORDS_MAX
+from compute_node.sources import Context, Plan, TableSource, key_lookup, output_name, resolve_source
+
+HEAP_INSERT_RECORDS_MAX = 5  # a new heap page: allocation, init, link, table root, then the tuple
+DEFAULT_PARSE_CACHE_MAX = 256
 
 
-def _pkey_name(table: TableDef) -> str:
-    return f"{table.name}_pkey"
+class GeneratedAlways(DatabaseError):
+    sqlstate = "428C9"
 
 
 def check_row(table: TableDef, values: list) -> None:
     for column, value in zip(table.columns, values):
         if value is None and (column.not_null or column.name in table.primary_key):
             raise NotNullViolation(
-                f'null value in column "{column.name}" of relation "{table.name}" violates not-null constraint')
+                f'null value in column "{column.name}" of relation "{table.name}" violates not-null constraint',
+                detail=f"Failing row contains ({', '.join('null' if v is None else t.to_text(v) for v in values)}).")
 
 
 def check_writable(ctx: Context, tid, xmax: int) -> bool:
@@ -56,63 +68,128 @@ def check_writable(ctx: Context, tid, xmax: int) -> bool:
     raise SerializationFailure("could not serialize access: the row is being changed by a concurrent transaction")
 
 
-def check_unique(ctx: Context, table: TableDef, tree: BTree, heap: Heap, key: tuple) -> None:
-    for tid in tree.lookup(key):
-        xmin, xmax, _ = heap.fetch(tid)
-        if xmin != ctx.xid:
-            status = ctx.transactions.status(xmin)
-            if status == XID_ABORTED:
-                continue
-            if status != XID_COMMITTED:
-                raise SerializationFailure(
-                    f'could not insert key into "{_pkey_name(table)}": a concurrent transaction holds it')
-        if xmax == ctx.xid:
+def check_table_writable(ctx: Context, table: TableDef) -> None:
+    """Rows may change only while no other transaction is replacing the table's definition (CREATE
+    INDEX, TRUNCATE, ALTER TABLE, DROP): PostgreSQL would wait for its lock; we fail with 40001."""
+    xmax = ctx.catalog.heap.fetch(table.tid)[1]
+    if xmax and xmax != ctx.xid and ctx.transactions.status(xmax) != XID_ABORTED:
+        raise SerializationFailure(
+            f'could not serialize access: relation "{table.name}" is being altered by a concurrent transaction')
+
+
+def check_unique(ctx: Context, table: TableDef, row: list, old_row: list | None = None) -> None:
+    """Every unique index, for a new row version (only the keys that changed, for an UPDATE)."""
+    for index in table.indexes:
+        if not index.unique:
             continue
-        if xmax:
-            status = ctx.transactions.status(xmax)
-            if status == XID_COMMITTED:
-                continue
-            if status != XID_ABORTED:
-                raise SerializationFailure(
-                    f'could not insert key into "{_pkey_name(table)}": a concurrent transaction is deleting it')
-        shown = ", ".join(t.to_text(v) for v in key)
-        raise UniqueViolation(f'duplicate key value violates unique constraint "{_pkey_name(table)}"',
-                              detail=f"Key ({', '.join(table.primary_key)})=({shown}) already exists.")
+        if old_row is not None and all(row[i] == old_row[i] for i in ix.column_positions(table, index)):
+            continue
+        ix.check_unique(ctx, table, index, row)
 
 
 def check_sizes(table: TableDef, values: list) -> None:
-    """A row must fit a heap page and its key a B-tree node (no out-of-line storage yet)."""
+    """A row must fit a heap page and its keys a B-tree node (no out-of-line storage yet)."""
     size = pages.tuple_bytes(values)
     if size > pages.ROW_BYTES_MAX:
         raise ProgramLimitExceeded(f"row is too big: size {size}, maximum size {pages.ROW_BYTES_MAX}")
-    if table.primary_key:
-        key_size = pages.key_bytes(tuple(values[i] for i in table.primary_key_indexes))
-        if key_size > pages.KEY_BYTES_MAX:
-            raise ProgramLimitExceeded(f'index row size {key_size} exceeds maximum {pages.KEY_BYTES_MAX} '
-                                       f'for index "{_pkey_name(table)}"')
+    ix.check_key_sizes(table, values)
 
 
 def write_row(ctx: Context, table: TableDef, values: list, old_tid=None) -> tuple:
-    """Insert one row version (and, for an UPDATE, end the old one) with its index entry, in one MTR."""
+    """Insert one row version (and, for an UPDATE, end the old one) with its entry in every index,
+    in one MTR."""
     check_sizes(table, values)
     store = ctx.store
     xid = ctx.ensure_xid()
     heap = Heap(store, table.table_page_id)
-    tree = None
-    key = None
-    if table.primary_key:
-        tree = BTree(store, store.get(table.table_page_id).values["indexes"][PRIMARY_KEY_INDEX])
-        key = tuple(values[i] for i in table.primary_key_indexes)
     target = heap.prepare_insert(values)
-    path = tree.prepare_insert(key) if tree else []
+    entries = ix.prepare_entries(store, table, values)
+    records = HEAP_INSERT_RECORDS_MAX + 1 + sum(BTree.insert_records_max(path) for _, _, path in entries)
+    if records > MTR_RECORDS_MAX:
+        raise ProgramLimitExceeded(f'a row of "{table.name}" and its index entries need up to {records} redo '
+                                   f"records, more than the {MTR_RECORDS_MAX} of one MTR")
     old_page = [old_tid[0]] if old_tid is not None else []
-    with store.mtr(*heap.pages_for_insert(), *path, *old_page):
+    ctx.catalog.note_writer(table, xid)
+    with store.mtr(*heap.pages_for_insert(), *(p for _, _, path in entries for p in path), *old_page):
         if old_tid is not None:
             store.log(old_tid[0], "heap_set_xmax", old_tid[1], xid)
         tid = heap.insert(values, xid, target)
-        if tree:
-            tree.insert(key, tid, path)
+        ix.insert_entries(entries, tid)
     return tid
+
+
+# --- DEFAULT ----------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=DEFAULT_PARSE_CACHE_MAX)
+def _parse_default(sql: str) -> exp.Expression:
+    return sqlglot.parse_one(sql, read="postgres")
+
+
+def compile_default(column: ColumnDef, param_types: list[str]):
+    """fn(ctx) -> the column's default value, already of the column's type."""
+    if column.sequence:
+        page_id = column.sequence
+        return lambda ctx: t.assign(ctx.catalog.sequences.nextval(page_id), "int8", column.type_name,
+                                    column.type_modifier)
+    if column.default is None:
+        return lambda ctx: None
+    fn, type_name = compile_expr(_parse_default(column.default), Scope([], param_types), column.type_name)
+    return lambda ctx: t.assign(fn([], ctx.params), type_name, column.type_name, column.type_modifier)
+
+
+def is_default_keyword(node) -> bool:
+    if isinstance(node, exp.Var) and node.name.upper() == "DEFAULT":
+        return True
+    return isinstance(node, exp.Column) and not node.table and isinstance(node.this, exp.Identifier) \
+        and not node.this.quoted and node.name.upper() == "DEFAULT"
+
+
+def _generated_always(column: ColumnDef) -> GeneratedAlways:
+    return GeneratedAlways(f'cannot insert a non-DEFAULT value into column "{column.name}"',
+                           detail=f'Column "{column.name}" is an identity column defined as GENERATED ALWAYS.',
+                           hint="Use OVERRIDING SYSTEM VALUE to override.")
+
+
+# --- RETURNING --------------------------------------------------------------------------------
+
+
+class _Returning:
+    """RETURNING: expressions over the written row, with result columns known at plan time."""
+
+    def __init__(self, node: exp.Returning, source: TableSource, scope: Scope):
+        if node.args.get("into"):
+            raise FeatureNotSupported("RETURNING INTO is not supported")
+        table = source.table
+        self.fns = []
+        self.columns = []
+        for item in node.expressions:
+            if isinstance(item, exp.Star) or (isinstance(item, exp.Column) and isinstance(item.this, exp.Star)):
+                for index, column in enumerate(table.columns):
+                    self.fns.append(lambda row, params, index=index: row[index])
+                    self.columns.append(Column(column.name, t.OIDS[column.type_name], table.oid, index + 1))
+                continue
+            inner = item.this if isinstance(item, exp.Alias) else item
+            fn, type_name = compile_expr(inner, scope)
+            type_name = "text" if type_name == "unknown" else type_name
+            origin = (0, 0)
+            if isinstance(inner, exp.Column) and table.column_index(inner.name) is not None:
+                origin = (table.oid, table.column_index(inner.name) + 1)
+            self.fns.append(fn)
+            self.columns.append(Column(output_name(item), t.OIDS[type_name], *origin))
+
+    def row(self, values, params) -> tuple:
+        return tuple(fn(values, params) for fn in self.fns)
+
+
+def _returning(node, source, param_types):
+    returning = node.args.get("returning")
+    if not returning:
+        return None
+    return _Returning(returning, source, Scope(source.scope_columns(), param_types))
+
+
+# --- INSERT -----------------------------------------------------------------------------------
 
 
 class InsertPlan(Plan):
@@ -128,14 +205,10 @@ class InsertPlan(Plan):
             raise FeatureNotSupported("cannot insert into a system view")
         self.table = table = source.table
         self.tables = {table.name: table.tid}
-        if insert.args.get("returning"):
-            raise FeatureNotSupported("RETURNING is not supported yet")
         if insert.args.get("conflict"):
             raise FeatureNotSupported("ON CONFLICT is not supported yet")
-        if isinstance(target, exp.Schema) and target.expressions:
-            names = [identifier.name for identifier in target.expressions]
-        else:
-            names = [c.name for c in table.columns]
+        explicit = isinstance(target, exp.Schema) and bool(target.expressions)
+        names = [identifier.name for identifier in target.expressions] if explicit else [c.name for c in table.columns]
         positions = []
         for name in names:
             index = table.column_index(name)
@@ -144,41 +217,102 @@ class InsertPlan(Plan):
             if index in positions:
                 raise DuplicateColumn(f'column "{name}" specified more than once')
             positions.append(index)
-        values = insert.expression
-        if not isinstance(values, exp.Values):
-            raise FeatureNotSupported("INSERT ... SELECT is not supported yet")
-        scope = Scope([], param_types)
+        self.defaults = [compile_default(column, param_types) for column in table.columns]
+        self.returning = _returning(insert, source, param_types)
+        self.columns = self.returning.columns if self.returning else None
+        self.query = None
         self.rows = []
-        for row in values.expressions:
-            items = row.expressions if isinstance(row, exp.Tuple) else [row]
-            if len(items) > len(positions):
-                raise SyntaxError_("INSERT has more expressions than target columns")
-            if len(items) < len(positions) and isinstance(target, exp.Schema) and target.expressions:
-                raise SyntaxError_("INSERT has more target columns than expressions")
-            compiled = []
-            for position, item in zip(positions, items):
-                column = table.columns[position]
-                if isinstance(item, exp.Var) and item.name.upper() == "DEFAULT":
-                    continue
-                fn, type_name = compile_expr(item, scope, column.type_name)
-                compiled.append((position, fn, type_name, column))
-            self.rows.append(compiled)
+        values = insert.expression
+        if insert.args.get("default") and values is None:
+            self.rows.append([])
+        elif isinstance(values, exp.Values):
+            scope = Scope([], param_types)
+            for row in values.expressions:
+                items = row.expressions if isinstance(row, exp.Tuple) else [row]
+                self.rows.append(self._compile_row(items, positions, explicit, scope))
+        elif isinstance(values, exp.Expression):
+            self._plan_query(values, positions, explicit, tables, param_types)
+        else:
+            raise FeatureNotSupported("this form of INSERT is not supported yet")
+
+    def _check_count(self, count, positions, explicit):
+        if count > len(positions):
+            raise SyntaxError_("INSERT has more expressions than target columns")
+        if count < len(positions) and explicit:
+            raise SyntaxError_("INSERT has more target columns than expressions")
+
+    def _compile_row(self, items, positions, explicit, scope):
+        self._check_count(len(items), positions, explicit)
+        compiled = []
+        for position, item in zip(positions, items):
+            column = self.table.columns[position]
+            if is_default_keyword(item):
+                continue
+            if column.identity == "always":
+                raise _generated_always(column)
+            fn, type_name = compile_expr(item, scope, column.type_name)
+            compiled.append((position, fn, type_name, column))
+        return compiled
+
+    def _plan_query(self, query, positions, explicit, tables, param_types):
+        from compute_node.executor import plan_statement  # the executor imports this module
+        self.query = plan_statement(query, tables, param_types)
+        if self.query.columns is None:
+            raise SyntaxError_("INSERT ... SELECT needs a query that returns rows")
+        self._check_count(len(self.query.columns), positions, explicit)
+        self.query_targets = []
+        for position, column_out in zip(positions, self.query.columns):
+            column = self.table.columns[position]
+            if column.identity == "always":
+                raise _generated_always(column)
+            self.query_targets.append((position, t.NAMES_BY_OID.get(column_out.type_oid, "text"), column))
+        self.tables = {**getattr(self.query, "tables", {}), **self.tables}
+
+    def _rows(self, ctx: Context):
+        """The new rows as full value lists, in column order (defaults filled in)."""
+        if self.query is not None:
+            result = self.query.run(ctx)
+            for out in list(result.rows):  # materialized before the first insert
+                values = [None] * len(self.table.columns)
+                given = set()
+                for (position, type_name, column), value in zip(self.query_targets, out):
+                    values[position] = t.assign(value, type_name, column.type_name, column.type_modifier)
+                    given.add(position)
+                yield self._fill_defaults(ctx, values, given)
+            return
+        for compiled in self.rows:
+            values = [None] * len(self.table.columns)
+            given = set()
+            for position, fn, type_name, column in compiled:
+                values[position] = t.assign(fn([], ctx.params), type_name, column.type_name, column.type_modifier)
+                given.add(position)
+            yield self._fill_defaults(ctx, values, given)
+
+    def _fill_defaults(self, ctx, values, given):
+        for position, default in enumerate(self.defaults):
+            if position not in given:
+                values[position] = default(ctx)
+        return values
 
     def run(self, ctx: Context) -> Result:
         table = self.table
-        heap = Heap(ctx.store, table.table_page_id)
+        check_table_writable(ctx, table)
         count = 0
-        for compiled in self.rows:
-            values = [None] * len(table.columns)
-            for position, fn, type_name, column in compiled:
-                values[position] = t.assign(fn([], ctx.params), type_name, column.type_name, column.type_modifier)
+        returned = []
+        rows = self._rows(ctx)
+        if self.query is not None:
+            rows = list(rows)
+        for values in rows:
             check_row(table, values)
-            if table.primary_key:
-                tree = BTree(ctx.store, ctx.store.get(table.table_page_id).values["indexes"][PRIMARY_KEY_INDEX])
-                check_unique(ctx, table, tree, heap, tuple(values[i] for i in table.primary_key_indexes))
+            check_unique(ctx, table, values)
             write_row(ctx, table, values)
             count += 1
-        return Result(f"INSERT 0 {count}")
+            if self.returning:
+                returned.append(self.returning.row(values, ctx.params))
+        return Result(f"INSERT 0 {count}", self.columns, returned)
+
+
+# --- UPDATE and DELETE ------------------------------------------------------------------------
 
 
 class _TargetedPlan(Plan):
@@ -205,55 +339,80 @@ class _TargetedPlan(Plan):
 
 class UpdatePlan(_TargetedPlan):
     def __init__(self, update: exp.Update, tables, param_types):
-        for unsupported in ("from_", "from", "returning", "joins"):
+        for unsupported in ("from_", "from", "joins"):
             if update.args.get(unsupported):
                 raise FeatureNotSupported(f"UPDATE with {unsupported.rstrip('_').upper()} is not supported yet")
         self._bind_target(update.this, update.args.get("where"), tables, param_types)
         self.assignments = []
+        seen = set()
         for assignment in update.expressions:
             column_node = assignment.this
             index = self.table.column_index(column_node.name)
             if index is None:
                 raise UndefinedColumn(f'column "{column_node.name}" of relation "{self.table.name}" does not exist')
+            if index in seen:
+                raise SyntaxError_(f'multiple assignments to same column "{column_node.name}"')
+            seen.add(index)
             column = self.table.columns[index]
+            if is_default_keyword(assignment.expression):
+                default = compile_default(column, param_types)
+                self.assignments.append((index, None, default, column))
+                continue
+            if column.identity == "always":
+                raise GeneratedAlways(f'column "{column.name}" can only be updated to DEFAULT',
+                                      detail=f'Column "{column.name}" is an identity column defined as GENERATED ALWAYS.')
             fn, type_name = compile_expr(assignment.expression, self.scope, column.type_name)
             self.assignments.append((index, fn, type_name, column))
+        self.returning = _returning(update, self.source, param_types)
+        self.columns = self.returning.columns if self.returning else None
 
     def run(self, ctx: Context) -> Result:
         table = self.table
+        check_table_writable(ctx, table)
         heap = Heap(ctx.store, table.table_page_id)
-        key_indexes = table.primary_key_indexes
         count = 0
+        returned = []
         for tid, values in self.targets(ctx):
             new_values = list(values)
             for index, fn, type_name, column in self.assignments:
-                new_values[index] = t.assign(fn(values, ctx.params), type_name, column.type_name, column.type_modifier)
+                if fn is None:
+                    new_values[index] = type_name(ctx)  # DEFAULT: the compiled default
+                else:
+                    new_values[index] = t.assign(fn(values, ctx.params), type_name, column.type_name,
+                                                 column.type_modifier)
             check_row(table, new_values)
             ctx.ensure_xid()
             if not check_writable(ctx, tid, heap.fetch(tid)[1]):
                 continue
-            if key_indexes and any(new_values[i] != values[i] for i in key_indexes):
-                tree = BTree(ctx.store, ctx.store.get(table.table_page_id).values["indexes"][PRIMARY_KEY_INDEX])
-                check_unique(ctx, table, tree, heap, tuple(new_values[i] for i in key_indexes))
+            check_unique(ctx, table, new_values, values)
             write_row(ctx, table, new_values, old_tid=tid)
             count += 1
-        return Result(f"UPDATE {count}")
+            if self.returning:
+                returned.append(self.returning.row(new_values, ctx.params))
+        return Result(f"UPDATE {count}", self.columns, returned)
 
 
 class DeletePlan(_TargetedPlan):
     def __init__(self, delete: exp.Delete, tables, param_types):
-        if delete.args.get("using") or delete.args.get("returning"):
-            raise FeatureNotSupported("DELETE with USING or RETURNING is not supported yet")
+        if delete.args.get("using"):
+            raise FeatureNotSupported("DELETE with USING is not supported yet")
         self._bind_target(delete.this, delete.args.get("where"), tables, param_types)
+        self.returning = _returning(delete, self.source, param_types)
+        self.columns = self.returning.columns if self.returning else None
 
     def run(self, ctx: Context) -> Result:
+        check_table_writable(ctx, self.table)
         heap = Heap(ctx.store, self.table.table_page_id)
         count = 0
-        for tid, _ in self.targets(ctx):
+        returned = []
+        for tid, values in self.targets(ctx):
             xid = ctx.ensure_xid()
             if not check_writable(ctx, tid, heap.fetch(tid)[1]):
                 continue
+            ctx.catalog.note_writer(self.table, xid)
             with ctx.store.mtr(tid[0]):
                 ctx.store.log(tid[0], "heap_set_xmax", tid[1], xid)
             count += 1
-        return Result(f"DELETE {count}")
+            if self.returning:
+                returned.append(self.returning.row(values, ctx.params))
+        return Result(f"DELETE {count}", self.columns, returned)

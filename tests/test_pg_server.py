@@ -81,7 +81,7 @@ class FakeSession:
         if self.status == "T":
             self.status = "E"
 
-    async def execute(self, statement: FakeStatement, params: list) -> Result:
+    async def execute(self, statement: FakeStatement, params: list, *, sync_follows: bool = False) -> Result:
         if self.status == "E" and statement.kind not in ("commit", "rollback"):
             raise errors.InFailedTransaction(
                 "current transaction is aborted, commands ignored until end of transaction block")
@@ -97,6 +97,9 @@ class FakeSession:
             return Result(f"SELECT {statement.number}", statement.columns,
                           [(n,) for n in range(1, statement.number + 1)])
         return Result("SELECT 1", statement.columns, [tuple(params)])
+
+    async def sync(self, *, failed: bool = False) -> None:
+        pass
 
     async def close(self) -> None:
         self.closes += 1

@@ -111,6 +111,9 @@ def test_every_typed_message_decodes():
         frontend_message(b"C", b"S" + cstring("s1")),
         frontend_message(b"H"),
         frontend_message(b"S"),
+        frontend_message(b"d", b"1\tx\n"),
+        frontend_message(b"c"),
+        frontend_message(b"f", cstring("stop")),
         frontend_message(b"X"),
     ])
     assert started_decoder().feed(stream) == [
@@ -124,6 +127,9 @@ def test_every_typed_message_decodes():
         pgwire.Close("S", "s1"),
         pgwire.Flush(),
         pgwire.Sync(),
+        pgwire.CopyData(b"1\tx\n"),
+        pgwire.CopyDone(),
+        pgwire.CopyFail("stop"),
         pgwire.Terminate(),
     ]
 
@@ -165,7 +171,8 @@ def test_an_unknown_type_byte_fails_at_once():
     frontend_message(b"B", cstring("") + cstring("") + struct.pack(">hh", 1, 7) + struct.pack(">hh", 0, 0)),
     frontend_message(b"Q", b"\xff\xfe\x00"),  # not UTF-8
     b"Q" + struct.pack(">i", 3),  # a length shorter than itself
-    frontend_message(b"d", b"copy data"),  # COPY is not supported
+    frontend_message(b"f", b"no terminator"),  # CopyFail's message is a C string
+    frontend_message(b"c", b"extra"),  # CopyDone has no body
 ])
 def test_malformed_messages_are_protocol_errors(message):
     with pytest.raises(pgwire.ProtocolError):
@@ -274,14 +281,18 @@ def test_text_output(value, type_oid, text):
     (1, INT2_OID, b"\x00\x01"), (70000, INT4_OID, b"\x00\x01\x11\x70"), (2**40, INT8_OID, struct.pack(">q", 2**40)),
     (1.5, FLOAT8_OID, b"?\xf8\x00\x00\x00\x00\x00\x00"), (1.5, FLOAT4_OID, b"?\xc0\x00\x00"),
     (True, BOOL_OID, b"\x01"), ("ax", TEXT_OID, b"ax"), ("ax", VARCHAR_OID, b"ax"),
-    (decimal.Decimal("1.25"), NUMERIC_OID, b"1.25"),  # no binary encoder: text bytes
+    (decimal.Decimal("1.25"), NUMERIC_OID, struct.pack(">hhHHHH", 2, 0, 0, 2, 1, 2500)),  # numeric_send
+    (decimal.Decimal("-0.0001"), NUMERIC_OID, struct.pack(">hhHHH", 1, -1, 0x4000, 4, 1)),
+    (datetime.date(2024, 1, 2), pgwire.DATE_OID, struct.pack(">i", 8767)),
+    (datetime.datetime(2000, 1, 1, 0, 0, 1), pgwire.TIMESTAMP_OID, struct.pack(">q", 1_000_000)),
+    ("x", pgwire.UUID_OID, b"x"),  # no binary encoder: text bytes
 ])
 def test_binary_output(value, type_oid, raw):
     assert pgwire.encode_binary_value(value, type_oid) == raw
 
 
 def test_result_formats_follow_binds_rule_and_fall_back_to_text():
-    columns = [Column("a", INT4_OID), Column("b", NUMERIC_OID), Column("c", TEXT_OID)]
+    columns = [Column("a", INT4_OID), Column("b", pgwire.UUID_OID), Column("c", TEXT_OID)]
     assert pgwire.result_formats(columns, []) == [0, 0, 0]
     assert pgwire.result_formats(columns, [1]) == [1, 0, 1]
     assert pgwire.result_formats(columns, [0, 1, 1]) == [0, 0, 1]
