@@ -14,6 +14,7 @@ from typing import Callable, Iterator
 from sqlglot import exp
 
 from aurora_db.errors import InvalidParameterValue, UndefinedTable
+from compute_node import pg_catalog
 from compute_node import sql_types as t
 from compute_node.backend import Column, Result
 from compute_node.btree import BTree
@@ -165,6 +166,11 @@ def resolve_source(table: exp.Table, tables: dict[str, TableDef]):
         if name not in INFORMATION_SCHEMA:
             raise UndefinedTable(f'relation "information_schema.{name}" does not exist')
         columns, produce = INFORMATION_SCHEMA[name]
+        return VirtualSource(name, columns, produce, alias)
+    if schema == "pg_catalog" or (not schema and name in pg_catalog.TABLES and name not in tables):
+        if name not in pg_catalog.TABLES:
+            raise UndefinedTable(f'relation "pg_catalog.{name}" does not exist')
+        columns, produce = pg_catalog.TABLES[name]
         return VirtualSource(name, columns, produce, alias)
     if schema not in ("", "public"):
         raise UndefinedTable(f'relation "{schema}.{name}" does not exist')
