@@ -35,6 +35,10 @@ def aurora_db(*arguments: str, check: bool = True) -> subprocess.CompletedProces
 class SqlCluster:
     """A running local cluster: six storage nodes and a writer, started with `aurora-db up`."""
 
+    host = "127.0.0.1"
+    user = "postgres"
+    dbname = "postgres"
+
     def __init__(self, data_dir, port: int, cache_pages: int):
         self.data_dir = str(data_dir)
         self.port = port
@@ -51,7 +55,7 @@ class SqlCluster:
 
     @property
     def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.dbname}"
 
     def connect(self, **kwargs) -> psycopg.Connection:
         return psycopg.connect(self.url, autocommit=True, **kwargs)

@@ -535,3 +535,16 @@ def test_cli_reports_a_malformed_script(tmp_path):
 
 def test_run_report_is_ok_only_without_failures():
     assert RunReport().ok()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["select1.test", "select2.test"])
+def test_the_corpus_passes_on_our_cluster(sql_cluster, name):
+    """Issue 3: every record not skipped for postgresql passes on our own cluster, as on PostgreSQL."""
+    path = CORPUS_DIR / name
+    if not path.exists():
+        pytest.skip(f"{name} is not present")
+    report = run_files([str(path)], conninfo(sql_cluster))
+    assert report.failures == [], format_report(report)
+    (file,) = report.files
+    assert file.failed == 0 and file.passed > 1000
