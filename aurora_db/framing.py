@@ -9,8 +9,7 @@ that one connection.
 import asyncio
 import struct
 
-import msgpack
-
+from aurora_db import values
 from aurora_db.constants import FRAME_BYTES_MAX, FRAME_HEADER_BYTES
 
 _HEADER = struct.Struct(">I")
@@ -21,7 +20,7 @@ class FrameError(Exception):
 
 
 def encode_frame(message: dict, *, frame_bytes_max: int = FRAME_BYTES_MAX) -> bytes:
-    body = msgpack.packb(message, use_bin_type=True)
+    body = values.packb(message)
     if len(body) > frame_bytes_max:
         raise FrameError(f"frame of {len(body)} bytes exceeds the limit of {frame_bytes_max}")
     return _HEADER.pack(len(body)) + body
@@ -29,7 +28,7 @@ def encode_frame(message: dict, *, frame_bytes_max: int = FRAME_BYTES_MAX) -> by
 
 def decode_body(body: bytes) -> dict:
     try:
-        message = msgpack.unpackb(body, raw=False, strict_map_key=False)
+        message = values.unpackb(body, strict_map_key=False)
     except Exception as error:  # msgpack raises several unrelated types for bad input
         raise FrameError(f"frame is not valid msgpack: {error}") from None
     if not isinstance(message, dict):

@@ -14,14 +14,20 @@ Page kinds:
   table  a table's physical root: its heap page chain and its index roots
   sequence  one sequence (SERIAL, identity): its bounds and the limit below which values may have
             been handed out (values are allocated in batches; a new writer continues above it)
+
+Values inside pages and records (row values, B-tree keys) are the engine's Python values. The
+types msgpack lacks travel as extension types (aurora_db/values.py): numeric as its exact
+str() (scale kept: '1.50' stays '1.50'), date as int32 days since 2000-01-01, timestamp and
+timestamptz as int64 microseconds since 2000-01-01 (UTC for timestamptz), as PostgreSQL stores
+them. Decoding restores the identical Python value, so B-tree keys compare the same before and
+after a page crosses the wire.
 """
 
 from __future__ import annotations
 
-import msgpack
-
 from aurora_db.constants import BATCH_RECORDS_MAX, FRAME_BYTES_MAX, PAGE_BYTES_MAX
 from aurora_db.records import Record
+from aurora_db.values import packb
 
 XIDS_PER_CLOG_PAGE = 8192
 XID_IN_PROGRESS = 0
@@ -140,11 +146,11 @@ class SequencePage(Page):
 
 
 def tuple_bytes(values: list) -> int:
-    return TUPLE_OVERHEAD_BYTES + len(msgpack.packb(values, use_bin_type=True))
+    return TUPLE_OVERHEAD_BYTES + len(packb(values))
 
 
 def key_bytes(key: tuple) -> int:
-    return KEY_OVERHEAD_BYTES + len(msgpack.packb(list(key), use_bin_type=True))
+    return KEY_OVERHEAD_BYTES + len(packb(list(key)))
 
 
 _KINDS = {cls.kind: cls for cls in (MetaPage, ClogPage, HeapPage, BTreePage, TablePage, SequencePage)}

@@ -44,6 +44,7 @@ from compute_node.backend import (
 
 # Type OIDs that clients send parameters in (psycopg sends these in binary) but that backend.py
 # does not name yet.
+BPCHAR_OID = 1042
 DATE_OID = 1082
 TIMESTAMP_OID = 1114
 TIMESTAMPTZ_OID = 1184
@@ -640,11 +641,15 @@ def _format_utc_offset(offset: datetime.timedelta) -> str:
 
 
 def format_timestamp(value: datetime.datetime) -> str:
-    """timestamp and timestamptz as PostgreSQL prints them with DateStyle ISO and TimeZone UTC."""
-    if value.tzinfo is None:
-        return value.isoformat(sep=" ")
-    utc = value.astimezone(datetime.timezone.utc)
-    return utc.replace(tzinfo=None).isoformat(sep=" ") + "+00"
+    """timestamp and timestamptz as PostgreSQL prints them with DateStyle ISO and TimeZone UTC: the
+    fraction without trailing zeros, '+00' for timestamptz."""
+    aware = value.tzinfo is not None
+    if aware:
+        value = value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+    text = f"{value.year:04d}-{value.month:02d}-{value.day:02d} {value.hour:02d}:{value.minute:02d}:{value.second:02d}"
+    if value.microsecond:
+        text += f".{value.microsecond:06d}".rstrip("0")
+    return text + "+00" if aware else text
 
 
 def format_text(value: Any, type_oid: int) -> str | bytes:
@@ -731,6 +736,7 @@ _BINARY_ENCODERS: dict[int, Callable[[Any], bytes]] = {
     FLOAT8_OID: _FLOAT64.pack,
     TEXT_OID: _encode_binary_text,
     VARCHAR_OID: _encode_binary_text,
+    BPCHAR_OID: _encode_binary_text,
     UNKNOWN_OID: _encode_binary_text,
     BYTEA_OID: bytes,
 }
@@ -924,6 +930,7 @@ _BINARY_PARSERS: dict[int, Callable[[bytes], Any]] = {
     BOOL_OID: lambda raw: {b"\x00": False, b"\x01": True}[raw],
     TEXT_OID: _decode_utf8,
     VARCHAR_OID: _decode_utf8,
+    BPCHAR_OID: _decode_utf8,
     UNKNOWN_OID: _decode_utf8,
     BYTEA_OID: lambda raw: "\\x" + raw.hex(),
     NUMERIC_OID: _numeric_text,

@@ -15,8 +15,7 @@ from __future__ import annotations
 import dataclasses
 import zlib
 
-import msgpack
-
+from aurora_db import values
 from aurora_db.constants import PAGES_PER_PG
 
 
@@ -46,11 +45,9 @@ class Record:
         return pg_of_page(self.page_id)
 
     def encode(self) -> bytes:
-        return msgpack.packb(
+        return values.packb(
             [self.lsn, self.page_id, self.prev_volume, self.prev_pg, self.prev_page, self.cpl, self.op, list(self.args),
-             self.vdl],
-            use_bin_type=True,
-        )
+             self.vdl])
 
     def sealed(self) -> tuple[int, bytes]:
         """(checksum, body): the form that crosses the network and lands on disk."""
@@ -63,7 +60,7 @@ def checksum(body: bytes) -> int:
 
 
 def decode(body: bytes) -> Record:
-    lsn, page_id, prev_volume, prev_pg, prev_page, cpl, op, args, vdl = msgpack.unpackb(body, raw=False, use_list=True)
+    lsn, page_id, prev_volume, prev_pg, prev_page, cpl, op, args, vdl = values.unpackb(body, use_list=True)
     return Record(lsn, page_id, prev_volume, prev_pg, prev_page, bool(cpl), op, tuple(args), vdl)
 
 

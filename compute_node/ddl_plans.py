@@ -93,11 +93,9 @@ def column_spec(node: exp.ColumnDef, table_name: str, tables: dict, param_types)
     type_key = kind.this.name
     serial = SERIAL_TYPES.get(type_key)
     type_name = serial or t.SQLGLOT_TYPES.get(type_key)
-    if type_name is None or type_name == "numeric":
+    if type_name is None:
         raise FeatureNotSupported(f"type {kind.sql(dialect='postgres').lower()} is not supported yet")
-    modifier = -1
-    if type_name == "varchar" and kind.expressions:
-        modifier = int(kind.expressions[0].this.this)
+    modifier = t.type_modifier(kind, type_name)
     spec = ColumnSpec(ColumnDef(node.name, type_name, modifier, False))
     not_null = False
     default = None

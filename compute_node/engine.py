@@ -4,7 +4,9 @@ All SQL runs on the engine thread, one statement at a time, so pages need no lat
 loop keeps the network (client sessions, storage links, acks) moving meanwhile, and a commit
 waits for VDL on the loop, not on the engine thread, so commits of many sessions share acks
 (group commit). Invariants: only the engine thread touches pages, the catalog and plans; a
-fresh volume is initialized by one MTR, so VDL == 0 means "never initialized".
+fresh volume is initialized by one MTR, so VDL == 0 means "never initialized"; the engine thread
+never waits for another transaction: a statement that meets a row lock undoes its own changes and
+raises RowLockWait, and its session waits on the loop (transactions.py, write_plans.py).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from compute_node.log_writer import LogWriter
 from compute_node.page_store import PageStore
 from compute_node.recovery import RecoveredVolume
 from compute_node.storage_client import StorageClient
-from compute_node.transactions import Transactions
+from compute_node.transactions import RowLockWait, Transactions
+from compute_node.write_plans import undo_statement
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +106,12 @@ class Engine:
         With `autocommit`, a statement that wrote also logs its commit record here, so the
         statement's records and its commit record travel to storage together; returns
         (plan, result, commit LSN or None)."""
-        snapshot = self.transactions.snapshot()
+        snapshot = session.statement_snapshot(self.transactions)
         tables = self.catalog.tables(snapshot, session.xid)
         if any((tables[name].tid if name in tables else None) != tid for name, tid in plan.tables.items()):
             plan = plan_statement(node, tables, list(param_types))
         context = Context(self.store, self.transactions, self.catalog, snapshot, session, params, session.settings)
-        result = plan.run(context)
+        result = self._undoable(session, plan.run, context)
         commit_lsn = self.transactions.write_commit(session.xid) if autocommit and session.xid is not None else None
         return plan, result, commit_lsn
 
@@ -119,9 +122,21 @@ class Engine:
     def copy_rows(self, target: copy_text.CopyTarget, spec: copy_text.CopySpec, lines: list[tuple[int, bytes]],
                   session) -> int:
         """One batch of COPY FROM STDIN rows, inserted in the session's transaction; returns the count."""
-        context = Context(self.store, self.transactions, self.catalog, self.transactions.snapshot(), session, [],
-                          session.settings)
-        return copy_text.insert_lines(context, target, spec, lines)
+        context = Context(self.store, self.transactions, self.catalog, session.statement_snapshot(self.transactions),
+                          session, [], session.settings)
+        return self._undoable(session, copy_text.insert_lines, context, target, spec, lines)
+
+    def _undoable(self, session, fn, *args):
+        """Run a statement (or a COPY batch) that may meet a row lock: then undo what it changed
+        and let RowLockWait reach the session, which waits on the loop and runs it again."""
+        session.statement_undo = []
+        try:
+            return fn(*args)
+        except RowLockWait:
+            undo_statement(self.store, session.xid, session.statement_undo)
+            raise
+        finally:
+            session.statement_undo = None
 
     def run_canned(self, canned: introspection.Canned, params: list, session) -> list[tuple]:
         """A driver's catalog query that the session recognized (introspection.py)."""

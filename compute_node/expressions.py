@@ -9,8 +9,10 @@ inferred from context when the client left them unspecified.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import decimal
 import operator
+import weakref
 from typing import Any, Callable
 
 from sqlglot import exp
@@ -142,6 +144,10 @@ def _column(node, scope, expected):
 def _literal(node: exp.Literal, scope, expected):
     if node.is_string:
         value = node.this
+        if expected == "bpchar":
+            # typed text, not char(n): its length is unknown here, and a primary-key probe must not
+            # look for the unpadded value (comparisons with char(n) ignore trailing blanks anyway)
+            return (lambda row, params: value), "text"
         if expected and expected not in t.STRINGS:
             converted = t.parse_text(value, expected)
             return (lambda row, params: converted), expected
@@ -176,8 +182,18 @@ def _param(node, scope, expected):
     while len(scope.param_types) <= index:
         scope.param_types.append("unknown")
     if scope.param_types[index] == "unknown" and expected and expected != "unknown":
-        scope.param_types[index] = expected
-    return (lambda row, params: params[index]), scope.param_types[index]
+        scope.param_types[index] = "text" if expected == "bpchar" else expected  # as _literal: no padding
+    types = scope.param_types
+
+    def parameter(row, params):
+        value = params[index]
+        if value.__class__ is str and types[index] in _PARSED_PARAMETER_TYPES:
+            return t.parse_text(value, types[index])  # the protocol layer hands these over as text
+        return value
+    return parameter, scope.param_types[index]
+
+
+_PARSED_PARAMETER_TYPES = frozenset(("numeric",) + t.DATETIMES)
 
 
 def _paren(node, scope, expected):
@@ -189,9 +205,7 @@ def _cast(node: exp.Cast, scope, expected):
     target = t.SQLGLOT_TYPES.get(to.this.name)
     if target is None:
         raise FeatureNotSupported(f"type {to.sql(dialect='postgres')} is not supported")
-    modifier = -1
-    if target == "varchar" and to.expressions:
-        modifier = int(to.expressions[0].this.this)
+    modifier = t.type_modifier(to, target)
     fn, source = compile_expr(node.this, scope, target)
     if source == target and modifier < 0:
         return fn, target
@@ -212,7 +226,28 @@ def _type_class(type_name):
         return "number"
     if type_name in t.STRINGS:
         return "string"
+    if type_name in t.DATETIMES:
+        return "datetime"
     return type_name
+
+
+def _comparable(left_fn, left, right_fn, right):
+    """The two sides made comparable as PostgreSQL's cross-type operators do: date, timestamp and
+    timestamptz widen to the wider of the two; char(n) compares without its trailing blanks."""
+    if left != right and left in t.DATETIMES and right in t.DATETIMES:
+        wide = max(left, right, key=t.DATETIMES.index)
+        return _widened(left_fn, wide), _widened(right_fn, wide)
+    if "bpchar" in (left, right) and _type_class(left) == _type_class(right) == "string":
+        return _unpadded(left_fn), _unpadded(right_fn)
+    return left_fn, right_fn
+
+
+def _widened(fn, target):
+    return lambda row, params: None if (v := fn(row, params)) is None else t.datetime_to(v, target)
+
+
+def _unpadded(fn):
+    return lambda row, params: None if (v := fn(row, params)) is None else v.rstrip(" ")
 
 
 def _comparison(op):
@@ -221,6 +256,7 @@ def _comparison(op):
         if _type_class(left) != _type_class(right) and "unknown" not in (left, right):
             raise UndefinedFunction(
                 f"operator does not exist: {t.DISPLAY[left]} {_SYMBOLS[type(node)]} {t.DISPLAY[right]}")
+        left_fn, right_fn = _comparable(left_fn, left, right_fn, right)
 
         def compare(row, params):
             a = left_fn(row, params)
@@ -262,22 +298,64 @@ def _numeric_mod(a, b):
     return a - b * (a / b).to_integral_value(rounding=decimal.ROUND_DOWN)
 
 
+_DATE_OFFSETS = ("int2", "int4")
+
+
+def _datetime_arithmetic(symbol, left_fn, left, right_fn, right):
+    """date + integer, integer + date, date - integer (a date) and date - date (an integer); the
+    timestamp operators need interval, which the engine does not have."""
+    if symbol == "+" and left == "date" and right in _DATE_OFFSETS:
+        op, result = (lambda a, b: _date_shift(a, b)), "date"
+    elif symbol == "+" and left in _DATE_OFFSETS and right == "date":
+        op, result = (lambda a, b: _date_shift(b, a)), "date"
+    elif symbol == "-" and left == "date" and right in _DATE_OFFSETS:
+        op, result = (lambda a, b: _date_shift(a, -b)), "date"
+    elif symbol == "-" and left == right == "date":
+        op, result = (lambda a, b: (a - b).days), "int4"
+    elif symbol in "+-" and {left, right} & {"timestamp", "timestamptz"} and {left, right} <= set(t.DATETIMES):
+        raise FeatureNotSupported(f"{t.DISPLAY[left]} {symbol} {t.DISPLAY[right]} (type interval) is not supported")
+    else:
+        raise UndefinedFunction(f"operator does not exist: {t.DISPLAY[left]} {symbol} {t.DISPLAY[right]}")
+
+    def compute(row, params):
+        a = left_fn(row, params)
+        if a is None:
+            return None
+        b = right_fn(row, params)
+        if b is None:
+            return None
+        return op(a, b)
+    return compute, result
+
+
+def _date_shift(date, days):
+    try:
+        return date + datetime.timedelta(days=days)
+    except OverflowError:
+        raise t.DatetimeFieldOverflow("date out of range") from None
+
+
 def _arithmetic(symbol):
     def handler(node, scope, expected):
         left_fn, left, right_fn, right = _operands(node, scope)
+        if left in t.DATETIMES or right in t.DATETIMES:
+            if left == "unknown" or right == "unknown":
+                left_fn, left, right_fn, right = _date_operands(node, scope, left, right)
+            return _datetime_arithmetic(symbol, left_fn, left, right_fn, right)
         result = _result_type(left, right, symbol)
         if symbol == "%" and result in t.FLOATS:
             raise UndefinedFunction(f"operator does not exist: {t.DISPLAY[left]} % {t.DISPLAY[right]}")
         is_int = result in t.INTEGERS
         is_numeric = result == "numeric"
+        to_float = result in t.FLOATS and "numeric" in (left, right)  # numeric op float is float8
         if symbol == "+":
-            op = operator.add
+            op = t.NUMERIC_CONTEXT.add if is_numeric else operator.add
         elif symbol == "-":
-            op = operator.sub
+            op = t.NUMERIC_CONTEXT.subtract if is_numeric else operator.sub
         elif symbol == "*":
-            op = operator.mul
+            op = t.NUMERIC_CONTEXT.multiply if is_numeric else operator.mul
         elif symbol == "/":
-            op = _int_div if is_int else operator.truediv
+            op = _int_div if is_int else t.numeric_div if is_numeric else operator.truediv
         else:
             op = _int_mod if is_int else _numeric_mod
 
@@ -290,13 +368,31 @@ def _arithmetic(symbol):
                 return None
             if symbol in "/%" and b == 0:
                 raise DivisionByZero("division by zero")
-            if is_numeric:
+            if to_float:
+                a, b = float(a), float(b)
+            elif is_numeric:
                 a, b = decimal.Decimal(a) if not isinstance(a, float) else decimal.Decimal(repr(a)), \
                     decimal.Decimal(b) if not isinstance(b, float) else decimal.Decimal(repr(b))
             value = op(a, b)
             return t.check_integer(value, result) if is_int else value
         return compute, result
     return handler
+
+
+def _date_operands(node, scope, left, right):
+    """date + '1' and '2024-01-02' - date: PostgreSQL resolves the unknown side as integer for +,
+    and as date for date - unknown."""
+    known = left if right == "unknown" else right
+    other = "date" if known == "date" and isinstance(node, exp.Sub) else "int4"
+    if known != "date":
+        other = known
+    if left == "unknown":
+        left_fn, left = compile_expr(node.this, scope, other)
+        right_fn, _ = compile_expr(node.expression, scope, right)
+    else:
+        left_fn, _ = compile_expr(node.this, scope, left)
+        right_fn, right = compile_expr(node.expression, scope, other)
+    return left_fn, left, right_fn, right
 
 
 def _neg(node, scope, expected):
@@ -314,8 +410,10 @@ def _neg(node, scope, expected):
 
 
 def _concat(node, scope, expected):
-    left_fn, _ = compile_expr(node.this, scope, "text")
-    right_fn, _ = compile_expr(node.expression, scope, "text")
+    left_fn, left = compile_expr(node.this, scope, "text")
+    right_fn, right = compile_expr(node.expression, scope, "text")
+    left_fn = _unpadded(left_fn) if left == "bpchar" else left_fn
+    right_fn = _unpadded(right_fn) if right == "bpchar" else right_fn
 
     def concat(row, params):
         a, b = left_fn(row, params), right_fn(row, params)
@@ -396,6 +494,8 @@ def _in(node: exp.In, scope, expected):
         raise FeatureNotSupported("IN with UNNEST is not supported")
     value_fn, value_type = compile_expr(node.this, scope)
     item_fns = [compile_expr(item, scope, value_type)[0] for item in node.expressions]
+    if value_type == "bpchar":
+        value_fn, item_fns = _unpadded(value_fn), [_unpadded(item_fn) for item_fn in item_fns]
     if all(isinstance(item, (exp.Literal, exp.Null)) for item in node.expressions):
         constants = [item_fn(None, None) for item_fn in item_fns]
         values = {value for value in constants if value is not None}
@@ -525,9 +625,64 @@ def _subquery_handler(name):
 
 def _text_function(fn_of_value, result_type):
     def handler(node, scope, expected):
-        fn, _ = compile_expr(node.this, scope, "text")
+        fn, type_name = compile_expr(node.this, scope, "text")
+        fn = _unpadded(fn) if type_name == "bpchar" else fn
         return (lambda row, params: None if (v := fn(row, params)) is None else fn_of_value(v)), result_type
     return handler
+
+
+_TRANSACTION_CLOCKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # session -> (marker, now)
+_statement_clock: list = [None, None]  # [params list of the statement running, its now]
+
+
+def transaction_timestamp(ctx, params) -> datetime.datetime:
+    """now(): the start of the current transaction, as PostgreSQL. With a run-time context (queries),
+    one value per transaction block (keyed by the block's savepoint list, made anew at BEGIN) or per
+    statement outside a block; without one (INSERT values, DEFAULT), one value per statement run,
+    keyed by that run's parameter list."""
+    if ctx is not None:
+        session = ctx.session
+        in_block = getattr(getattr(session, "state", None), "value", "I") != "I"
+        marker = getattr(session, "savepoints", None) if in_block else ctx
+        try:
+            clock = _TRANSACTION_CLOCKS.get(session)
+        except TypeError:  # a session that cannot be weakly referenced: per statement
+            clock = None
+        if clock is not None and clock[0] is marker and marker is not None:
+            return clock[1]
+        now = datetime.datetime.now(t.UTC)
+        try:
+            _TRANSACTION_CLOCKS[session] = (marker, now)
+        except TypeError:
+            pass
+        return now
+    if _statement_clock[0] is not params or params is None:
+        _statement_clock[0], _statement_clock[1] = params, datetime.datetime.now(t.UTC)
+    return _statement_clock[1]
+
+
+def _clock(type_name):
+    def handler(node, scope, expected):
+        runtime = scope.runtime
+        if type_name == "timestamptz":
+            convert = None
+        elif type_name == "timestamp":
+            convert = lambda now: now.replace(tzinfo=None)  # noqa: E731 (TimeZone UTC)
+        else:
+            convert = lambda now: now.date()  # noqa: E731
+
+        def now(row, params):
+            value = transaction_timestamp(runtime.ctx if runtime is not None else None, params)
+            return value if convert is None else convert(value)
+        return now, type_name
+    return handler
+
+
+def _anonymous(node: exp.Anonymous, scope, expected):
+    name = node.name.lower()
+    if name == "transaction_timestamp" and not node.expressions:
+        return _clock("timestamptz")(node, scope, expected)
+    raise FeatureNotSupported(f"function {name}() is not supported")
 
 
 _SYMBOLS = {exp.EQ: "=", exp.NEQ: "<>", exp.LT: "<", exp.LTE: "<=", exp.GT: ">", exp.GTE: ">="}
@@ -573,4 +728,8 @@ _HANDLERS = {
     exp.Upper: _text_function(str.upper, "text"),
     exp.Lower: _text_function(str.lower, "text"),
     exp.Length: _text_function(len, "int4"),
+    exp.CurrentTimestamp: _clock("timestamptz"),
+    exp.CurrentDate: _clock("date"),
+    exp.Localtimestamp: _clock("timestamp"),
+    exp.Anonymous: _anonymous,
 }

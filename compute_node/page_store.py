@@ -15,8 +15,6 @@ import contextlib
 import logging
 import os
 
-import msgpack
-
 from aurora_db import pages
 from aurora_db.constants import BATCH_RECORDS_MAX, PAGE_ID_MAX, PAGES_PER_PG, STORAGE_REQUEST_TIMEOUT_MS
 from aurora_db.errors import ProgramLimitExceeded, StorageUnavailable
@@ -132,4 +130,4 @@ class PageStore:
 
 
 def encoded_bytes(values) -> int:
-    return len(msgpack.packb(values, use_bin_type=True))
+    return len(pages.packb(values))

@@ -8,6 +8,10 @@ protocol's statements up to Sync, as in PostgreSQL. A commit is answered only af
 commit LSN; until then its transaction id stays active, so no other snapshot can see what recovery
 might lose. COPY FROM STDIN inserts in batches in the same transaction; savepoints are names only
 (no subtransactions), so ROLLBACK TO one is refused once anything was written after it.
+Isolation (PostgreSQL's): READ COMMITTED takes a snapshot per statement, REPEATABLE READ (and
+SERIALIZABLE, run as it) one per transaction, at its first statement. A statement that meets a row
+lock waits here, on the loop, for the holder to end, then runs again (transactions.py); an error in
+a block without savepoints aborts the transaction at once, so its row locks are released then.
 """
 
 from __future__ import annotations
@@ -18,13 +22,15 @@ import enum
 import logging
 import re
 
-from aurora_db.errors import DatabaseError, FeatureNotSupported, InFailedTransaction, InternalError, QuorumTimeout
+from aurora_db.errors import (DatabaseError, FeatureNotSupported, InFailedTransaction, InternalError,
+                              InvalidParameterValue, QuorumTimeout)
 from compute_node import copy as copy_text
 from compute_node import introspection
 from compute_node import sql_types as t
 from compute_node.backend import Column, CopyOut, Result, TEXT_OID
 from compute_node.engine import Engine
 from compute_node.executor import Plan
+from compute_node.transactions import ROW_LOCK_WAIT_MS_MAX, SNAPSHOT_PER_TRANSACTION, LockNotAvailable, RowLockWait
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +42,18 @@ _SHOW = re.compile(r"^\s*show\s+([a-z_][a-z0-9_.]*|transaction\s+isolation\s+lev
 _SAVEPOINT = re.compile(r'^\s*(savepoint|release(?:\s+savepoint)?|rollback(?:\s+work|\s+transaction)?\s+to(?:\s+savepoint)?)'
                         r'\s+("(?:[^"]|"")+"|[a-z_][a-z0-9_$]*)\s*;?\s*$', re.IGNORECASE)
 _SHOW_ALIASES = {"transaction isolation level": "transaction_isolation"}
+_ISOLATION_LEVEL = r"(serializable|repeatable\s+read|read\s+committed|read\s+uncommitted)"
+_BEGIN_ISOLATION = re.compile(r"isolation\s+level\s+" + _ISOLATION_LEVEL, re.IGNORECASE)
+_SET_TRANSACTION = re.compile(r"^\s*set\s+(session\s+characteristics\s+as\s+)?transaction\s+isolation\s+level\s+"
+                              + _ISOLATION_LEVEL + r"(\s*,?\s*read\s+(write|only))?\s*;?\s*$", re.IGNORECASE)
+ISOLATION_LEVELS = ("read uncommitted", "read committed", "repeatable read", "serializable")
 _RESET = re.compile(r"^\s*reset\s+(all|[a-z_][a-z0-9_.]*)\s*;?\s*$", re.IGNORECASE)
 # Session cleanup that connection pools send (asyncpg's reset query), for features we do not have:
 # without cursors, notifications or advisory locks there is nothing to close, unlisten or unlock.
 _NO_OPS = {"close all": "CLOSE CURSOR ALL", "unlisten *": "UNLISTEN"}
+# VACUUM and ANALYZE have nothing to do yet (no dead-tuple reclamation, no statistics): accepted as
+# PostgreSQL accepts them, so tools such as pgbench -i run unchanged.
+_MAINTENANCE = re.compile(r"^\s*(vacuum|analy[sz]e)\b[^;]*;?\s*$", re.IGNORECASE)
 
 
 class NoActiveSqlTransaction(DatabaseError):
@@ -48,6 +62,27 @@ class NoActiveSqlTransaction(DatabaseError):
 
 class InvalidSavepointSpecification(DatabaseError):
     sqlstate = "3B001"
+
+
+class ActiveSqlTransaction(DatabaseError):
+    sqlstate = "25001"
+
+
+def _isolation(text: str) -> str:
+    level = " ".join(text.lower().split())
+    level = "read committed" if level == "default" else level
+    if level not in ISOLATION_LEVELS:
+        raise InvalidParameterValue(f'invalid value for parameter "transaction_isolation": "{text}"',
+                                    hint='Available values: serializable, repeatable read, read committed, read uncommitted.')
+    return level
+
+
+def _lock_timeout_ms(value: str) -> int:
+    """lock_timeout as PostgreSQL reads it ('0' is no limit of its own): milliseconds, or a unit."""
+    match = re.fullmatch(r"\s*(\d+)\s*(ms|s|min)?\s*", value or "0")
+    if not match:
+        return 0
+    return int(match.group(1)) * {None: 1, "ms": 1, "s": 1000, "min": 60_000}[match.group(2)]
 
 
 class BlockState(enum.Enum):
@@ -151,6 +186,9 @@ class EngineSession:
         self.settings = dict(DEFAULT_SETTINGS)
         self.writes = 0  # statements run that may have written: a savepoint remembers the count
         self.savepoints: list[tuple[str, int]] = []
+        self.snapshot = None  # REPEATABLE READ: the transaction's, from its first statement
+        self.queried = False  # a statement of the transaction took its snapshot
+        self.statement_undo: list | None = None  # the engine's, while a statement runs (write_plans.py)
 
     @property
     def transaction_status(self) -> str:
@@ -177,7 +215,12 @@ class EngineSession:
         if match:
             word = match.group(1).lower().split()[0]
             kind = {"start": "begin", "end": "commit", "abort": "rollback"}.get(word, word)
-            return Statement(sql, kind, [], None)
+            level = _BEGIN_ISOLATION.search(text) if kind == "begin" else None
+            return Statement(sql, kind, [], None, setting=(_isolation(level.group(1)),) if level else ())
+        match = _SET_TRANSACTION.match(text)
+        if match:
+            scope = "default_transaction_isolation" if match.group(1) else "transaction_isolation"
+            return Statement(sql, "set", [], None, setting=(scope, _isolation(match.group(2))))
         match = _SET.match(text)
         if match:
             value = match.group(4).strip().strip("'\"")
@@ -193,6 +236,10 @@ class EngineSession:
         no_op = _NO_OPS.get(" ".join(text.rstrip(";").lower().split()))
         if no_op is not None:
             return Statement(sql, "no_op", [], None, setting=(no_op,))
+        match = _MAINTENANCE.match(text)
+        if match:
+            word = match.group(1).upper().replace("ANALYSE", "ANALYZE")
+            return Statement(sql, "maintenance", [], None, setting=(word,))
         match = _SAVEPOINT.match(text)
         if match:
             word = match.group(1).lower().split()[0]
@@ -233,6 +280,8 @@ class EngineSession:
             prepared.extended = False
             statement.__dict__.update(prepared.__dict__)
         result = await self._execute(statement, params, sync_follows)
+        if result.copy_in is None and self.state is BlockState.IDLE and self.xid is None:
+            self._transaction_ended()  # a read-only implicit transaction
         if result.copy_in is None and statement.ends_script and self.state is BlockState.IDLE and self.xid is not None:
             await self._commit()  # the script's implicit transaction, if its last statement left it open
         return result
@@ -263,6 +312,10 @@ class EngineSession:
         if kind == "empty":
             return Result("")
         if kind == "begin":
+            if self.state is BlockState.IDLE:
+                self._transaction_ended()  # what an implicit transaction before it left
+                if statement.setting:
+                    self.settings["transaction_isolation"] = statement.setting[0]
             self._transition("begin")
             self.savepoints = []
             return Result("BEGIN")
@@ -281,6 +334,8 @@ class EngineSession:
             raise InFailedTransaction("current transaction is aborted, commands ignored until end of transaction block")
         if kind == "set":
             name, value = statement.setting
+            if name in ("transaction_isolation", "default_transaction_isolation"):
+                return self._set_isolation(name, _isolation(value))
             self.settings[name] = value
             return Result("SET")
         if kind == "show":
@@ -297,6 +352,11 @@ class EngineSession:
             return Result("RESET")
         if kind == "no_op":
             return Result(statement.setting[0])
+        if kind == "maintenance":
+            (word,) = statement.setting
+            if word == "VACUUM" and (self.state is not BlockState.IDLE or statement.in_script):
+                raise ActiveSqlTransaction("VACUUM cannot run inside a transaction block")
+            return Result(word)
         implicit = self.state is BlockState.IDLE
         autocommit = self._autocommit(statement, sync_follows)
         if kind == "copy_in":
@@ -307,7 +367,7 @@ class EngineSession:
                 return Result(f"SELECT {len(rows)}", statement.columns, rows)
             if getattr(statement.plan, "writes", True):
                 self.writes += 1
-            statement.plan, result, commit_lsn = await self.engine.call(
+            statement.plan, result, commit_lsn = await self.call_waiting(
                 self.engine.run, statement.node, statement.plan, statement.param_types, params, self, autocommit)
         except Exception as error:
             raise await self._statement_failed(error, implicit, statement.sql) from None
@@ -320,10 +380,74 @@ class EngineSession:
                 len(result.columns), copy_text.copy_out_chunks(spec, result.columns, result.rows), spec.binary))
         return result
 
+    def _set_isolation(self, name: str, level: str) -> Result:
+        """SET [SESSION CHARACTERISTICS AS] TRANSACTION ISOLATION LEVEL, or the settings themselves."""
+        if name == "default_transaction_isolation":
+            self.settings[name] = level
+            if self.state is BlockState.IDLE:
+                self.settings["transaction_isolation"] = level
+            return Result("SET")
+        if self.state is BlockState.IDLE:
+            return Result("SET")  # PostgreSQL warns that it only works in a block, and ignores it
+        if self.queried or self.xid is not None:
+            raise ActiveSqlTransaction("SET TRANSACTION ISOLATION LEVEL must be called before any query")
+        self.settings["transaction_isolation"] = level
+        return Result("SET")
+
+    def statement_snapshot(self, transactions):
+        """On the engine thread: the snapshot a statement runs with (see the module docstring)."""
+        self.queried = True
+        if self.settings.get("transaction_isolation") not in SNAPSHOT_PER_TRANSACTION:
+            return transactions.snapshot()
+        if self.snapshot is None:
+            self.snapshot = transactions.snapshot()
+        return self.snapshot
+
+    def _transaction_ended(self) -> None:
+        self.snapshot = None
+        self.queried = False
+        self.settings["transaction_isolation"] = self.settings.get("default_transaction_isolation", "read committed")
+
+    async def call_waiting(self, fn, *args):
+        """Run `fn` on the engine thread; each time it meets a row lock (its own changes undone),
+        wait for the holder to end and run it again."""
+        ended_already = None  # a blocker that had ended when its wait began: a restart's reason
+        while True:
+            try:
+                return await self.engine.call(fn, *args)
+            except RowLockWait as wait:
+                if wait.xid == ended_already:  # a bug: the restart would meet it again, forever
+                    raise InternalError(f"transaction {wait.xid} ended but still holds a row") from None
+                ended_already = wait.xid if await self._wait_for(wait.xid) else None
+
+    async def _wait_for(self, blocker: int) -> bool:
+        """Wait on the loop until transaction `blocker` ends: 40P01 at once if that closes a cycle
+        of waits, 55P03 after lock_timeout (at most ROW_LOCK_WAIT_MS_MAX). True: it had ended."""
+        transactions = self.engine.transactions
+        waiter = self.xid
+        future = transactions.wait_begin(waiter, blocker, asyncio.get_running_loop())
+        if future.done():
+            return True
+        limit_ms = _lock_timeout_ms(self.settings.get("lock_timeout", "0"))
+        limit_ms = min(limit_ms, ROW_LOCK_WAIT_MS_MAX) if limit_ms > 0 else ROW_LOCK_WAIT_MS_MAX
+        try:
+            await asyncio.wait_for(future, limit_ms / 1000)
+        except asyncio.TimeoutError:
+            raise LockNotAvailable("canceling statement due to lock timeout",
+                                   detail=f"Transaction {waiter} waited {limit_ms} ms for transaction {blocker}.") from None
+        finally:
+            transactions.wait_end(waiter, blocker, future)
+        return False
+
     async def _statement_failed(self, error: Exception, implicit: bool, sql: str) -> DatabaseError:
-        """A statement failed: roll back the implicit transaction or fail the block; the error to report."""
+        """A statement failed: roll back the implicit transaction or fail the block; the error to report.
+        A block without savepoints (none can be rolled back to) aborts its transaction now, as
+        PostgreSQL does, so other transactions stop waiting for its rows."""
         if implicit:
             await self._rollback()
+        elif self.state is BlockState.IN_BLOCK and not self.savepoints and self.xid is not None:
+            xid, self.xid = self.xid, None
+            await self.engine.call(self.engine.write_abort, xid)
         self._transition("error")
         if isinstance(error, DatabaseError):
             return error
@@ -377,6 +501,7 @@ class EngineSession:
     async def _commit(self) -> None:
         xid, self.xid = self.xid, None
         self._transition("end")
+        self._transaction_ended()
         if xid is None:
             return
         commit_lsn = await self.engine.call(self.engine.write_commit, xid)
@@ -407,6 +532,7 @@ class EngineSession:
     async def _rollback(self) -> None:
         xid, self.xid = self.xid, None
         self._transition("end")
+        self._transaction_ended()
         if xid is not None:
             await self.engine.call(self.engine.write_abort, xid)
 
@@ -490,7 +616,7 @@ class CopyInSink:
             return
         session = self.session
         try:
-            self.count += await session.engine.call(session.engine.copy_rows, self.target, self.spec, lines, session)
+            self.count += await session.call_waiting(session.engine.copy_rows, self.target, self.spec, lines, session)
         except Exception as error:
             self._failed = True
             raise await session._statement_failed(error, self.implicit, self.statement.sql) from None

@@ -9,10 +9,14 @@ A transaction whose commit or abort record could not be made (no write quorum: a
 an eviction timed out before its MTR began) is aborted all the same: it has no commit record, so
 recovery would abort it too. It leaves the active set at once, so its rows and keys are free,
 and is remembered as aborted until begin() manages to log its abort record.
+Row locks are the xmax of a row version (PostgreSQL's): a writer that meets one held by an open
+transaction waits, on the event loop, for that transaction to end (wait_for); the wait-for graph
+(waiter -> blocker) stays acyclic: a wait that would close a cycle fails at once with 40P01.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import threading
@@ -31,6 +35,26 @@ CLOG_PAGES_MAX = DATA_FIRST_PAGE - CLOG_FIRST_PAGE
 assert XIDS_PER_CLOG_PAGE % XID_BATCH == 0 and FIRST_XID % XID_BATCH == 0
 FINAL_STATUS_MEMO_MAX = 1_000_000
 LATE_ABORT_RECORDS_PER_MTR = MTR_RECORDS_MAX  # abort records begin() logs at once for earlier failures
+SNAPSHOT_PER_TRANSACTION = ("repeatable read", "serializable")  # isolation levels; SERIALIZABLE runs as REPEATABLE READ
+ROW_LOCK_WAIT_MS_MAX = 60_000  # no row-lock wait lasts longer (a session's lock_timeout may be shorter): 55P03
+
+
+class DeadlockDetected(DatabaseError):
+    sqlstate = "40P01"
+
+
+class LockNotAvailable(DatabaseError):
+    sqlstate = "55P03"
+
+
+class RowLockWait(Exception):
+    """Raised on the engine thread (never a client error): the statement met a row or key that
+    transaction `xid` is changing; its own changes are undone, and the session waits for `xid` to
+    end on the event loop, then runs the statement again."""
+
+    def __init__(self, xid: int):
+        super().__init__(xid)
+        self.xid = xid
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -54,6 +78,8 @@ class Transactions:
         # Aborted, but the abort record is not made yet. Grows only while no MTR can be made (each
         # entry cost its client a COMMIT_TIMEOUT_MS wait) and begin() drains it.
         self._aborted_unlogged: set[int] = set()
+        self._waits_for: dict[int, int] = {}  # waiter xid -> blocker xid: acyclic
+        self._ended: dict[int, list[tuple[asyncio.AbstractEventLoop, asyncio.Future]]] = {}  # blocker -> waits
 
     def log_bootstrap(self) -> None:
         """Inside the bootstrap MTR: the first transaction status page and the id limit."""
@@ -120,6 +146,8 @@ class Transactions:
         with self._lock:
             self._aborted_unlogged.add(xid)
             self.active.discard(xid)
+            waits = self._end_locked(xid)
+        _wake(waits)
 
     def _log_late_aborts(self) -> None:
         """Make the abort records that could not be made when their transactions ended: those on
@@ -139,6 +167,48 @@ class Transactions:
         """The commit is durable, or the transaction aborted: other snapshots may now decide on it."""
         with self._lock:
             self.active.discard(xid)
+            waits = self._end_locked(xid)
+        _wake(waits)
+
+    def _end_locked(self, xid: int) -> list:
+        self._waits_for.pop(xid, None)
+        return self._ended.pop(xid, [])
+
+    # --- row-lock waits (called on the event loop) -----------------------------------------------
+
+    def wait_begin(self, waiter: int | None, blocker: int, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
+        """A future that is done once `blocker` has ended (at once if it already has). Raises 40P01
+        if `waiter` waiting for `blocker` would close a cycle of waits. Pair with wait_end()."""
+        future = loop.create_future()
+        with self._lock:
+            if blocker not in self.active:
+                future.set_result(None)
+                return future
+            if waiter is not None:
+                chain = [waiter, blocker]
+                next_ = self._waits_for.get(blocker)
+                while next_ is not None:
+                    chain.append(next_)
+                    if next_ == waiter:
+                        raise DeadlockDetected(
+                            "deadlock detected",
+                            detail="; ".join(f"Transaction {a} waits for transaction {b}." for a, b in zip(chain, chain[1:])),
+                            hint="See server log for query details.")
+                    assert len(chain) <= len(self._waits_for) + 2, chain  # the graph is acyclic
+                    next_ = self._waits_for.get(next_)
+                self._waits_for[waiter] = blocker
+            self._ended.setdefault(blocker, []).append((loop, future))
+        return future
+
+    def wait_end(self, waiter: int | None, blocker: int, future: asyncio.Future) -> None:
+        with self._lock:
+            if waiter is not None and self._waits_for.get(waiter) == blocker:
+                del self._waits_for[waiter]
+            waits = self._ended.get(blocker)
+            if waits is not None:
+                waits[:] = [(loop, f) for loop, f in waits if f is not future]
+                if not waits:
+                    del self._ended[blocker]
 
     def status(self, xid: int) -> int:
         if xid == BOOTSTRAP_XID:
@@ -170,3 +240,15 @@ class Transactions:
         if xmax >= snapshot.xmax or xmax in snapshot.active:
             return True
         return self.status(xmax) != XID_COMMITTED
+
+
+
+def _wake(waits: list) -> None:
+    """Complete the futures of waits for an ended transaction, each on its own loop (thread-safe)."""
+    for loop, future in waits:
+        loop.call_soon_threadsafe(_set_done, future)
+
+
+def _set_done(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)

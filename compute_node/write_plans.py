@@ -7,6 +7,11 @@ a row's heap tuple, its old version's xmax and its entries in every index change
 open transaction changed, a table another open transaction is altering, record and key sizes)
 runs before that MTR, so a failed row leaves nothing behind. DEFAULT expressions and sequence
 values are computed when the row is made; RETURNING columns are known when the plan is made.
+Row locks (PostgreSQL's): a row whose xmax an open transaction set, or a key an open transaction is
+inserting or deleting, makes the statement undo its own changes (undo_statement: each as redo in
+MTRs) and raise RowLockWait; the session waits for that transaction on the event loop and runs the
+statement again (READ COMMITTED: with a fresh snapshot). Under REPEATABLE READ a row changed by a
+transaction that committed after the snapshot fails with 40001.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from aurora_db.errors import (
     SyntaxError_,
     UndefinedColumn,
 )
-from aurora_db.pages import XID_ABORTED, XID_COMMITTED
+from aurora_db.pages import XID_ABORTED, XID_COMMITTED, XID_IN_PROGRESS
 from compute_node import indexes as ix
 from compute_node import sql_types as t
 from compute_node.backend import Column, Result
@@ -37,9 +42,12 @@ from compute_node.expressions import Scope, compile_expr
 from compute_node.heap import Heap
 from compute_node.page_store import MTR_RECORDS_MAX
 from compute_node.sources import Context, Plan, TableSource, key_lookup, output_name, resolve_source
+from compute_node.transactions import SNAPSHOT_PER_TRANSACTION, RowLockWait
 
 HEAP_INSERT_RECORDS_MAX = 5  # a new heap page: allocation, init, link, table root, then the tuple
 DEFAULT_PARSE_CACHE_MAX = 256
+UNDO_RECORDS_PER_MTR = 16  # statement undo: few pages pinned at once, even with a small buffer cache
+assert UNDO_RECORDS_PER_MTR <= MTR_RECORDS_MAX
 
 
 class GeneratedAlways(DatabaseError):
@@ -55,7 +63,8 @@ def check_row(table: TableDef, values: list) -> None:
 
 
 def check_writable(ctx: Context, tid, xmax: int) -> bool:
-    """May this transaction set xmax on the tuple? False: it already deleted it itself."""
+    """DDL on a catalog row: may this transaction set xmax on it? False: it already deleted it itself.
+    (Table rows take row locks with lock_row instead; DDL still fails with 40001 rather than wait.)"""
     if xmax == 0:
         return True
     if xmax == ctx.xid:
@@ -66,6 +75,48 @@ def check_writable(ctx: Context, tid, xmax: int) -> bool:
     if status == XID_COMMITTED:
         raise SerializationFailure("could not serialize access due to concurrent update")
     raise SerializationFailure("could not serialize access: the row is being changed by a concurrent transaction")
+
+
+def repeatable_read(ctx: Context) -> bool:
+    return (ctx.settings or {}).get("transaction_isolation", "read committed") in SNAPSHOT_PER_TRANSACTION
+
+
+def lock_row(ctx: Context, xmax: int) -> bool:
+    """May this statement set xmax on a row version its snapshot sees (`xmax`: its current one)?
+    False: this transaction already deleted it. Raises RowLockWait while another transaction holds
+    the row; once that one committed, READ COMMITTED runs the statement again (RowLockWait, the wait
+    ends at once) on the newest version, and REPEATABLE READ fails with 40001."""
+    if xmax == 0:
+        return True
+    if xmax == ctx.xid:
+        return False
+    status = ctx.transactions.status(xmax)
+    if status == XID_ABORTED:
+        return True
+    if status == XID_COMMITTED and repeatable_read(ctx):
+        raise SerializationFailure("could not serialize access due to concurrent update")
+    raise RowLockWait(xmax)
+
+
+def note_undo(ctx: Context, tid, old_xmax: int | None) -> None:
+    """Remember one change of the running statement: a tuple it inserted (old_xmax None) or an
+    xmax it set over `old_xmax`."""
+    undo = getattr(ctx.session, "statement_undo", None)
+    if undo is not None:
+        undo.append((tid, old_xmax))
+
+
+def undo_statement(store, xid: int, undo: list) -> None:
+    """Make the running statement's changes as if never made, for its own transaction and all
+    others: a tuple it inserted gets xmax = its own xid (invisible to it, and dead once it ends),
+    an xmax it set gets its old value back. Index entries stay: readers check visibility."""
+    changes = list(reversed(undo))
+    undo.clear()
+    for start in range(0, len(changes), UNDO_RECORDS_PER_MTR):
+        batch = changes[start:start + UNDO_RECORDS_PER_MTR]
+        with store.mtr(*{tid[0] for tid, _ in batch}):
+            for tid, old_xmax in batch:
+                store.log(tid[0], "heap_set_xmax", tid[1], xid if old_xmax is None else old_xmax)
 
 
 def check_table_writable(ctx: Context, table: TableDef) -> None:
@@ -84,7 +135,24 @@ def check_unique(ctx: Context, table: TableDef, row: list, old_row: list | None 
             continue
         if old_row is not None and all(row[i] == old_row[i] for i in ix.column_positions(table, index)):
             continue
+        _wait_for_key_holders(ctx, table, index, row)
         ix.check_unique(ctx, table, index, row)
+
+
+def _wait_for_key_holders(ctx: Context, table: TableDef, index, row: list) -> None:
+    """RowLockWait if another open transaction is inserting or deleting the key (PostgreSQL waits
+    for it: its outcome decides between 23505 and success)."""
+    values = [row[i] for i in ix.column_positions(table, index)]
+    if any(value is None for value in values):
+        return
+    heap = Heap(ctx.store, table.table_page_id)
+    key = ix.encode(index, values)
+    status = ctx.transactions.status
+    for _, tid in ix.tree_of(ctx.store, table, index).range(key, key):
+        xmin, xmax, _ = heap.fetch(tid)
+        for holder in (xmin, xmax):
+            if holder and holder != ctx.xid and status(holder) == XID_IN_PROGRESS:
+                raise RowLockWait(holder)
 
 
 def check_sizes(table: TableDef, values: list) -> None:
@@ -112,9 +180,13 @@ def write_row(ctx: Context, table: TableDef, values: list, old_tid=None) -> tupl
     ctx.catalog.note_writer(table, xid)
     with store.mtr(*heap.pages_for_insert(), *(p for _, _, path in entries for p in path), *old_page):
         if old_tid is not None:
+            old_xmax = store.get(old_tid[0]).tuples[old_tid[1]][1]
             store.log(old_tid[0], "heap_set_xmax", old_tid[1], xid)
         tid = heap.insert(values, xid, target)
         ix.insert_entries(entries, tid)
+    if old_tid is not None:
+        note_undo(ctx, old_tid, old_xmax)
+    note_undo(ctx, tid, None)
     return tid
 
 
@@ -382,7 +454,7 @@ class UpdatePlan(_TargetedPlan):
                                                  column.type_modifier)
             check_row(table, new_values)
             ctx.ensure_xid()
-            if not check_writable(ctx, tid, heap.fetch(tid)[1]):
+            if not lock_row(ctx, heap.fetch(tid)[1]):
                 continue
             check_unique(ctx, table, new_values, values)
             write_row(ctx, table, new_values, old_tid=tid)
@@ -407,11 +479,13 @@ class DeletePlan(_TargetedPlan):
         returned = []
         for tid, values in self.targets(ctx):
             xid = ctx.ensure_xid()
-            if not check_writable(ctx, tid, heap.fetch(tid)[1]):
+            old_xmax = heap.fetch(tid)[1]
+            if not lock_row(ctx, old_xmax):
                 continue
             ctx.catalog.note_writer(self.table, xid)
             with ctx.store.mtr(tid[0]):
                 ctx.store.log(tid[0], "heap_set_xmax", tid[1], xid)
+            note_undo(ctx, tid, old_xmax)
             count += 1
             if self.returning:
                 returned.append(self.returning.row(values, ctx.params))

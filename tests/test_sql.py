@@ -4,6 +4,7 @@ same SQLSTATEs. Runs against a real cluster whose writer has a 64-page buffer ca
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 
 import psycopg
@@ -196,17 +197,28 @@ def test_an_error_fails_the_block_until_rollback(sql_cluster):
         assert run(connection, "SELECT count(*) FROM failed_block") == [(0,)]
 
 
-def test_a_conflicting_update_fails_with_40001(sql_cluster):
-    """Row locks: a second writer of the same row fails with a serialization error, never silently."""
+def test_a_conflicting_update_waits_and_applies_on_the_committed_row(sql_cluster):
+    """Row locks as in PostgreSQL: a second writer of the same row waits for the first, then, under
+    READ COMMITTED, updates the version the first committed; under REPEATABLE READ it fails with 40001."""
     with sql_cluster.connect() as first, sql_cluster.connect() as second:
         first.execute("CREATE TABLE conflict (id int PRIMARY KEY, v int)")
         first.execute("INSERT INTO conflict VALUES (1, 0)")
         first.execute("BEGIN")
-        first.execute("UPDATE conflict SET v = 1 WHERE id = 1")
+        first.execute("UPDATE conflict SET v = v + 1 WHERE id = 1")
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(second.execute, "UPDATE conflict SET v = v + 10 WHERE id = 1")
+            with pytest.raises(concurrent.futures.TimeoutError):
+                waiting.result(timeout=0.5)
+            first.execute("COMMIT")
+            assert waiting.result(timeout=30).rowcount == 1
+        assert run(second, "SELECT v FROM conflict") == [(11,)]
+        second.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        assert run(second, "SELECT v FROM conflict") == [(11,)]
+        first.execute("UPDATE conflict SET v = 0 WHERE id = 1")
         with pytest.raises(psycopg.errors.SerializationFailure):
-            second.execute("UPDATE conflict SET v = 2 WHERE id = 1")
-        first.execute("COMMIT")
-        assert run(second, "SELECT v FROM conflict") == [(1,)]
+            second.execute("UPDATE conflict SET v = v + 1 WHERE id = 1")
+        second.execute("ROLLBACK")
+        assert run(second, "SELECT v FROM conflict") == [(0,)]
 
 
 def test_unsupported_sql_is_0A000_and_names_the_feature(sql_cluster):
@@ -268,3 +280,16 @@ def test_a_multi_statement_query_is_one_implicit_transaction(sql_cluster):
             connection.execute("INSERT INTO script_block VALUES (4); COMMIT; INSERT INTO script_block VALUES (4)")
         assert run(connection, "SELECT id FROM script_block ORDER BY id") == [(2,), (3,), (4,)], \
             "an explicit COMMIT inside the string commits what came before it"
+
+
+def test_vacuum_and_analyze_are_accepted_as_postgresql_accepts_them(sql_cluster, postgres_server):
+    for server in (sql_cluster, postgres_server):
+        with server.connect() as connection:
+            connection.execute("CREATE TABLE maintained (id int PRIMARY KEY)")
+            assert connection.execute("VACUUM ANALYZE maintained").statusmessage == "VACUUM"
+            assert connection.execute("ANALYZE maintained").statusmessage == "ANALYZE"
+            connection.execute("BEGIN")
+            with pytest.raises(psycopg.errors.ActiveSqlTransaction):
+                connection.execute("VACUUM maintained")
+            connection.execute("ROLLBACK")
+            connection.execute("DROP TABLE maintained")
