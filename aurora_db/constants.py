@@ -78,8 +78,11 @@ assert PGWIRE_STARTUP_BYTES_MAX <= PGWIRE_MESSAGE_BYTES_MAX
 assert PGWIRE_READ_CHUNK_BYTES <= PGWIRE_OUTPUT_BUFFER_BYTES_MAX
 
 # Writer -> storage shipping.
-SEND_QUEUE_BATCHES_MAX = 4096  # batches queued for one storage node before it is treated as behind
 APPENDS_IN_FLIGHT_MAX = 64  # unanswered appends to one storage node; beyond, batches wait in the queue
+SEND_QUEUE_RECORDS_MAX = 2 * LSN_ALLOCATION_LIMIT  # records queued for one node before it is "behind"
+# A node whose acks decide the write quorum never owes more than LAL records (allocation stops at
+# VDL + LAL), so only a node outside the quorum, falling ever further behind, is disconnected.
+assert SEND_QUEUE_RECORDS_MAX > LSN_ALLOCATION_LIMIT
 CATCH_UP_RECORDS_PER_REQUEST = BATCH_RECORDS_MAX  # records resent to a segment behind, per append
 assert CATCH_UP_RECORDS_PER_REQUEST <= BATCH_RECORDS_MAX  # a catch-up append is refused over the batch limit
 assert RECENT_RECORDS_PER_PG_MAX >= LSN_ALLOCATION_LIMIT  # every record not yet durable can be resent

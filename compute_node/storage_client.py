@@ -29,7 +29,7 @@ from aurora_db.constants import (
     FRAME_BYTES_MAX,
     RECENT_RECORDS_PER_PG_MAX,
     RECONNECT_INTERVAL_MS,
-    SEND_QUEUE_BATCHES_MAX,
+    SEND_QUEUE_RECORDS_MAX,
     STORAGE_REQUEST_TIMEOUT_MS,
 )
 from aurora_db.errors import StaleEpoch, StorageUnavailable
@@ -71,6 +71,7 @@ class NodeLink:
         self._replies: dict[int, asyncio.Future] = {}
         self._ids = itertools.count(1)
         self._queue: collections.deque[tuple[int, list]] = collections.deque()  # (pg, sealed records)
+        self._queued_records = 0
         self._queue_ready = asyncio.Event()
         self._in_flight = asyncio.Semaphore(APPENDS_IN_FLIGHT_MAX)
         self._task: asyncio.Task | None = None
@@ -120,11 +121,12 @@ class NodeLink:
     def enqueue(self, pg: int, sealed: list) -> None:
         if not self.connected.is_set():
             return  # caught up from the recent buffer or a peer on reconnect
-        if len(self._queue) >= SEND_QUEUE_BATCHES_MAX:
-            log.warning("%s is %d batches behind; reconnecting to catch it up", self.node_id, len(self._queue))
+        if self._queued_records + len(sealed) > SEND_QUEUE_RECORDS_MAX:
+            log.warning("%s is %d records behind; reconnecting to catch it up", self.node_id, self._queued_records)
             self._drop_connection()
             return
         self._queue.append((pg, sealed))
+        self._queued_records += len(sealed)
         self._queue_ready.set()
 
     async def _ship(self) -> None:
@@ -140,6 +142,7 @@ class NodeLink:
             by_pg: dict[int, list] = {}
             while self._queue:
                 pg, sealed = self._queue.popleft()
+                self._queued_records -= len(sealed)
                 by_pg.setdefault(pg, []).extend(sealed)
             for pg, sealed in by_pg.items():
                 for start in range(0, len(sealed), BATCH_RECORDS_MAX):
@@ -191,6 +194,7 @@ class NodeLink:
             try:
                 await self._handshake()
                 self._queue.clear()
+                self._queued_records = 0
                 self.connected.set()
                 await self._catch_up()
                 shipper = asyncio.get_running_loop().create_task(self._ship())
@@ -281,6 +285,7 @@ class NodeLink:
         was_connected = self.connected.is_set()
         self.connected.clear()
         self._queue.clear()
+        self._queued_records = 0
         if self._writer is not None:
             self._writer.close()
             self._writer = None
