@@ -115,6 +115,19 @@ def param_index(node: exp.Expression) -> int | None:
     return None
 
 
+
+def _strict_binary(left_fn, right_fn, op):
+    """op(a, b) over two operands, NULL if either is NULL (SQL's strict operators)."""
+    def apply(row, params):
+        a = left_fn(row, params)
+        if a is None:
+            return None
+        b = right_fn(row, params)
+        if b is None:
+            return None
+        return op(a, b)
+    return apply
+
 def compile_expr(node: exp.Expression, scope: Scope, expected: str | None = None) -> tuple[Fn, str]:
     key = node.sql(dialect="postgres") if scope.replacements else None
     if key is not None and key in scope.replacements:
@@ -258,15 +271,7 @@ def _comparison(op):
                 f"operator does not exist: {t.DISPLAY[left]} {_SYMBOLS[type(node)]} {t.DISPLAY[right]}")
         left_fn, right_fn = _comparable(left_fn, left, right_fn, right)
 
-        def compare(row, params):
-            a = left_fn(row, params)
-            if a is None:
-                return None
-            b = right_fn(row, params)
-            if b is None:
-                return None
-            return op(a, b)
-        return compare, "bool"
+        return _strict_binary(left_fn, right_fn, op), "bool"
     return handler
 
 
@@ -317,15 +322,7 @@ def _datetime_arithmetic(symbol, left_fn, left, right_fn, right):
     else:
         raise UndefinedFunction(f"operator does not exist: {t.DISPLAY[left]} {symbol} {t.DISPLAY[right]}")
 
-    def compute(row, params):
-        a = left_fn(row, params)
-        if a is None:
-            return None
-        b = right_fn(row, params)
-        if b is None:
-            return None
-        return op(a, b)
-    return compute, result
+    return _strict_binary(left_fn, right_fn, op), result
 
 
 def _date_shift(date, days):
