@@ -72,11 +72,15 @@ class TableSource:
             key = tuple(fn([], ctx.params) for fn in key_fns)
             if any(value is None for value in key):
                 return
+            # The index keeps an entry per row version (nothing prunes dead ones yet), so a hot
+            # row's key has many. A primary key is unique: a snapshot sees at most one version,
+            # and versions are entered oldest first, so look from the newest and stop at it.
             tree = BTree(ctx.store, self._index_root(ctx))
-            for tid in tree.lookup(key):
+            for tid in reversed(tree.lookup(key)):
                 xmin, xmax, values = heap.fetch(tid)
                 if ctx.visible(xmin, xmax):
                     yield tid, values
+                    return
             return
         for tid, (xmin, xmax, values) in heap.scan():
             if ctx.visible(xmin, xmax):
