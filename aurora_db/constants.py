@@ -23,6 +23,9 @@ def _positive_int_from_env(name: str, default: int) -> int:
     return value
 
 
+# The PostgreSQL version the server reports (server_version, SHOW, version()).
+SERVER_VERSION = "15.0"
+
 SEGMENTS_PER_PG = 6
 AZS = ("a", "b", "c")
 SEGMENTS_PER_AZ = 2

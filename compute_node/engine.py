@@ -117,7 +117,8 @@ class Engine:
 
     def copy_target(self, spec: copy_text.CopySpec, session) -> copy_text.CopyTarget:
         """COPY FROM STDIN: the table and columns its rows go to, as the session's snapshot sees them."""
-        return copy_text.resolve_target(spec, self.catalog.tables(self.transactions.snapshot(), session.xid))
+        return copy_text.resolve_target(spec, self.catalog.tables(session.statement_snapshot(self.transactions),
+                                                                  session.xid))
 
     def copy_rows(self, target: copy_text.CopyTarget, spec: copy_text.CopySpec, lines: list[tuple[int, bytes]],
                   session) -> int:

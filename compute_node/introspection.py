@@ -15,6 +15,7 @@ import dataclasses
 import re
 from collections.abc import Callable
 
+from aurora_db.constants import SERVER_VERSION
 from compute_node.backend import (
     BOOL_OID,
     BYTEA_OID,
@@ -30,7 +31,7 @@ from compute_node.backend import (
     Column,
 )
 
-SERVER_VERSION_TEXT = "PostgreSQL 15.0 (aurora-db) on x86_64-pc-linux-gnu, compiled by CPython, 64-bit"
+SERVER_VERSION_TEXT = f"PostgreSQL {SERVER_VERSION} (aurora-db) on x86_64-pc-linux-gnu, compiled by CPython, 64-bit"
 CURRENT_SCHEMA = "public"
 CURRENT_DATABASE = "postgres"
 

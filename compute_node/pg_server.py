@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from aurora_db import errors, pgwire
 from aurora_db.constants import (
+    SERVER_VERSION,
     PGWIRE_CLOSE_TIMEOUT_MS,
     PGWIRE_CONNECTIONS_MAX,
     PGWIRE_OUTPUT_BUFFER_BYTES_MAX,
@@ -148,7 +149,7 @@ class ServerContext:
     process_ids: itertools.count = dataclasses.field(default_factory=lambda: itertools.count(1))
 
 
-async def serve(host: str, port: int, session_factory: SessionFactory, *, server_version: str = "15.0",
+async def serve(host: str, port: int, session_factory: SessionFactory, *, server_version: str = SERVER_VERSION,
                 connections_max: int = PGWIRE_CONNECTIONS_MAX) -> asyncio.base_events.Server:
     """Listen for PostgreSQL clients; each connection gets its own session_factory() Session."""
     context = ServerContext(session_factory, server_version, connections_max)

@@ -22,6 +22,7 @@ import enum
 import logging
 import re
 
+from aurora_db.constants import SERVER_VERSION
 from aurora_db.errors import (DatabaseError, FeatureNotSupported, InFailedTransaction, InternalError,
                               InvalidParameterValue, QuorumTimeout)
 from compute_node import copy as copy_text
@@ -109,7 +110,7 @@ BLOCK_TRANSITIONS = {
 
 
 DEFAULT_SETTINGS = {
-    "server_version": "15.0", "server_encoding": "UTF8", "client_encoding": "UTF8", "datestyle": "ISO, MDY",
+    "server_version": SERVER_VERSION, "server_encoding": "UTF8", "client_encoding": "UTF8", "datestyle": "ISO, MDY",
     "timezone": "UTC", "transaction_isolation": "read committed", "default_transaction_isolation": "read committed",
     "standard_conforming_strings": "on", "integer_datetimes": "on", "application_name": "", "search_path": '"$user", public',
     "statement_timeout": "0", "extra_float_digits": "1", "intervalstyle": "postgres",
@@ -524,7 +525,9 @@ class EngineSession:
                 await self.engine.log_writer.wait_durable(commit_lsn)
             except QuorumTimeout:
                 continue
-            except DatabaseError:  # fenced: a new writer's recovery decides this transaction
+            except DatabaseError as error:  # fenced: a new writer's recovery decides this transaction
+                log.warning("transaction %d: commit at LSN %d left to the next writer's recovery: %s",
+                            xid, commit_lsn, error)
                 return
             self.engine.transactions.finish(xid)
             return

@@ -12,8 +12,7 @@ import psycopg
 import psycopg.errors
 import pytest
 
-asyncpg = pytest.importorskip("asyncpg")
-sqlalchemy = pytest.importorskip("sqlalchemy")
+import asyncpg  # noqa: E402  (the test extra declares asyncpg and sqlalchemy: missing fails, never skips)
 from sqlalchemy import Boolean, Float, Integer, String, create_engine, func, select  # noqa: E402
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column  # noqa: E402
 
@@ -237,7 +236,6 @@ def test_sqlalchemy_core_and_orm(sql_cluster):
 
 
 def test_sqlalchemy_asyncio_over_asyncpg(sql_cluster):
-    pytest.importorskip("greenlet")
     from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
     class AsyncBase(DeclarativeBase):

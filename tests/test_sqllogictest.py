@@ -461,8 +461,7 @@ def relations(server, like: str) -> list[str]:
 def test_select1_prefix_passes_on_postgresql(postgres_server):
     """PostgreSQL 15 passes the corpus: the runner's parsing, formatting and hashing agree with it."""
     path = CORPUS_DIR / "select1.test"
-    if not path.exists():
-        pytest.skip("the sqllogictest corpus is not present")
+    assert path.exists(), f"the vendored corpus file {path} is missing"
     report = run_files([str(path)], conninfo(postgres_server), record_limit=SELECT1_RECORDS_CHECKED)
     assert report.failures == [], format_report(report)
     (file,) = report.files
@@ -542,8 +541,7 @@ def test_run_report_is_ok_only_without_failures():
 def test_the_corpus_passes_on_our_cluster(sql_cluster, name):
     """Issue 3: every record not skipped for postgresql passes on our own cluster, as on PostgreSQL."""
     path = CORPUS_DIR / name
-    if not path.exists():
-        pytest.skip(f"{name} is not present")
+    assert path.exists(), f"the vendored corpus file {path} is missing"
     report = run_files([str(path)], conninfo(sql_cluster))
     assert report.failures == [], format_report(report)
     (file,) = report.files
