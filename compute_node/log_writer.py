@@ -115,6 +115,8 @@ class LogWriter:
         try:
             await asyncio.wait_for(asyncio.shield(future), timeout_ms / 1000)
         except asyncio.TimeoutError:
+            self._waiters = [entry for entry in self._waiters if entry[2] is not future]  # no stale waiters
+            heapq.heapify(self._waiters)
             raise QuorumTimeout(
                 f"commit at LSN {lsn} not acknowledged by a write quorum within {timeout_ms} ms "
                 f"(VDL {self.tracker.vdl}); its outcome is unknown") from None

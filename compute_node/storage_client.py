@@ -96,6 +96,8 @@ class NodeLink:
         return await self._send_request(message, timeout_ms)
 
     async def _send_request(self, message: dict, timeout_ms: int) -> dict:
+        if self._writer is None:  # dropped between two requests of a handshake or catch-up
+            raise NodeUnreachable(f"{self.node_id} is not connected")
         request_id = next(self._ids)
         future = asyncio.get_running_loop().create_future()
         self._replies[request_id] = future
@@ -164,7 +166,7 @@ class NodeLink:
             # Rows and keys are bounded so that a full batch always fits a frame: this is a bug.
             log.critical("an append batch of %d records does not fit a frame", len(sealed), exc_info=True)
             os._exit(70)
-        except (NodeUnreachable, RequestFailed, AttributeError) as error:
+        except (NodeUnreachable, RequestFailed) as error:
             if generation == self._generation:
                 log.warning("append to %s failed: %s", self.node_id, error)
                 self._drop_connection()
@@ -193,8 +195,6 @@ class NodeLink:
             shipper = None
             try:
                 await self._handshake()
-                self._queue.clear()
-                self._queued_records = 0
                 self.connected.set()
                 await self._catch_up()
                 shipper = asyncio.get_running_loop().create_task(self._ship())
@@ -268,7 +268,7 @@ class NodeLink:
                     STORAGE_REQUEST_TIMEOUT_MS * 5)
                 self._on_scl(pg, reply["scl"])
                 if reply["scl"] <= scl:
-                    break
+                    raise CatchUpStalled(f"{self.node_id}: PG {pg} did not advance past {scl} on catch-up")
                 scl = reply["scl"]
 
     async def _receive(self, reader: asyncio.StreamReader) -> None:
