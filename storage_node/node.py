@@ -94,6 +94,13 @@ class Ready:
     ops: list[_Op]
 
 
+def apply_truncations(segment: Segment, truncations) -> None:
+    """Apply every node-wide (above_lsn, lsn_floor] range the segment does not hold yet."""
+    for above_lsn, lsn_floor in truncations:
+        if (above_lsn, lsn_floor) not in segment.truncation_ranges:
+            segment.truncate(above_lsn, lsn_floor)
+
+
 def replay_segment(pg: int, entries: list[LogEntry]) -> Segment:
     """Rebuild a segment from its log, in the order the entries were written."""
     segment = Segment(pg)
@@ -247,8 +254,7 @@ class Node:
     def new_segment(self, pg: int) -> Segment:
         """A segment for a PG this node has not held yet: every known truncation range applies to it."""
         segment = self.segments[pg] = Segment(pg)
-        for above_lsn, lsn_floor in self.meta.truncations:
-            segment.truncate(above_lsn, lsn_floor)
+        apply_truncations(segment, self.meta.truncations)
         return segment
 
     def _answer(self, request: dict) -> dict:

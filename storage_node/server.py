@@ -31,7 +31,7 @@ from aurora_db import storage_protocol as sp
 from aurora_db.constants import FRAME_BYTES_MAX, IN_FLIGHT_REQUESTS_MAX, STORAGE_CONNECTIONS_MAX
 from aurora_db.framing import FrameError, encode_frame, read_frame
 from storage_node.log_file import LogFile, fsync_directory
-from storage_node.node import Node, NodeMeta, Ready, replay_segment
+from storage_node.node import Node, NodeMeta, Ready, apply_truncations, replay_segment
 
 log = logging.getLogger("storage_node")
 
@@ -95,9 +95,7 @@ class Disk:
             log.info("PG %d: %d log entries, SCL %d, %d pending, torn bytes cut %d, damaged entries skipped %d",
                      pg, report.entries, segment.scl, segment.pending_count, report.torn_bytes_cut, report.bad_entries)
         for segment in segments.values():  # ranges told to the node before this PG's log existed
-            for above_lsn, lsn_floor in meta.truncations:
-                if not any(r == (above_lsn, lsn_floor) for r in segment.truncation_ranges):
-                    segment.truncate(above_lsn, lsn_floor)
+            apply_truncations(segment, meta.truncations)
         return Node(node_id, az, meta, segments)
 
     def persist(self, ready: Ready) -> None:
