@@ -1,4 +1,5 @@
-"""The append-only log of one segment: files DATA/pg-<n>/<seq>.log, rotated at LOG_FILE_BYTES_MAX.
+"""The append-only log of a storage node, for all its segments: files DATA/log/<seq>.log, rotated
+at LOG_FILE_BYTES_MAX. A record names its page, and so its PG; a truncation marker is node-wide.
 
 Responsibilities: append entries (one call, returns once written), fsync on a separate call so the
 server can cover many appends with one fsync, and on open scan every file, verify every checksum
@@ -193,7 +194,7 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 class LogFile:
-    """One segment's log. Not thread-safe: the server calls it from one disk thread only."""
+    """A node's log. Not thread-safe: the server calls it from the event loop's thread only."""
 
     def __init__(self, directory: Path, *, file_bytes_max: int = LOG_FILE_BYTES_MAX):
         self.directory = Path(directory)

@@ -4,7 +4,8 @@ PG, and the dispatch of storage-protocol requests (aurora_db/storage_protocol.py
 The shell drives it in the etcd/raft Ready/Advance style:
     reply = node.step(request, token)     # an answer now, or None: the answer waits for durability
     ready = node.ready()                  # what to persist: node metadata first, then log entries
-    ... the shell writes and fsyncs all of it (one group fsync for every waiting request) ...
+    ... the shell writes and fsyncs all of it (one fsync of the node's one log for every waiting
+        request, whatever PGs they touch) ...
     for token, reply in node.advance(ready): send(token, reply)
 Invariants:
   - Persist before ack: records enter a segment only in `advance`, after their fsync, so no reply
@@ -90,8 +91,21 @@ _Op = _Append | _Truncate | _Deferred
 @dataclasses.dataclass(frozen=True, slots=True)
 class Ready:
     meta: NodeMeta | None  # persist first (atomically), if not None
-    log_writes: dict[int, list[LogEntry]]  # pg -> entries to append, in order; then fsync them all
+    log_entries: list[LogEntry]  # to append to the node's log, in order; then one fsync
     ops: list[_Op]
+
+
+def entries_by_pg(entries: list[LogEntry]) -> dict[int, list[LogEntry]]:
+    """Split the node's log into each PG's entries, in the order written. A truncation marker is
+    node-wide and discards only records written before it, so it goes to every PG seen so far."""
+    by_pg: dict[int, list[LogEntry]] = {}
+    for entry in entries:
+        if isinstance(entry, RecordEntry):
+            by_pg.setdefault(entry.record.pg, []).append(entry)
+        else:
+            for pg_entries in by_pg.values():
+                pg_entries.append(entry)
+    return by_pg
 
 
 def apply_truncations(segment: Segment, truncations) -> None:
@@ -298,18 +312,14 @@ class Node:
         assert not self._ready_outstanding, "advance() the previous Ready first"
         self._ready_outstanding = True
         ops, self._queued = self._queued, []
-        writes: dict[int, list[LogEntry]] = {}
-        known_pgs = set(self.segments)
+        entries: list[LogEntry] = []
         for op in ops:
             if isinstance(op, _Append):
-                writes.setdefault(op.pg, []).extend(op.entries)
-                known_pgs.add(op.pg)
+                entries.extend(op.entries)
             elif isinstance(op, _Truncate):
-                marker = TruncateEntry(op.above_lsn, op.epoch, op.lsn_floor)
-                for pg in known_pgs:
-                    writes.setdefault(pg, []).append(marker)
+                entries.append(TruncateEntry(op.above_lsn, op.epoch, op.lsn_floor))
         meta = self.accepted if self.accepted != self.meta else None
-        return Ready(meta, writes, ops)
+        return Ready(meta, entries, ops)
 
     def advance(self, ready: Ready) -> list[tuple[Any, dict]]:
         """The Ready is durable: apply it in order and return the replies it was holding."""

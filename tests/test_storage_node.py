@@ -281,6 +281,18 @@ def test_sigterm_stops_cleanly(tmp_path):
     assert os.path.exists(tmp_path / "b1" / "epoch")
 
 
+def test_a_data_directory_of_the_old_per_pg_layout_is_refused_not_read_as_empty(tmp_path):
+    """Logs per PG (pg-N/) from an earlier version must not look like an empty node to a writer."""
+    (tmp_path / "c1" / "pg-0").mkdir(parents=True)
+    (tmp_path / "c1" / "pg-0" / "00000001.log").write_bytes(b"old records")
+    process = StorageProcess(tmp_path / "c1", node_id="c1")
+    with pytest.raises(AssertionError):
+        process.start()
+    assert process.process.wait(10) == 1
+    assert "one log per node" in process.log()
+    assert (tmp_path / "c1" / "pg-0" / "00000001.log").read_bytes() == b"old records"
+
+
 def test_every_acked_scl_survives_sigkill_in_the_middle_of_appends(node):
     """Persist before ack: whatever SCL an ack named is there after kill -9, even mid-stream."""
     builder = RecordBuilder()

@@ -3,7 +3,7 @@
 from aurora_db import storage_protocol as sp
 from aurora_db.constants import PAGES_PER_PG
 from storage_node.log_file import RecordEntry, TruncateEntry
-from storage_node.node import Node, NodeMeta, replay_segment
+from storage_node.node import Node, NodeMeta, entries_by_pg, replay_segment
 from tests.record_builder import RecordBuilder
 
 
@@ -11,23 +11,22 @@ def sealed(records):
     return [list(r.sealed()) for r in records]
 
 
-def persist_and_advance(node, disk):
-    """A perfect disk: keep what each Ready writes, per PG, in order."""
+def persist_and_advance(node, disk: list):
+    """A perfect disk: the node's log, appended with what each Ready writes, in order."""
     ready = node.ready()
-    for pg, entries in ready.log_writes.items():
-        disk.setdefault(pg, []).extend(entries)
+    disk.extend(ready.log_entries)
     return ready, dict(node.advance(ready))
 
 
 def test_an_append_is_acked_only_after_advance():
     """DESIGN.md 10: persist before ack. The SCL does not move until the records are durable."""
-    node, disk = Node("a1", "a", NodeMeta(epoch=1), {}), {}
+    node, disk = Node("a1", "a", NodeMeta(epoch=1), {}), []
     builder = RecordBuilder()
     records = [builder.heap_init(0), builder.heap_insert(0, ["x"])]
     assert node.step({"id": 1, "t": sp.APPEND, "epoch": 1, "pg": 0, "records": sealed(records)}, "token-1") is None
     assert node.step({"id": 2, "t": sp.STATUS}, "token-2")["pgs"] == {}
     ready, replies = persist_and_advance(node, disk)
-    assert [e.lsn for e in ready.log_writes[0]] == [1, 2]
+    assert [e.lsn for e in ready.log_entries] == [1, 2]
     assert replies == {"token-1": {"id": 1, "ok": True, "pg": 0, "scl": 2}}
     resend = node.step({"id": 3, "t": sp.APPEND, "epoch": 1, "pg": 0, "records": sealed(records)}, "token-3")
     assert resend == {"id": 3, "ok": True, "pg": 0, "scl": 2}  # already durable: answered at once
@@ -35,7 +34,7 @@ def test_an_append_is_acked_only_after_advance():
 
 
 def test_a_newer_epoch_is_durable_before_anything_of_its_request():
-    node, disk = Node("a1", "a", NodeMeta(epoch=3), {}), {}
+    node, disk = Node("a1", "a", NodeMeta(epoch=3), {}), []
     reply = node.step({"id": 1, "t": sp.GET_PAGE, "epoch": 4, "pg": 0, "page_id": 1, "lsn": 0}, "t1")
     assert reply is None  # waits for the epoch to be durable
     stale = node.step({"id": 2, "t": sp.CHAIN, "epoch": 3, "pg": 0, "after_lsn": 0}, "t2")
@@ -55,7 +54,7 @@ def test_bad_requests_do_not_raise_the_epoch():
 
 
 def test_truncate_writes_a_marker_to_every_pg_and_replay_matches():
-    node, disk = Node("a1", "a", NodeMeta(epoch=1), {}), {}
+    node, disk = Node("a1", "a", NodeMeta(epoch=1), {}), []
     builder = RecordBuilder()
     records = [builder.heap_init(0), builder.heap_init(PAGES_PER_PG)]
     records += [builder.heap_insert(0 if i % 2 else PAGES_PER_PG, [i]) for i in range(10)]
@@ -64,13 +63,15 @@ def test_truncate_writes_a_marker_to_every_pg_and_replay_matches():
     node.step({"id": 9, "t": sp.TRUNCATE, "epoch": 2, "above_lsn": 6, "lsn_floor": 1006}, "truncate")
     ready, replies = persist_and_advance(node, disk)  # appends and the truncation in one group
     assert ready.meta == NodeMeta(epoch=2, lsn_floor=1006, truncations=((6, 1006),))
-    assert all(entries[-1] == TruncateEntry(6, 2, 1006) for entries in disk.values())
+    assert disk[-1] == TruncateEntry(6, 2, 1006)  # one marker for the whole node
+    by_pg = entries_by_pg(disk)
+    assert all(entries[-1] == TruncateEntry(6, 2, 1006) for entries in by_pg.values())
     assert replies["truncate"]["pgs"] == {0: 6, 1: 5}
-    for pg, entries in disk.items():
+    for pg, entries in by_pg.items():
         assert replay_segment(pg, entries).scl == node.segments[pg].scl
     late = node.step({"id": 10, "t": sp.APPEND, "epoch": 2, "pg": 0, "records": sealed(records[7:8])}, "late")
     assert records[7].pg == 0 and late == {"id": 10, "ok": True, "pg": 0, "scl": 6}  # inside the truncated range: discarded
-    assert isinstance(disk[0][0], RecordEntry)
+    assert isinstance(entries_by_pg(disk)[0][0], RecordEntry)
 
 
 def test_set_epoch_is_a_claim_only_one_writer_wins():
@@ -82,7 +83,7 @@ def test_set_epoch_is_a_claim_only_one_writer_wins():
 
 
 def test_truncation_ranges_are_node_wide_idempotent_and_reach_later_pgs():
-    node, disk = Node("a1", "a", NodeMeta(epoch=1), {}), {}
+    node, disk = Node("a1", "a", NodeMeta(epoch=1), {}), []
     builder = RecordBuilder()
     node.step({"id": 1, "t": sp.APPEND, "epoch": 1, "pg": 0, "records": sealed([builder.heap_init(0)])}, "a")
     node.step({"id": 2, "t": sp.TRUNCATE, "epoch": 2, "above_lsn": 1, "lsn_floor": 100}, "t")
