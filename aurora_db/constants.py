@@ -57,6 +57,11 @@ IN_FLIGHT_REQUESTS_MAX = 1024  # requests a connection may have outstanding
 CACHE_PAGES_DEFAULT = 4096
 CACHE_PAGES_MIN = 16
 STATEMENT_ROWS_MAX = 10_000_000
+# A restartable engine call (a query, a row change, a commit) first runs on the event loop, with
+# no thread hand-off; one that would wait for storage, or outgrows either limit, is given up
+# (its changes undone) and runs again on the engine thread, so the loop is never held long.
+ENGINE_INLINE_BUDGET_MS = 5
+ENGINE_INLINE_RECORDS_MAX = 1024
 
 # Timeouts.
 STORAGE_REQUEST_TIMEOUT_MS = 2_000
@@ -81,11 +86,14 @@ assert PGWIRE_STARTUP_BYTES_MAX <= PGWIRE_MESSAGE_BYTES_MAX
 assert PGWIRE_READ_CHUNK_BYTES <= PGWIRE_OUTPUT_BUFFER_BYTES_MAX
 
 # Writer -> storage shipping.
+BOXCAR_DELAY_MS = 2  # longest a finished MTR waits to be shipped when no commit needs it sooner
+BOXCAR_RECORDS_MAX = BATCH_RECORDS_MAX  # records waiting to be shipped that make the writer ship at once
 APPENDS_IN_FLIGHT_MAX = 64  # unanswered appends to one storage node; beyond, batches wait in the queue
 SEND_QUEUE_RECORDS_MAX = 2 * LSN_ALLOCATION_LIMIT  # records queued for one node before it is "behind"
 # A node whose acks decide the write quorum never owes more than LAL records (allocation stops at
 # VDL + LAL), so only a node outside the quorum, falling ever further behind, is disconnected.
 assert SEND_QUEUE_RECORDS_MAX > LSN_ALLOCATION_LIMIT
+assert 4 * ENGINE_INLINE_RECORDS_MAX < LSN_ALLOCATION_LIMIT  # an inline call and its undo fit in LAL
 CATCH_UP_RECORDS_PER_REQUEST = BATCH_RECORDS_MAX  # records resent to a segment behind, per append
 assert CATCH_UP_RECORDS_PER_REQUEST <= BATCH_RECORDS_MAX  # a catch-up append is refused over the batch limit
 assert RECENT_RECORDS_PER_PG_MAX >= LSN_ALLOCATION_LIMIT  # every record not yet durable can be resent

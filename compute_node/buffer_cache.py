@@ -58,6 +58,13 @@ class BufferCache:
                 return  # nothing could ever be evicted by waiting
             self._wait_durable()
 
+    def evict_to_capacity(self) -> bool:
+        """Evict, without waiting, until the cache is below its capacity; False if it cannot."""
+        while len(self._pages) >= self.capacity:
+            if not self._evict_one():
+                return False
+        return True
+
     def pin(self, page_id: int) -> None:
         self._pins[page_id] += 1
 

@@ -219,6 +219,7 @@ def _new_roots(ctx: Context, count: int) -> list[int]:
 
 class CreateTablePlan(Plan):
     writes = True
+    restartable = False
 
     def __init__(self, create: exp.Create, tables, param_types):
         schema = create.this
@@ -314,6 +315,7 @@ class CreateTablePlan(Plan):
 
 class DropTablePlan(Plan):
     writes = True
+    restartable = False
 
     def __init__(self, drop: exp.Drop, tables, param_types):
         self.if_exists = bool(drop.args.get("exists"))
@@ -340,6 +342,7 @@ class DropTablePlan(Plan):
 
 class DropIndexPlan(Plan):
     writes = True
+    restartable = False
 
     def __init__(self, drop: exp.Drop, tables, param_types):
         if drop.args.get("concurrently"):
@@ -375,6 +378,7 @@ class DropIndexPlan(Plan):
 
 class CreateIndexPlan(Plan):
     writes = True
+    restartable = False
 
     def __init__(self, create: exp.Create, tables, param_types):
         node = create.this
@@ -448,6 +452,7 @@ def _begin_alter(ctx: Context, table: TableDef) -> None:
 
 class TruncatePlan(Plan):
     writes = True
+    restartable = False
 
     def __init__(self, truncate: exp.TruncateTable, tables, param_types):
         if (truncate.args.get("identity") or "").upper() == "RESTART":
@@ -489,6 +494,7 @@ def _fresh_pages(ctx: Context, table: TableDef, **changes) -> TableDef:
 
 class AlterTablePlan(Plan):
     writes = True
+    restartable = False
 
     def __init__(self, alter: exp.Alter, tables, param_types):
         if (alter.args.get("kind") or "").upper() != "TABLE":

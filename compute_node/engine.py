@@ -1,12 +1,16 @@
-"""The engine: pages, catalog and transactions, owned by one thread.
+"""The engine: pages, catalog and transactions, one statement at a time.
 
-All SQL runs on the engine thread, one statement at a time, so pages need no latches; the event
-loop keeps the network (client sessions, storage links, acks) moving meanwhile, and a commit
-waits for VDL on the loop, not on the engine thread, so commits of many sessions share acks
-(group commit). Invariants: only the engine thread touches pages, the catalog and plans; a
-fresh volume is initialized by one MTR, so VDL == 0 means "never initialized"; the engine thread
-never waits for another transaction: a statement that meets a row lock undoes its own changes and
-raises RowLockWait, and its session waits on the loop (transactions.py, write_plans.py).
+Engine calls take turns (`_turn`), so pages need no latches. A restartable call (a query, a row
+change, a commit: anything that can be given up leaving nothing behind) first runs right on the
+event loop, which saves two thread hand-offs per statement; if it would wait for storage (a page
+not cached, LSN room, cache room) or outgrows its inline budget, it raises WouldWait, undoes its
+changes, and runs again on the engine thread, where waiting is allowed while the loop keeps the
+network (client sessions, storage links, acks) moving. Every other call (DDL, startup) runs on
+the engine thread. A commit waits for VDL on the loop, so commits of many sessions share acks
+(group commit). Invariants: engine state is touched only inside a turn; a fresh volume is
+initialized by one MTR, so VDL == 0 means "never initialized"; engine code never waits for
+another transaction: a statement that meets a row lock undoes its own changes and raises
+RowLockWait, and its session waits on the loop (transactions.py, write_plans.py).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from compute_node import introspection
 from compute_node.catalog import Catalog
 from compute_node.explain import is_explain
 from compute_node.executor import Context, Plan, plan_statement
-from compute_node.log_writer import LogWriter
+from compute_node.log_writer import LogWriter, WouldWait
 from compute_node.page_store import PageStore
 from compute_node.recovery import RecoveredVolume
 from compute_node.storage_client import StorageClient
@@ -49,11 +53,31 @@ class Engine:
         self.transactions = Transactions(self.store)
         self.catalog = Catalog(self.store, self.transactions)
         self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._turn = asyncio.Lock()  # one engine call at a time, in arrival order
         self._parsed: collections.OrderedDict[str, exp.Expression] = collections.OrderedDict()
+        self.calls_inline = 0  # restartable calls finished on the loop / moved to the engine thread
+        self.calls_moved = 0
 
     async def call(self, fn, *args):
-        """Run `fn` on the engine thread."""
-        return await self.loop.run_in_executor(self._thread, fn, *args)
+        """Run `fn` on the engine thread, where it may wait for storage."""
+        async with self._turn:
+            return await self.loop.run_in_executor(self._thread, fn, *args)
+
+    async def call_restartable(self, fn, *args):
+        """Run `fn` on the loop if it finishes there without waiting, else on the engine thread.
+        `fn` must leave nothing behind when it raises WouldWait: it only reads, makes its changes
+        in one MTR that waits before its first record, or undoes them (`_undoable`)."""
+        async with self._turn:
+            if self.store.begin_inline():
+                try:
+                    result = fn(*args)
+                    self.calls_inline += 1
+                    return result
+                except WouldWait:
+                    self.calls_moved += 1
+                finally:
+                    self.store.end_inline()
+            return await self.loop.run_in_executor(self._thread, fn, *args)
 
     def shutdown(self) -> None:
         self._thread.shutdown(wait=False, cancel_futures=True)
@@ -111,9 +135,13 @@ class Engine:
         if any((tables[name].tid if name in tables else None) != tid for name, tid in plan.tables.items()):
             plan = plan_statement(node, tables, list(param_types))
         context = Context(self.store, self.transactions, self.catalog, snapshot, session, params, session.settings)
-        result = self._undoable(session, plan.run, context)
-        commit_lsn = self.transactions.write_commit(session.xid) if autocommit and session.xid is not None else None
+        result, commit_lsn = self._undoable(session, self._run_and_commit, plan, context, autocommit)
         return plan, result, commit_lsn
+
+    def _run_and_commit(self, plan: Plan, context: Context, autocommit: bool) -> tuple[object, int | None]:
+        result = plan.run(context)
+        xid = context.session.xid
+        return result, self.transactions.write_commit(xid) if autocommit and xid is not None else None
 
     def copy_target(self, spec: copy_text.CopySpec, session) -> copy_text.CopyTarget:
         """COPY FROM STDIN: the table and columns its rows go to, as the session's snapshot sees them."""
@@ -128,12 +156,15 @@ class Engine:
         return self._undoable(session, copy_text.insert_lines, context, target, spec, lines)
 
     def _undoable(self, session, fn, *args):
-        """Run a statement (or a COPY batch) that may meet a row lock: then undo what it changed
-        and let RowLockWait reach the session, which waits on the loop and runs it again."""
+        """Run a statement (or a COPY batch) that may meet a row lock, or be given up inline: then
+        undo what it changed and let RowLockWait reach the session, which waits on the loop and
+        runs it again, or WouldWait reach call_restartable, which runs it on the engine thread.
+        A commit record, once made, is never undone: nothing after it can raise either."""
         session.statement_undo = []
         try:
             return fn(*args)
-        except RowLockWait:
+        except (RowLockWait, WouldWait):
+            self.store.end_inline()  # the undo never gives up half-way
             undo_statement(self.store, session.xid, session.statement_undo)
             raise
         finally:
@@ -160,6 +191,7 @@ class Engine:
         return {"epoch": self.volume.epoch, "vdl": tracker.vdl, "vcl": tracker.vcl, "lsn": tracker.last_lsn,
                 "cache_pages": len(self.store.cache), "cache_hits": self.store.cache.hits,
                 "cache_misses": self.store.cache.misses, "active_transactions": len(self.transactions.active),
+                "engine_calls_inline": self.calls_inline, "engine_calls_moved": self.calls_moved,
                 "records_made": self.store.records_made, "storage_bytes_sent": client.bytes_sent,
                 "storage_requests_sent": client.requests_sent,
                 "pgcl": {str(pg): lsn for pg, lsn in tracker.pgcl.items()}}

@@ -3,8 +3,15 @@ ships them and hears acks.
 
 The engine thread allocates LSNs and applies records to cached pages; the loop thread feeds
 acks to the DurabilityTracker. One lock guards the tracker. Commit waiters live on the loop.
-Invariants: records reach the StorageClient in LSN order (one call_soon_threadsafe per MTR,
-made under the lock that allocated them); a commit future resolves only when VDL >= its LSN.
+
+Shipping is a boxcar (as Aurora's writer batches per PG): finished MTRs wait in a bounded list
+until someone needs them durable (a commit, an LSN-room or cache-eviction wait), until
+BOXCAR_RECORDS_MAX of them wait, or until BOXCAR_DELAY_MS after the first of them; then all of
+them leave in one batch per PG. A busy writer so sends one append per PG for many statements
+and commits, instead of one per MTR, and each storage node fsyncs once for all of them.
+Invariants: records reach the StorageClient in LSN order (only the loop thread ships, always
+the whole list, taken under the lock that appended to it); a commit future resolves only when
+VDL >= its LSN; nobody waits for VDL without first asking for a ship.
 """
 
 from __future__ import annotations
@@ -14,22 +21,31 @@ import heapq
 import itertools
 import threading
 
-from aurora_db.constants import COMMIT_TIMEOUT_MS
+from aurora_db.constants import BOXCAR_DELAY_MS, BOXCAR_RECORDS_MAX, COMMIT_TIMEOUT_MS
 from aurora_db.errors import QuorumTimeout, StaleEpoch
 from aurora_db.quorum import AllocationLimitReached, DurabilityTracker
 from aurora_db.records import Record
 from compute_node.storage_client import StorageClient
 
 
+class WouldWait(Exception):
+    """Raised instead of blocking when engine code runs on the event-loop thread (a loop that
+    blocked could never hear the acks or replies it waits for). Engine.call_restartable then
+    gives the call up, leaving nothing behind, and runs it again on the engine thread."""
+
+
 class LogWriter:
     def __init__(self, loop: asyncio.AbstractEventLoop, client: StorageClient, tracker: DurabilityTracker):
         self.loop = loop
+        self._loop_thread = threading.get_ident()  # made on the loop's thread (Engine.__init__)
         self.client = client
         self.tracker = tracker
         self._lock = threading.Lock()
         self._vdl_advanced = threading.Condition(self._lock)
         self._waiters: list[tuple[int, int, asyncio.Future]] = []  # heap of (lsn, seq, future)
         self._seq = itertools.count()
+        self._boxcar: list[Record] = []  # sealed MTRs not yet shipped, in LSN order
+        self._ship_asked = False  # a ship_now is scheduled on the loop
         self.fenced_reason: str | None = None
 
     # --- engine thread ------------------------------------------------------------------------
@@ -37,6 +53,10 @@ class LogWriter:
     def reserve(self, records_needed: int, timeout_ms: int = COMMIT_TIMEOUT_MS) -> None:
         """Block until `records_needed` LSNs may be allocated (LAL back-pressure)."""
         with self._lock:
+            if self.tracker.room() < records_needed:
+                self._ask_ship_locked()
+                if self.on_loop_thread():
+                    raise WouldWait(f"no room for {records_needed} LSNs")
             ok = self._vdl_advanced.wait_for(
                 lambda: self.fenced_reason or self.tracker.room() >= records_needed, timeout_ms / 1000)
             self._check_fenced()
@@ -51,11 +71,21 @@ class LogWriter:
                 raise AssertionError(f"allocation inside a reserved MTR failed: {error}") from None
 
     def finish_mtr(self, records: list[Record]) -> list[Record]:
-        """Seal the MTR's last record as its CPL and hand the records to the loop for shipping."""
+        """Seal the MTR's last record as its CPL and put the records in the boxcar."""
         with self._lock:
             records[-1] = self.tracker.seal_mtr(records[-1])
-            self.loop.call_soon_threadsafe(self.client.ship, records)
+            was_empty = not self._boxcar
+            self._boxcar.extend(records)
+            if len(self._boxcar) >= BOXCAR_RECORDS_MAX:
+                self._ask_ship_locked()
+            elif was_empty:
+                self.loop.call_soon_threadsafe(self.loop.call_later, BOXCAR_DELAY_MS / 1000, self.ship_now)
         return records
+
+    def _ask_ship_locked(self) -> None:
+        if not self._ship_asked and self._boxcar:
+            self._ship_asked = True
+            self.loop.call_soon_threadsafe(self.ship_now)
 
     @property
     def vdl(self) -> int:
@@ -68,16 +98,34 @@ class LogWriter:
 
     def wait_vdl_advance(self, timeout_ms: int = COMMIT_TIMEOUT_MS) -> None:
         with self._lock:
+            self._ask_ship_locked()
+            if self.on_loop_thread():
+                raise WouldWait("VDL must advance")
             vdl = self.tracker.vdl
             if not self._vdl_advanced.wait_for(lambda: self.tracker.vdl > vdl or self.fenced_reason, timeout_ms / 1000):
                 raise QuorumTimeout(f"no write quorum for {timeout_ms} ms: VDL is stuck at {vdl}")
             self._check_fenced()
+
+    def has_room(self, records: int) -> bool:
+        with self._lock:
+            return self.tracker.room() >= records
+
+    def on_loop_thread(self) -> bool:
+        return threading.get_ident() == self._loop_thread
 
     def _check_fenced(self) -> None:
         if self.fenced_reason:
             raise StaleEpoch(f"this writer was fenced: {self.fenced_reason}")
 
     # --- loop thread --------------------------------------------------------------------------
+
+    def ship_now(self) -> None:
+        """Ship every record in the boxcar (a no-op when it is empty)."""
+        with self._lock:
+            records, self._boxcar = self._boxcar, []
+            self._ship_asked = False
+        if records:
+            self.client.ship(records)
 
     def on_ack(self, pg: int, node_id: str, scl: int) -> None:
         with self._lock:
@@ -110,6 +158,7 @@ class LogWriter:
             raise StaleEpoch(f"this writer was fenced: {self.fenced_reason}")
         if self.tracker.vdl >= lsn:
             return
+        self.ship_now()
         future = self.loop.create_future()
         heapq.heappush(self._waiters, (lsn, next(self._seq), future))
         try:

@@ -14,14 +14,22 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 
 from aurora_db import pages
-from aurora_db.constants import BATCH_RECORDS_MAX, PAGE_ID_MAX, PAGES_PER_PG, STORAGE_REQUEST_TIMEOUT_MS
+from aurora_db.constants import (
+    BATCH_RECORDS_MAX,
+    ENGINE_INLINE_BUDGET_MS,
+    ENGINE_INLINE_RECORDS_MAX,
+    PAGE_ID_MAX,
+    PAGES_PER_PG,
+    STORAGE_REQUEST_TIMEOUT_MS,
+)
 from aurora_db.errors import ProgramLimitExceeded, StorageUnavailable
 from aurora_db.pages import Page
 from aurora_db.records import Record, pg_of_page
 from compute_node.buffer_cache import BufferCache
-from compute_node.log_writer import LogWriter
+from compute_node.log_writer import LogWriter, WouldWait
 from compute_node.storage_client import StorageClient
 
 log = logging.getLogger(__name__)
@@ -42,10 +50,32 @@ class PageStore:
         self._mtr: list[Record] | None = None
         self._mtr_pins: list[int] = []
         self.records_made = 0
+        self._inline: tuple[float, int] | None = None  # (deadline, records_made limit) of an inline call
+
+    # --- inline calls (Engine.call_restartable) -----------------------------------------------
+
+    def begin_inline(self) -> bool:
+        """On the loop thread, before an inline call: False if it could not even start without
+        waiting (no LSN room for it and its undo, or a cache full of pages not yet durable)."""
+        if not self.log_writer.has_room(4 * ENGINE_INLINE_RECORDS_MAX) or not self.cache.evict_to_capacity():
+            return False
+        self._inline = (time.monotonic() + ENGINE_INLINE_BUDGET_MS / 1000, self.records_made + ENGINE_INLINE_RECORDS_MAX)
+        return True
+
+    def end_inline(self) -> None:
+        """Lift the inline limits (also before undoing a given-up call: the undo must finish)."""
+        self._inline = None
+
+    def _check_inline(self) -> None:
+        deadline, records_limit = self._inline
+        if self.records_made > records_limit or time.monotonic() > deadline:
+            raise WouldWait("over the inline budget")
 
     # --- reads --------------------------------------------------------------------------------
 
     def get(self, page_id: int) -> Page:
+        if self._inline is not None and not self._mtr:  # never give up once an MTR made a record
+            self._check_inline()
         page = self.cache.get(page_id, may_wait=not self._mtr)  # never wait once an MTR made a record
         if page is None:
             raise AssertionError(f"page {page_id} does not exist on storage")
@@ -56,6 +86,8 @@ class PageStore:
 
     def _fetch(self, page_id: int) -> Page | None:
         """Read a page from one segment complete to the read point (runs on the engine thread)."""
+        if self.log_writer.on_loop_thread():
+            raise WouldWait(f"page {page_id} is not cached")
         pg = pg_of_page(page_id)
         read_point, complete = self.log_writer.read_point(pg)
         future = asyncio.run_coroutine_threadsafe(self.client.get_page(pg, page_id, read_point, complete), self.loop)
@@ -73,7 +105,10 @@ class PageStore:
         """A mini-transaction: reserve LSN room, fetch and pin `pages_used` (every existing page
         the MTR will read or change), collect records, ship them with a CPL at the end."""
         assert self._mtr is None, "MTRs do not nest"
-        self.cache.make_room()
+        if self.log_writer.on_loop_thread():
+            self.cache.evict_to_capacity()  # no waiting: the inline records limit bounds the excess
+        else:
+            self.cache.make_room()
         self.log_writer.reserve(records_max)
         self._mtr = []
         try:

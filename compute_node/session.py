@@ -257,13 +257,13 @@ class EngineSession:
             spec = copy_text.parse_copy(text)
             if spec.direction == "from":
                 return Statement(sql, "copy_in", [], None, copy=spec)
-            node, plan, types = await self.engine.call(
+            node, plan, types = await self.engine.call_restartable(
                 self.engine.prepare, copy_text.select_for_copy_to(spec), [], self.xid)
             if spec.binary:
                 copy_text.binary_type_oids(plan.columns)  # refused now, not after CopyOutResponse
             return Statement(sql, "copy_out", [], None, node, plan, types, copy=spec)
         param_types = [t.NAMES_BY_OID.get(oid, "unknown") if oid else "unknown" for oid in param_oids]
-        node, plan, types = await self.engine.call(self.engine.prepare, sql, param_types, self.xid)
+        node, plan, types = await self.engine.call_restartable(self.engine.prepare, sql, param_types, self.xid)
         oids = [t.OIDS[name] if name != "unknown" else TEXT_OID for name in types]
         return Statement(sql, "sql", oids, plan.columns, node, plan, types)
 
@@ -364,12 +364,13 @@ class EngineSession:
             return await self._start_copy_in(statement, implicit, autocommit)
         try:
             if kind == "canned":
-                rows = await self.engine.call(self.engine.run_canned, statement.canned, params, self)
+                rows = await self.engine.call_restartable(self.engine.run_canned, statement.canned, params, self)
                 return Result(f"SELECT {len(rows)}", statement.columns, rows)
             if getattr(statement.plan, "writes", True):
                 self.writes += 1
             statement.plan, result, commit_lsn = await self.call_waiting(
-                self.engine.run, statement.node, statement.plan, statement.param_types, params, self, autocommit)
+                statement.plan.restartable, self.engine.run, statement.node, statement.plan, statement.param_types,
+                params, self, autocommit)
         except Exception as error:
             raise await self._statement_failed(error, implicit, statement.sql) from None
         if commit_lsn is not None:
@@ -409,13 +410,14 @@ class EngineSession:
         self.queried = False
         self.settings["transaction_isolation"] = self.settings.get("default_transaction_isolation", "read committed")
 
-    async def call_waiting(self, fn, *args):
-        """Run `fn` on the engine thread; each time it meets a row lock (its own changes undone),
-        wait for the holder to end and run it again."""
+    async def call_waiting(self, restartable: bool, fn, *args):
+        """Run `fn` in an engine turn (Engine.call_restartable or Engine.call); each time it meets
+        a row lock (its own changes undone), wait for the holder to end and run it again."""
         ended_already = None  # a blocker that had ended when its wait began: a restart's reason
+        call = self.engine.call_restartable if restartable else self.engine.call
         while True:
             try:
-                return await self.engine.call(fn, *args)
+                return await call(fn, *args)
             except RowLockWait as wait:
                 if wait.xid == ended_already:  # a bug: the restart would meet it again, forever
                     raise InternalError(f"transaction {wait.xid} ended but still holds a row") from None
@@ -448,7 +450,7 @@ class EngineSession:
             await self._rollback()
         elif self.state is BlockState.IN_BLOCK and not self.savepoints and self.xid is not None:
             xid, self.xid = self.xid, None
-            await self.engine.call(self.engine.write_abort, xid)
+            await self.engine.call_restartable(self.engine.write_abort, xid)
         self._transition("error")
         if isinstance(error, DatabaseError):
             return error
@@ -487,7 +489,7 @@ class EngineSession:
 
     async def _start_copy_in(self, statement: Statement, implicit: bool, autocommit: bool) -> Result:
         try:
-            target = await self.engine.call(self.engine.copy_target, statement.copy, self)
+            target = await self.engine.call_restartable(self.engine.copy_target, statement.copy, self)
         except Exception as error:
             raise await self._statement_failed(error, implicit, statement.sql) from None
         self.writes += 1
@@ -505,7 +507,7 @@ class EngineSession:
         self._transaction_ended()
         if xid is None:
             return
-        commit_lsn = await self.engine.call(self.engine.write_commit, xid)
+        commit_lsn = await self.engine.call_restartable(self.engine.write_commit, xid)
         await self._wait_commit_durable(xid, commit_lsn)
 
     async def _wait_commit_durable(self, xid: int, commit_lsn: int) -> None:
@@ -537,7 +539,7 @@ class EngineSession:
         self._transition("end")
         self._transaction_ended()
         if xid is not None:
-            await self.engine.call(self.engine.write_abort, xid)
+            await self.engine.call_restartable(self.engine.write_abort, xid)
 
     async def close(self) -> None:
         if self.xid is not None:
@@ -619,7 +621,8 @@ class CopyInSink:
             return
         session = self.session
         try:
-            self.count += await session.call_waiting(session.engine.copy_rows, self.target, self.spec, lines, session)
+            self.count += await session.call_waiting(True, session.engine.copy_rows, self.target, self.spec, lines,
+                                                     session)
         except Exception as error:
             self._failed = True
             raise await session._statement_failed(error, self.implicit, self.statement.sql) from None

@@ -50,6 +50,9 @@ class Plan:
     columns: list[Column] | None = None
     tables: dict[str, tuple] = {}  # name -> catalog tid the plan was made from
     writes = False
+    # Statement undo (write_plans.undo_statement) covers every change it makes, so a run may be
+    # given up and started again (Engine.call_restartable); DDL plans are not.
+    restartable = True
 
     def run(self, ctx: Context) -> Result:
         raise NotImplementedError
