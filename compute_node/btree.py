@@ -56,6 +56,26 @@ class BTree:
     def lookup(self, key: tuple) -> list[tuple[int, int]]:
         return [tid for _, tid in self.range(key, key)]
 
+    def newest_first(self, key: tuple) -> Iterator[tuple[int, int]]:
+        """tids of the entries equal to `key`, the most recently inserted first.
+
+        Equal keys stay in insertion order (an insert goes after its equals, in the rightmost
+        leaf that can hold it), so the newest is found by one descent, reading back from there:
+        a hot row's newest versions cost O(log n) however many old ones its key still has. Only
+        when the equals run back past the start of that leaf is the whole run read."""
+        leaf = self.store.get(self._descend(key, rightmost=True)[-1])
+        keys, vals = leaf.keys, leaf.vals
+        index = bisect.bisect_right(keys, key) - 1
+        given = 0
+        while index >= 0 and keys[index] == key:
+            yield vals[index]
+            given += 1
+            index -= 1
+        if index >= 0:
+            return  # a smaller key ends the run inside this leaf
+        older = self.lookup(key)  # the run may continue in leaves to the left: read it whole
+        yield from reversed(older[:len(older) - given])
+
     def range(self, low: tuple | None, high: tuple | None, low_inclusive: bool = True,
               high_inclusive: bool = True) -> Iterator[tuple[tuple, tuple[int, int]]]:
         """(key, tid) for low <= key <= high in key order (None: unbounded). A bound shorter than

@@ -79,7 +79,7 @@ class TableSource:
             # row's key has many. A primary key is unique: a snapshot sees at most one version,
             # and versions are entered oldest first, so look from the newest and stop at it.
             tree = BTree(ctx.store, self._index_root(ctx))
-            for tid in reversed(tree.lookup(key)):
+            for tid in tree.newest_first(key):
                 xmin, xmax, values = heap.fetch(tid)
                 if ctx.visible(xmin, xmax):
                     yield tid, values

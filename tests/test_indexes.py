@@ -158,3 +158,25 @@ def test_a_unique_index_treats_nulls_as_distinct_and_a_build_finds_duplicates():
         ix.build(ctx, table, IndexDef("t_again", ("a", "c"), True, root))
     assert str(caught.value) == 'could not create unique index "t_again"'
     assert caught.value.detail == "Key (a, c)=(2, 2) is duplicated."
+
+
+@pytest.mark.parametrize("versions", [1, 3, 400])
+def test_newest_first_gives_a_keys_entries_newest_first_even_when_they_span_leaves(versions):
+    """A hot row's primary key gets an entry per version; a lookup reads them newest first."""
+    store = MemoryStore()
+    with store.mtr():
+        root = BTree.create(store)
+    tree = BTree(store, root)
+    rng = random.Random(versions)
+    inserted = {key: [] for key in range(5)}
+    for n in range(versions * 5):
+        key = rng.randrange(5)
+        tid = (1000 + n, n % 7)
+        path = tree.prepare_insert((key, "k" * 200))  # wide keys: a run of equals spans many leaves
+        with store.mtr():
+            tree.insert((key, "k" * 200), tid, path)
+        inserted[key].append(tid)
+    assert not store.pages[root].is_leaf or versions < 400
+    for key, tids in inserted.items():
+        assert list(tree.newest_first((key, "k" * 200))) == tids[::-1]
+    assert list(tree.newest_first((99, ""))) == []
