@@ -62,6 +62,7 @@ STATEMENT_ROWS_MAX = 10_000_000
 # (its changes undone) and runs again on the engine thread, so the loop is never held long.
 ENGINE_INLINE_BUDGET_MS = 5
 ENGINE_INLINE_RECORDS_MAX = 1024
+ENGINE_INLINE_MISSES_MAX = 8  # page misses of one inline call, each read outside the engine's turn
 
 # Timeouts.
 STORAGE_REQUEST_TIMEOUT_MS = 2_000

@@ -2,12 +2,13 @@
 
 Engine calls take turns (`_turn`), so pages need no latches. A restartable call (a query, a row
 change, a commit: anything that can be given up leaving nothing behind) first runs right on the
-event loop, which saves two thread hand-offs per statement; if it would wait for storage (a page
-not cached, LSN room, cache room) or outgrows its inline budget, it raises WouldWait, undoes its
-changes, and runs again on the engine thread, where waiting is allowed while the loop keeps the
-network (client sessions, storage links, acks) moving. Every other call (DDL, startup) runs on
-the engine thread. A commit waits for VDL on the loop, so commits of many sessions share acks
-(group commit). Invariants: engine state is touched only inside a turn; a fresh volume is
+event loop, which saves two thread hand-offs per statement. If it needs a page the cache lacks,
+it raises PageMiss and undoes its changes; the page is read in the background, outside the turn,
+so other sessions go on meanwhile, and the call runs again. If it would wait for anything else
+(LSN room, cache room) or outgrows its inline budget, it runs again on the engine thread, where
+waiting is allowed while the loop keeps the network (client sessions, storage links, acks) moving.
+Every other call (DDL, startup) runs on the engine thread. A commit waits for VDL on the loop, so
+commits of many sessions share acks (group commit). Invariants: engine state is touched only inside a turn; a fresh volume is
 initialized by one MTR, so VDL == 0 means "never initialized"; engine code never waits for
 another transaction: a statement that meets a row lock undoes its own changes and raises
 RowLockWait, and its session waits on the loop (transactions.py, write_plans.py).
@@ -24,6 +25,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
+from aurora_db.constants import ENGINE_INLINE_MISSES_MAX
 from aurora_db.errors import FeatureNotSupported, SyntaxError_
 from aurora_db.quorum import DurabilityTracker
 from compute_node import copy as copy_text
@@ -32,7 +34,7 @@ from compute_node.catalog import Catalog
 from compute_node.explain import is_explain
 from compute_node.executor import Context, Plan, plan_statement
 from compute_node.log_writer import LogWriter, WouldWait
-from compute_node.page_store import PageStore
+from compute_node.page_store import PageMiss, PageStore
 from compute_node.recovery import RecoveredVolume
 from compute_node.storage_client import StorageClient
 from compute_node.transactions import RowLockWait, Transactions
@@ -57,27 +59,45 @@ class Engine:
         self._parsed: collections.OrderedDict[str, exp.Expression] = collections.OrderedDict()
         self.calls_inline = 0  # restartable calls finished on the loop / moved to the engine thread
         self.calls_moved = 0
+        self.inline_misses = 0  # page misses of inline calls, each read in the background and retried
 
     async def call(self, fn, *args):
         """Run `fn` on the engine thread, where it may wait for storage."""
         async with self._turn:
+            self.store.install_fetched()
             return await self.loop.run_in_executor(self._thread, fn, *args)
 
     async def call_restartable(self, fn, *args):
         """Run `fn` on the loop if it finishes there without waiting, else on the engine thread.
+
         `fn` must leave nothing behind when it raises WouldWait: it only reads, makes its changes
-        in one MTR that waits before its first record, or undoes them (`_undoable`)."""
-        async with self._turn:
-            if self.store.begin_inline():
-                try:
-                    result = fn(*args)
-                    self.calls_inline += 1
-                    return result
-                except WouldWait:
+        in one MTR that waits before its first record, or undoes them (`_undoable`). A page miss
+        does not hold the turn while storage answers: the page is read in the background, and
+        `fn` runs again, up to ENGINE_INLINE_MISSES_MAX times (a scan of a cold table then moves
+        to the engine thread, which reads page after page in one turn)."""
+        misses = 0
+        while True:
+            async with self._turn:
+                self.store.install_fetched()
+                fetch = None
+                if self.store.begin_inline():
+                    try:
+                        result = fn(*args)
+                        self.calls_inline += 1
+                        return result
+                    except PageMiss as miss:
+                        if misses < ENGINE_INLINE_MISSES_MAX:
+                            fetch = self.store.start_fetch(miss.page_id)
+                    except WouldWait:
+                        pass
+                    finally:
+                        self.store.end_inline()
+                if fetch is None:
                     self.calls_moved += 1
-                finally:
-                    self.store.end_inline()
-            return await self.loop.run_in_executor(self._thread, fn, *args)
+                    return await self.loop.run_in_executor(self._thread, fn, *args)
+            misses += 1
+            self.inline_misses += 1
+            await asyncio.wait([fetch])  # its failure, if any, is met again by the retry
 
     def shutdown(self) -> None:
         self._thread.shutdown(wait=False, cancel_futures=True)
@@ -192,6 +212,7 @@ class Engine:
                 "cache_pages": len(self.store.cache), "cache_hits": self.store.cache.hits,
                 "cache_misses": self.store.cache.misses, "active_transactions": len(self.transactions.active),
                 "engine_calls_inline": self.calls_inline, "engine_calls_moved": self.calls_moved,
+                "engine_inline_misses": self.inline_misses,
                 "records_made": self.store.records_made, "storage_bytes_sent": client.bytes_sent,
                 "storage_requests_sent": client.requests_sent,
                 "pgcl": {str(pg): lsn for pg, lsn in tracker.pgcl.items()}}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -41,6 +42,22 @@ assert MTR_RECORDS_MAX <= BATCH_RECORDS_MAX  # one MTR always fits one append re
 PAGE_FETCH_TIMEOUT_MS = 5 * STORAGE_REQUEST_TIMEOUT_MS  # above the client's own deadline
 
 
+class PageMiss(WouldWait):
+    """An inline call needs a page the cache lacks: read it outside the engine's turn, then retry."""
+
+    def __init__(self, page_id: int):
+        super().__init__(f"page {page_id} is not cached")
+        self.page_id = page_id
+
+
+@dataclasses.dataclass
+class _Fetch:
+    """A page read in flight for a PageMiss; installed at the next turn unless superseded."""
+
+    task: asyncio.Task
+    superseded: bool = False  # the page entered the cache meanwhile: this copy may be older
+
+
 class PageStore:
     def __init__(self, loop: asyncio.AbstractEventLoop, client: StorageClient, log_writer: LogWriter, cache_pages: int):
         self.loop = loop
@@ -51,6 +68,7 @@ class PageStore:
         self._mtr_pins: list[int] = []
         self.records_made = 0
         self._inline: tuple[float, int] | None = None  # (deadline, records_made limit) of an inline call
+        self._fetching: dict[int, _Fetch] = {}  # at most one per session: each waits for its own
 
     # --- inline calls (Engine.call_restartable) -----------------------------------------------
 
@@ -71,6 +89,42 @@ class PageStore:
         if self.records_made > records_limit or time.monotonic() > deadline:
             raise WouldWait("over the inline budget")
 
+    # --- page misses of inline calls ---------------------------------------------------------
+
+    def start_fetch(self, page_id: int) -> asyncio.Task:
+        """Inside the engine's turn, on the loop: read `page_id` at the read point, in the
+        background, so that the turn is not held while storage answers. Returns the task to wait
+        for (its errors are for the retry to meet again, not raised here)."""
+        fetch = self._fetching.get(page_id)
+        if fetch is None:
+            fetch = self._fetching[page_id] = _Fetch(self.loop.create_task(self._read_page(page_id)))
+        return fetch.task
+
+    async def _read_page(self, page_id: int) -> Page | None:
+        pg = pg_of_page(page_id)
+        read_point, complete = self.log_writer.read_point(pg)
+        wire = await self.client.get_page(pg, page_id, read_point, complete)
+        return pages.from_wire(wire) if wire is not None else None
+
+    def install_fetched(self) -> None:
+        """At the start of every engine turn: put pages read since into the cache. A copy is
+        dropped if the page entered the cache after its read began (then it may have changed,
+        become durable and been evicted again, and the copy would bring back an old version)."""
+        for page_id, fetch in list(self._fetching.items()):
+            if not fetch.task.done():
+                continue
+            del self._fetching[page_id]
+            if fetch.superseded or fetch.task.cancelled() or fetch.task.exception() is not None:
+                continue
+            page = fetch.task.result()
+            if page is not None and page_id not in self.cache:
+                self.cache.put(page)
+
+    def _supersede(self, page_id: int) -> None:
+        fetch = self._fetching.get(page_id)
+        if fetch is not None:
+            fetch.superseded = True
+
     # --- reads --------------------------------------------------------------------------------
 
     def get(self, page_id: int) -> Page:
@@ -87,16 +141,15 @@ class PageStore:
     def _fetch(self, page_id: int) -> Page | None:
         """Read a page from one segment complete to the read point (runs on the engine thread)."""
         if self.log_writer.on_loop_thread():
-            raise WouldWait(f"page {page_id} is not cached")
-        pg = pg_of_page(page_id)
-        read_point, complete = self.log_writer.read_point(pg)
-        future = asyncio.run_coroutine_threadsafe(self.client.get_page(pg, page_id, read_point, complete), self.loop)
+            raise PageMiss(page_id)
+        future = asyncio.run_coroutine_threadsafe(self._read_page(page_id), self.loop)
         try:
-            wire = future.result(PAGE_FETCH_TIMEOUT_MS / 1000)
+            page = future.result(PAGE_FETCH_TIMEOUT_MS / 1000)
         except TimeoutError:
             future.cancel()
             raise StorageUnavailable(f"reading page {page_id} timed out after {PAGE_FETCH_TIMEOUT_MS} ms") from None
-        return pages.from_wire(wire) if wire is not None else None
+        self._supersede(page_id)  # this copy is at least as new as one read in the background
+        return page
 
     # --- changes ------------------------------------------------------------------------------
 
@@ -144,6 +197,7 @@ class PageStore:
         page = pages.apply(page, record)
         if op.endswith("_init"):
             self.cache.put(page)
+            self._supersede(page_id)
             self.cache.pin(page_id)
             self._mtr_pins.append(page_id)
         self._mtr.append(record)
