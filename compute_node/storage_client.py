@@ -68,6 +68,7 @@ class NodeLink:
         self.az: str | None = None
         self.connected = asyncio.Event()
         self._writer: asyncio.StreamWriter | None = None
+        self._unsent: list[bytes] = []  # frames for the current connection, written once per loop turn
         self._replies: dict[int, asyncio.Future] = {}
         self._ids = itertools.count(1)
         self._queue: collections.deque[tuple[int, list]] = collections.deque()  # (pg, sealed records)
@@ -103,7 +104,7 @@ class NodeLink:
         self._replies[request_id] = future
         try:
             frame = encode_frame({**message, "id": request_id})
-            self._writer.write(frame)
+            self._send_frame(frame)
             self.client.bytes_sent += len(frame)
             self.client.requests_sent += 1
             reply = await asyncio.wait_for(future, timeout_ms / 1000)
@@ -117,6 +118,18 @@ class NodeLink:
                 self.client.on_fenced(self.node_id, reply.get("message", ""))
             raise RequestFailed(self.node_id, code, reply.get("message", ""))
         return reply
+
+    def _send_frame(self, frame: bytes) -> None:
+        """Queue a frame and write every frame queued in this loop turn with one write: the
+        appends of a boxcar (one per PG) and catch-up requests cost one send, not one each."""
+        if not self._unsent:
+            asyncio.get_running_loop().call_soon(self._write_unsent)
+        self._unsent.append(frame)
+
+    def _write_unsent(self) -> None:
+        if self._unsent and self._writer is not None:
+            self._writer.write(b"".join(self._unsent))
+        self._unsent.clear()
 
     # --- shipping -----------------------------------------------------------------------------
 
@@ -286,6 +299,7 @@ class NodeLink:
         self.connected.clear()
         self._queue.clear()
         self._queued_records = 0
+        self._unsent.clear()  # never written to the next connection: their requests fail below
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -330,6 +344,18 @@ class StorageClient:
 
     def on_fenced(self, node_id: str, message: str) -> None:
         self._on_fenced(f"{node_id} refused this writer: {message}")
+
+    def _send_frame(self, frame: bytes) -> None:
+        """Queue a frame and write every frame queued in this loop turn with one write: the
+        appends of a boxcar (one per PG) and catch-up requests cost one send, not one each."""
+        if not self._unsent:
+            asyncio.get_running_loop().call_soon(self._write_unsent)
+        self._unsent.append(frame)
+
+    def _write_unsent(self) -> None:
+        if self._unsent and self._writer is not None:
+            self._writer.write(b"".join(self._unsent))
+        self._unsent.clear()
 
     # --- shipping -----------------------------------------------------------------------------
 

@@ -121,6 +121,13 @@ class Disk:
 # --- the network side -------------------------------------------------------------------------
 
 
+def _reply_frame(reply: dict) -> bytes:
+    try:
+        return encode_frame(reply)
+    except FrameError as error:
+        return encode_frame(sp.error(reply.get("id"), sp.ERROR_INTERNAL, str(error)))
+
+
 class StorageServer:
     def __init__(self, node: Node, disk: Disk):
         self.node = node
@@ -194,18 +201,25 @@ class StorageServer:
             return sp.error(request.get("id"), sp.ERROR_INTERNAL, repr(error))
 
     async def _send_replies(self, in_flight: asyncio.Queue, writer: asyncio.StreamWriter, peer) -> None:
+        """Answer in the order received; replies already known are written together, with one
+        write (a group fsync answers a whole boxcar of appends at once)."""
         try:
             while True:
                 future = await in_flight.get()
+                frames: list[bytes] = []
+                while future is not None:
+                    if not future.done() and frames:
+                        writer.write(b"".join(frames))  # do not hold known replies for a slow one
+                        frames = []
+                    frames.append(_reply_frame(await future))
+                    if in_flight.empty():
+                        break
+                    future = in_flight.get_nowait()
+                if frames:
+                    writer.write(b"".join(frames))
+                    await writer.drain()
                 if future is None:
                     return
-                reply = await future
-                try:
-                    frame = encode_frame(reply)
-                except FrameError as error:
-                    frame = encode_frame(sp.error(reply.get("id"), sp.ERROR_INTERNAL, str(error)))
-                writer.write(frame)
-                await writer.drain()
         except (ConnectionError, OSError) as error:
             log.info("connection from %s: %s", peer, error)
             writer.close()
