@@ -33,6 +33,10 @@ class UndefinedColumn(DatabaseError):
     sqlstate = "42703"
 
 
+class InvalidColumnReference(DatabaseError):
+    sqlstate = "42P10"
+
+
 class UndefinedFunction(DatabaseError):
     sqlstate = "42883"
 

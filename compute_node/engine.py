@@ -26,15 +26,17 @@ from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
 from aurora_db.constants import ENGINE_INLINE_MISSES_MAX
-from aurora_db.errors import FeatureNotSupported, SyntaxError_
+from aurora_db.errors import DatabaseError, FeatureNotSupported, SyntaxError_
 from aurora_db.quorum import DurabilityTracker
 from compute_node import copy as copy_text
 from compute_node import introspection
+from compute_node import sql_types as t
 from compute_node.catalog import Catalog
 from compute_node.explain import is_explain
 from compute_node.executor import Context, Plan, plan_statement
 from compute_node.log_writer import LogWriter, WouldWait
 from compute_node.page_store import PageMiss, PageStore
+from compute_node.plan_cache import PlanCache
 from compute_node.recovery import RecoveredVolume
 from compute_node.storage_client import StorageClient
 from compute_node.transactions import RowLockWait, Transactions
@@ -43,6 +45,42 @@ from compute_node.write_plans import undo_statement
 log = logging.getLogger(__name__)
 
 PARSE_CACHE_ENTRIES_MAX = 1024
+
+
+class Turn:
+    """Whose turn it is to run engine code: a FIFO mutex for coroutines of one loop. Taking a
+    free turn never yields; a released turn passes straight to the first waiter, still held."""
+
+    def __init__(self):
+        self._held = False
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+
+    async def __aenter__(self) -> None:
+        if not self._held and not self._waiters:
+            self._held = True
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.cancelled():
+                if future in self._waiters:
+                    self._waiters.remove(future)
+            else:
+                self._release()  # handed the turn, then cancelled before using it: pass it on
+            raise
+
+    async def __aexit__(self, *exc_info) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        while self._waiters:
+            future = self._waiters.popleft()
+            if not future.done():
+                future.set_result(None)
+                return
+        self._held = False
 
 
 class Engine:
@@ -55,8 +93,9 @@ class Engine:
         self.transactions = Transactions(self.store)
         self.catalog = Catalog(self.store, self.transactions)
         self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
-        self._turn = asyncio.Lock()  # one engine call at a time, in arrival order
+        self._turn = Turn()  # one engine call at a time, in arrival order
         self._parsed: collections.OrderedDict[str, exp.Expression] = collections.OrderedDict()
+        self.plans = PlanCache()
         self.calls_inline = 0  # restartable calls finished on the loop / moved to the engine thread
         self.calls_moved = 0
         self.inline_misses = 0  # page misses of inline calls, each read in the background and retried
@@ -137,11 +176,41 @@ class Engine:
         tables = self.catalog.tables(snapshot, xid)
         return plan_statement(node, tables, param_types)
 
-    def prepare(self, sql: str, param_types: list[str], xid: int | None) -> tuple[exp.Expression, Plan, list[str]]:
+    def prepare(self, sql: str, param_types: list[str], xid: int | None
+                ) -> tuple[exp.Expression, Plan, list[str], list]:
+        """Parse and plan; returns (node, plan, resolved parameter types, bound values). A
+        statement without parameters of its own that has literals runs as its cached template
+        (plan_cache.py): then the bound values are its literals, to be passed as the first
+        parameters of every run."""
+        snapshot = self.transactions.snapshot()
+        if not param_types:
+            reshaped = self._prepare_template(sql, snapshot, xid)
+            if reshaped is not None:
+                return reshaped
         node = self.parse(sql)
         types = list(param_types)
-        plan = self.plan(node, types, self.transactions.snapshot(), xid)
-        return node, plan, types
+        plan = self.plan(node, types, snapshot, xid)
+        return node, plan, types, []
+
+    def _prepare_template(self, sql: str, snapshot, xid):
+        tables = self.catalog.tables(snapshot, xid)
+
+        def plan(node, kinds):
+            types = list(kinds)
+            return plan_statement(node, tables, types), types
+
+        def is_current(plan_made) -> bool:
+            return all((tables[name].tid if name in tables else None) == tid for name, tid in plan_made.tables.items())
+
+        try:
+            found = self.plans.lookup(sql, self.parse, plan, is_current)
+        except DatabaseError:
+            return None  # the template does not plan: the statement as written decides (and errs)
+        if found is None:
+            return None
+        entry, texts = found
+        values = [t.parse_text(text, type_name) for text, type_name in zip(texts, entry.param_types)]
+        return entry.node, entry.plan, entry.param_types, values
 
     def run(self, node: exp.Expression, plan: Plan, param_types: list[str], params: list, session,
             autocommit: bool) -> tuple[Plan, object, int | None]:
@@ -213,6 +282,7 @@ class Engine:
                 "cache_misses": self.store.cache.misses, "active_transactions": len(self.transactions.active),
                 "engine_calls_inline": self.calls_inline, "engine_calls_moved": self.calls_moved,
                 "engine_inline_misses": self.inline_misses,
+                "plan_cache_hits": self.plans.hits, "plan_cache_misses": self.plans.misses,
                 "records_made": self.store.records_made, "storage_bytes_sent": client.bytes_sent,
                 "storage_requests_sent": client.requests_sent,
                 "pgcl": {str(pg): lsn for pg, lsn in tracker.pgcl.items()}}

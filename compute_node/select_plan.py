@@ -13,7 +13,13 @@ import functools
 
 from sqlglot import exp
 
-from aurora_db.errors import FeatureNotSupported, GroupingError, UndefinedColumn, UndefinedFunction, UndefinedTable
+from aurora_db.errors import (
+    FeatureNotSupported,
+    GroupingError,
+    InvalidColumnReference,
+    UndefinedFunction,
+    UndefinedTable,
+)
 from compute_node import sql_types as t
 from compute_node.backend import Column, Result
 from compute_node.catalog import TableDef
@@ -189,7 +195,7 @@ class SelectPlan(Plan):
         self.output_fns = []
         out_types = []
         if self.grouped:
-            self._plan_grouping(group, aggregates, scope)
+            self._plan_grouping(group, aggregates, scope, projections)
         for node, _ in projections:
             fn, type_name = compile_expr(node, self.out_scope if self.grouped else scope)
             self.output_fns.append(fn)
@@ -215,10 +221,15 @@ class SelectPlan(Plan):
                 return self.from_plan.origins.get(column.index, (0, 0))
         return 0, 0
 
-    def _plan_grouping(self, group, aggregates, scope):
+    def _plan_grouping(self, group, aggregates, scope, projections):
         self.group_fns = []
         replacements = {}
         for node in (group.expressions if group is not None else []):
+            if isinstance(node, exp.Literal) and not node.is_string:  # GROUP BY 2: the second output column
+                position = int(node.this)
+                if not 1 <= position <= len(projections):
+                    raise InvalidColumnReference(f"GROUP BY position {position} is not in select list")
+                node = projections[position - 1][0]
             fn, type_name = compile_expr(node, scope)
             slot = len(self.group_fns)
             self.group_fns.append(fn)
@@ -260,7 +271,7 @@ class SelectPlan(Plan):
             if isinstance(node, exp.Literal) and not node.is_string:
                 position = int(node.this)
                 if not 1 <= position <= len(projections):
-                    raise UndefinedColumn(f"ORDER BY position {position} is not in select list")
+                    raise InvalidColumnReference(f"ORDER BY position {position} is not in select list")
                 keys.append(("output", position - 1, descending))
             elif isinstance(node, exp.Column) and not node.table and node.name in names and \
                     not any(c.name == node.name for c in scope.columns if not self.grouped):

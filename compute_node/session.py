@@ -134,6 +134,7 @@ class Statement:
     extended: bool = True  # prepared by Parse: outside a block, its implicit transaction ends at Sync
     copy: copy_text.CopySpec | None = None
     canned: introspection.Canned | None = None
+    bound_values: list = dataclasses.field(default_factory=list)  # a cached template's literals: its first parameters
 
 
 def split_statements(sql: str) -> list[str]:
@@ -257,15 +258,15 @@ class EngineSession:
             spec = copy_text.parse_copy(text)
             if spec.direction == "from":
                 return Statement(sql, "copy_in", [], None, copy=spec)
-            node, plan, types = await self.engine.call_restartable(
+            node, plan, types, bound = await self.engine.call_restartable(
                 self.engine.prepare, copy_text.select_for_copy_to(spec), [], self.xid)
             if spec.binary:
                 copy_text.binary_type_oids(plan.columns)  # refused now, not after CopyOutResponse
-            return Statement(sql, "copy_out", [], None, node, plan, types, copy=spec)
+            return Statement(sql, "copy_out", [], None, node, plan, types, copy=spec, bound_values=bound)
         param_types = [t.NAMES_BY_OID.get(oid, "unknown") if oid else "unknown" for oid in param_oids]
-        node, plan, types = await self.engine.call_restartable(self.engine.prepare, sql, param_types, self.xid)
-        oids = [t.OIDS[name] if name != "unknown" else TEXT_OID for name in types]
-        return Statement(sql, "sql", oids, plan.columns, node, plan, types)
+        node, plan, types, bound = await self.engine.call_restartable(self.engine.prepare, sql, param_types, self.xid)
+        oids = [t.OIDS[name] if name != "unknown" else TEXT_OID for name in types[len(bound):]]
+        return Statement(sql, "sql", oids, plan.columns, node, plan, types, bound_values=bound)
 
     # --- execute ------------------------------------------------------------------------------
 
@@ -370,7 +371,7 @@ class EngineSession:
                 self.writes += 1
             statement.plan, result, commit_lsn = await self.call_waiting(
                 statement.plan.restartable, self.engine.run, statement.node, statement.plan, statement.param_types,
-                params, self, autocommit)
+                statement.bound_values + params if statement.bound_values else params, self, autocommit)
         except Exception as error:
             raise await self._statement_failed(error, implicit, statement.sql) from None
         if commit_lsn is not None:

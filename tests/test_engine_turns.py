@@ -4,9 +4,11 @@ changes undone and runs again, so its effects land exactly once, and other sessi
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 
 from aurora_db.constants import ENGINE_INLINE_RECORDS_MAX
+from compute_node.engine import Turn
 from tests.admin import writer_status
 
 ROWS = 3 * ENGINE_INLINE_RECORDS_MAX  # an UPDATE of all of them makes far more records than one inline call may
@@ -53,3 +55,27 @@ def test_page_misses_are_read_in_the_background_and_sessions_get_the_right_rows(
     assert _admin_status(sql_cluster)["engine_inline_misses"] > before["engine_inline_misses"]
     with sql_cluster.connect() as connection:
         connection.execute("DROP TABLE turns_cold")
+
+
+def test_turns_are_taken_in_arrival_order_and_a_cancelled_waiter_passes_its_turn_on():
+    async def scenario():
+        turn, order = Turn(), []
+
+        async def worker(name, hold_s):
+            async with turn:
+                order.append(name)
+                await asyncio.sleep(hold_s)
+
+        first = asyncio.create_task(worker("first", 0.05))
+        await asyncio.sleep(0)
+        waiting = [asyncio.create_task(worker(name, 0)) for name in ("second", "third", "fourth")]
+        await asyncio.sleep(0)
+        waiting[1].cancel()  # "third" gives up while waiting
+        await asyncio.gather(first, waiting[0], waiting[2])
+        assert waiting[1].cancelled()
+        assert order == ["first", "second", "fourth"]
+        async with turn:  # free again: taken at once
+            order.append("last")
+        assert order[-1] == "last"
+
+    asyncio.run(scenario())

@@ -45,6 +45,8 @@ QUERIES = [
     "SELECT count(*), sum(id), avg(id), min(id) FROM {t} WHERE id > 100",
     "SELECT flag, count(*), sum(id) FROM {t} GROUP BY flag ORDER BY flag",
     "SELECT flag, count(*) FROM {t} GROUP BY flag HAVING count(*) > 2 ORDER BY 1",
+    "SELECT flag, count(*) FROM {t} WHERE id > 1 GROUP BY 1 ORDER BY 1",
+    "SELECT note IS NULL, count(*), max(id) FROM {t} GROUP BY 1 ORDER BY 2, 1",
     "SELECT id, score FROM {t} ORDER BY score DESC, id",
     "SELECT id, score FROM {t} ORDER BY score, id",
     "SELECT id, note FROM {t} ORDER BY note DESC, id LIMIT 3",
@@ -84,6 +86,8 @@ ERRORS = [
     "SELECT id, count(*) FROM {t}",
     "CREATE TABLE {t} (a int)",
     "DROP TABLE no_such_table",
+    "SELECT flag FROM {t} GROUP BY 2",
+    "SELECT flag FROM {t} ORDER BY 0",
 ]
 
 

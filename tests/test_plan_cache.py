@@ -1,0 +1,104 @@
+"""Plans cached by statement shape (compute_node/plan_cache.py): statements that differ only in
+literal values share one parse and plan, and still answer exactly as PostgreSQL 15 does, also
+where a literal's value is part of the meaning (ordinals, LIMIT, type modifiers, typed literals)."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from compute_node.plan_cache import PlanCache, shape_of
+from tests.admin import writer_status
+
+
+def test_statements_differing_only_in_literal_values_share_a_shape():
+    first = shape_of("UPDATE t SET v = v + 5 WHERE id = 7 AND name = 'a'")
+    second = shape_of("UPDATE t SET v = v + 123 WHERE id = 99 AND name = 'it''s'")
+    assert first.key == second.key
+    assert [text for _, _, text in second.literals] == ["123", "99", "it's"]
+    assert second.kinds == ("int4", "int4", "unknown")
+
+
+def test_a_literals_kind_is_part_of_the_shape_as_postgresql_types_it():
+    kinds = [shape_of(f"SELECT {literal}").kinds for literal in ("1", "3000000000", "99999999999999999999", "1.5")]
+    assert kinds == [("int4",), ("int8",), ("numeric",), ("numeric",)]
+    assert shape_of("SELECT 1").key != shape_of("SELECT 1.0").key
+
+
+def test_statements_that_are_not_reshaped():
+    assert shape_of("SELECT * FROM t WHERE id = $1") is None  # parameters of its own
+    assert shape_of("CREATE TABLE t (a varchar(20))") is None
+    assert shape_of("SELECT a FROM t") is None  # no literal
+    assert shape_of("SELECT 1e5") is None  # an exponent number stays as written: no literal left
+    assert shape_of("SELECT 1e5, 2").kinds == ("int4",)
+
+
+def _pinned(sql):
+    import sqlglot
+    cache = PlanCache()
+    parse = lambda text: sqlglot.parse_one(text, read="postgres")
+    plan = lambda node, kinds: (object(), list(kinds))
+    entry, values = cache.lookup(sql, parse, plan, lambda _: True)
+    return values, entry.node.sql(dialect="postgres")
+
+
+@pytest.mark.parametrize("sql, bound, kept", [
+    ("SELECT a, b FROM t WHERE a > 5 ORDER BY 2, 1", ["5"], ["ORDER BY 2, 1"]),
+    ("SELECT a, count(*) FROM t WHERE b = 'x' GROUP BY 1", ["x"], ["GROUP BY 1"]),
+    ("SELECT a FROM t WHERE a = 3 LIMIT 10 OFFSET 20", ["3"], ["LIMIT 10", "OFFSET 20"]),
+    ("SELECT CAST(a AS VARCHAR(20)) FROM t WHERE a = 1", ["1"], ["VARCHAR(20)"]),
+    ("SELECT DATE '2020-01-02' FROM t WHERE a = 1", ["1"], ["2020-01-02"]),
+])
+def test_literals_that_carry_meaning_stay_in_the_template(sql, bound, kept):
+    values, template = _pinned(sql)
+    assert values == bound
+    for text in kept:
+        assert text in template, template
+
+
+STATEMENTS = [  # each run with two sets of literals: the second reuses the first's plan
+    ("SELECT {0} + 1, {1} * 2, 'x' || {2}", [("1", "2", "'a'"), ("10", "3.5", "'b'")]),
+    ("SELECT {0}", [("'text'",), ("'more'",)]),
+    ("SELECT {0}", [("3000000000",), ("3000000001",)]),
+    ("SELECT {0}::int + 1", [("'41'",), ("'9'",)]),
+    ("SELECT {0} / {1}, {0} % {1}", [("7", "2"), ("-9", "4")]),
+    ("SELECT id, name FROM {{t}} WHERE id > {0} ORDER BY {1} DESC LIMIT {2}", [("1", "1", "2"), ("2", "2", "3")]),
+    ("SELECT name, count(*) FROM {{t}} WHERE id < {0} GROUP BY {1} ORDER BY 1", [("10", "1"), ("4", "1")]),
+    ("SELECT CAST(name AS varchar({0})) FROM {{t}} WHERE id = {1}", [("2", "1"), ("4", "2")]),
+    ("SELECT id FROM {{t}} WHERE name LIKE {0} ORDER BY id", [("'%a'",), ("'b%'",)]),
+    ("SELECT id FROM {{t}} WHERE id IN ({0}, {1}) AND name <> {2} ORDER BY id", [("1", "2", "'x'"), ("3", "4", "'gamma'")]),
+    ("SELECT CASE WHEN id = {0} THEN {1} ELSE {2} END FROM {{t}} ORDER BY id", [("1", "'one'", "'other'"), ("2", "2", "3")]),
+]
+
+
+@pytest.mark.parametrize("simple_protocol", [True, False], ids=["simple", "extended"])
+def test_cached_templates_answer_like_postgresql(sql_cluster, postgres_server, simple_protocol):
+    table = f"shapes_{'simple' if simple_protocol else 'extended'}"
+    connections = []
+    for server in (sql_cluster, postgres_server):
+        connection = psycopg.connect(server.url, autocommit=True,
+                                     cursor_factory=psycopg.ClientCursor if simple_protocol else psycopg.Cursor)
+        connection.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, name text NOT NULL)")
+        connection.execute(f"INSERT INTO {table} VALUES (1, 'alpha'), (2, 'beta'), (3, 'gamma'), (4, 'delta')")
+        connections.append(connection)
+    hits_before = writer_status(sql_cluster.port + 20)["plan_cache_hits"]
+    try:
+        for pattern, literal_sets in STATEMENTS:
+            for literals in literal_sets:
+                sql = pattern.format(*literals).format(t=table)
+                answers = []
+                for connection in connections:
+                    cursor = connection.execute(sql)
+                    answers.append((cursor.fetchall(), [column.type_code for column in cursor.description]))
+                assert answers[0] == answers[1], sql
+        errors = []
+        for connection in connections:
+            with pytest.raises(psycopg.Error) as caught:
+                connection.execute(f"SELECT id FROM {table} WHERE id = 'not a number'")
+            errors.append(caught.value.sqlstate)
+        assert errors[0] == errors[1] == "22P02"
+    finally:
+        for connection in connections:
+            connection.execute(f"DROP TABLE {table}")
+            connection.close()
+    assert writer_status(sql_cluster.port + 20)["plan_cache_hits"] > hits_before
