@@ -172,10 +172,6 @@ class Engine:
             self._parsed.popitem(last=False)
         return node
 
-    def plan(self, node: exp.Expression, param_types: list[str], snapshot, xid) -> Plan:
-        tables = self.catalog.tables(snapshot, xid)
-        return plan_statement(node, tables, param_types)
-
     def prepare(self, sql: str, param_types: list[str], xid: int | None
                 ) -> tuple[exp.Expression, Plan, list[str], list]:
         """Parse and plan; returns (node, plan, resolved parameter types, bound values). A
@@ -183,34 +179,31 @@ class Engine:
         (plan_cache.py): then the bound values are its literals, to be passed as the first
         parameters of every run."""
         snapshot = self.transactions.snapshot()
-        if not param_types:
-            reshaped = self._prepare_template(sql, snapshot, xid)
-            if reshaped is not None:
-                return reshaped
-        node = self.parse(sql)
-        types = list(param_types)
-        plan = self.plan(node, types, snapshot, xid)
-        return node, plan, types, []
-
-    def _prepare_template(self, sql: str, snapshot, xid):
         tables = self.catalog.tables(snapshot, xid)
+        plan, is_current = self._planner_for(tables)
+        if not param_types:
+            try:
+                found = self.plans.lookup(sql, self.parse, plan, is_current)
+            except DatabaseError:
+                found = None  # the template does not plan: the statement as written decides (and errs)
+            if found is not None:
+                entry, texts = found
+                values = [t.parse_text(text, type_name) for text, type_name in zip(texts, entry.param_types)]
+                return entry.node, entry.plan, entry.param_types, values
+        entry = self.plans.lookup_text(sql, param_types, self.parse, plan, is_current)
+        return entry.node, entry.plan, list(entry.param_types), []
 
-        def plan(node, kinds):
-            types = list(kinds)
+    @staticmethod
+    def _planner_for(tables: dict):
+        """plan(node, types) -> (plan, resolved types), and is_current(plan): planned from `tables`."""
+        def plan(node, types):
+            types = list(types)
             return plan_statement(node, tables, types), types
 
         def is_current(plan_made) -> bool:
             return all((tables[name].tid if name in tables else None) == tid for name, tid in plan_made.tables.items())
 
-        try:
-            found = self.plans.lookup(sql, self.parse, plan, is_current)
-        except DatabaseError:
-            return None  # the template does not plan: the statement as written decides (and errs)
-        if found is None:
-            return None
-        entry, texts = found
-        values = [t.parse_text(text, type_name) for text, type_name in zip(texts, entry.param_types)]
-        return entry.node, entry.plan, entry.param_types, values
+        return plan, is_current
 
     def run(self, node: exp.Expression, plan: Plan, param_types: list[str], params: list, session,
             autocommit: bool) -> tuple[Plan, object, int | None]:
@@ -220,9 +213,9 @@ class Engine:
         statement's records and its commit record travel to storage together; returns
         (plan, result, commit LSN or None)."""
         snapshot = session.statement_snapshot(self.transactions)
-        tables = self.catalog.tables(snapshot, session.xid)
-        if any((tables[name].tid if name in tables else None) != tid for name, tid in plan.tables.items()):
-            plan = plan_statement(node, tables, list(param_types))
+        replan, is_current = self._planner_for(self.catalog.tables(snapshot, session.xid))
+        if not is_current(plan):
+            plan, _ = replan(node, param_types)
         context = Context(self.store, self.transactions, self.catalog, snapshot, session, params, session.settings)
         result, commit_lsn = self._undoable(session, self._run_and_commit, plan, context, autocommit)
         return plan, result, commit_lsn

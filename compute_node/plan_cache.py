@@ -1,5 +1,6 @@
 """Plans cached by statement shape: the same statement with other literal values is not parsed or
-planned again (parsing with sqlglot alone costs more than running a primary-key lookup).
+planned again (parsing with sqlglot alone costs more than running a primary-key lookup). A
+statement with parameters of its own is cached by its text and declared parameter types.
 
 A statement's shape is its token stream with every literal that may vary replaced by a
 parameter: `UPDATE t SET v = v + 5 WHERE id = 7` runs as the template
@@ -179,6 +180,23 @@ class PlanCache:
             entry = Entry(node, plan_made, types, bound)
             self._remember(self._entries, entry_key, entry)
         return entry, [shape.literals[i][2] for i in entry.bound]
+
+    def lookup_text(self, sql: str, param_types: list[str], parse, plan, is_current) -> Entry:
+        """The entry for a statement with parameters of its own (an extended-protocol Parse, made
+        again for every execution by clients that do not name their statements): keyed by its
+        text and declared parameter types."""
+        entry_key = ("text", sql, tuple(param_types))
+        entry = self._entries.get(entry_key)
+        if entry is not None and is_current(entry.plan):
+            self._entries.move_to_end(entry_key)
+            self.hits += 1
+            return entry
+        self.misses += 1
+        node = entry.node if entry is not None else parse(sql)
+        plan_made, types = plan(node, list(param_types))
+        entry = Entry(node, plan_made, types, ())
+        self._remember(self._entries, entry_key, entry)
+        return entry
 
     def _pinned_for(self, sql: str, shape: Shape, parse) -> tuple[int, ...] | str:
         pinned = self._pinned.get(shape.key)
