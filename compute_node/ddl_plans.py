@@ -174,9 +174,17 @@ def _check_default(node, column: ColumnDef, param_types) -> str:
         raise FeatureNotSupported("cannot use column reference in DEFAULT expression")
     if any(node.find_all(exp.Select)):
         raise FeatureNotSupported("cannot use subquery in DEFAULT expression")
-    sql = node.sql(dialect="postgres")
+    sql = node.transform(_spelled_now).sql(dialect="postgres")
     compile_default(dataclasses.replace(column, default=sql), list(param_types))  # names, types: errors now
     return sql
+
+
+def _spelled_now(node):
+    """sqlglot reads now() and CURRENT_TIMESTAMP as one node, which PostgreSQL displays differently
+    (\\d); the call form keeps its name's span in meta, and is kept as pg_catalog.now()."""
+    if isinstance(node, exp.CurrentTimestamp) and node.meta.get("end", -1) - node.meta.get("start", 0) + 1 == len("now"):
+        return exp.Dot(this=exp.to_identifier("pg_catalog"), expression=exp.Anonymous(this="now"))
+    return node
 
 
 def _make_sequences(ctx: Context, table_name: str, specs: list[ColumnSpec]) -> list[ColumnDef]:

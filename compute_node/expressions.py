@@ -11,14 +11,18 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import decimal
+import functools
 import operator
+import re
 import weakref
 from typing import Any, Callable
 
+import sqlglot
 from sqlglot import exp
 
 from aurora_db.errors import (
     AmbiguousColumn,
+    DatabaseError,
     DatatypeMismatch,
     DivisionByZero,
     FeatureNotSupported,
@@ -157,6 +161,9 @@ def _column(node, scope, expected):
 def _literal(node: exp.Literal, scope, expected):
     if node.is_string:
         value = node.this
+        if expected in t.REG_TYPES:
+            from compute_node.catalog_functions import compile_reg_cast
+            return compile_reg_cast(lambda row, params: value, "unknown", expected, scope)
         if expected == "bpchar":
             # typed text, not char(n): its length is unknown here, and a primary-key probe must not
             # look for the unpadded value (comparisons with char(n) ignore trailing blanks anyway)
@@ -179,6 +186,11 @@ def _literal(node: exp.Literal, scope, expected):
     return (lambda row, params: value), type_name
 
 
+def _string_literal(node, scope, expected):
+    """E'...' (escapes already processed) and $$...$$: string literals like '...'."""
+    return _literal(exp.Literal.string(node.this), scope, expected)
+
+
 def _null(node, scope, expected):
     return (lambda row, params: None), expected or "unknown"
 
@@ -192,6 +204,9 @@ def _param(node, scope, expected):
     index = param_index(node)
     if index is None:
         raise FeatureNotSupported(f"parameter {node.sql()} is not supported")
+    if expected in t.REG_TYPES:  # a name, looked up when the statement runs (as a quoted literal is)
+        from compute_node.catalog_functions import compile_reg_cast
+        return compile_reg_cast(_param(node, scope, "text")[0], "text", expected, scope)
     while len(scope.param_types) <= index:
         scope.param_types.append("unknown")
     if scope.param_types[index] == "unknown" and expected and expected != "unknown":
@@ -213,15 +228,55 @@ def _paren(node, scope, expected):
     return compile_expr(node.this, scope, expected)
 
 
-def _cast(node: exp.Cast, scope, expected):
-    to = node.to
-    target = t.SQLGLOT_TYPES.get(to.this.name)
+# PostgreSQL type names a cast may use beyond the column types: oid-like and name-like types map to
+# the engine types that hold their values.
+_CAST_TYPE_NAMES = {"oid": "int8", "name": "text", "char": "text", "text": "text", "int2": "int2", "int4": "int4",
+                    "int8": "int8", "float4": "float4", "float8": "float8", "numeric": "numeric", "bool": "bool",
+                    "varchar": "varchar", "bpchar": "bpchar", "date": "date", "timestamp": "timestamp",
+                    "timestamptz": "timestamptz", "regclass": "regclass", "regtype": "regtype",
+                    "regnamespace": "regnamespace", "regrole": "regrole"}
+
+
+def cast_target(to: exp.Expression) -> tuple[str, int]:
+    """(engine type, type modifier) of the type a CAST or :: names; 0A000 for a type the engine lacks."""
+    if isinstance(to, exp.ObjectIdentifier):
+        return _named_cast_type(to.name.lower(), to)
+    kind = to.this
+    if kind == exp.DataType.Type.ARRAY:
+        element, _ = cast_target(to.expressions[0])
+        if element not in t.ARRAY_OIDS:
+            raise FeatureNotSupported(f"type {to.sql(dialect='postgres')} is not supported")
+        return element + "[]", -1
+    if kind == exp.DataType.Type.USERDEFINED:
+        name = to.args.get("kind")
+        if isinstance(name, exp.Dot):
+            if name.this.name.lower() != "pg_catalog":
+                raise FeatureNotSupported(f"type {to.sql(dialect='postgres')} is not supported")
+            name = name.expression
+        return _named_cast_type(name.name if name.args.get("quoted") else name.name.lower(), to)
+    if kind == exp.DataType.Type.NAME:
+        return "text", -1
+    target = t.SQLGLOT_TYPES.get(kind.name)
     if target is None:
         raise FeatureNotSupported(f"type {to.sql(dialect='postgres')} is not supported")
-    modifier = t.type_modifier(to, target)
-    fn, source = compile_expr(node.this, scope, target)
+    return target, t.type_modifier(to, target)
+
+
+def _named_cast_type(name: str, to) -> tuple[str, int]:
+    target = _CAST_TYPE_NAMES.get(name)
+    if target is None:
+        raise FeatureNotSupported(f"type {to.sql(dialect='postgres')} is not supported")
+    return target, -1
+
+
+def _cast(node: exp.Cast, scope, expected):
+    target, modifier = cast_target(node.to)
+    fn, source = compile_expr(node.this, scope, None if target in t.REG_TYPES else target)
     if source == target and modifier < 0:
         return fn, target
+    if target in t.REG_TYPES:
+        from compute_node.catalog_functions import compile_reg_cast
+        return compile_reg_cast(fn, source, target, scope)
     return (lambda row, params: t.cast(fn(row, params), source, target, modifier)), target
 
 
@@ -235,7 +290,7 @@ def _operands(node, scope):
 
 
 def _type_class(type_name):
-    if type_name in t.NUMBERS:
+    if type_name in t.NUMBERS or type_name in t.REG_TYPES:
         return "number"
     if type_name in t.STRINGS:
         return "string"
@@ -265,6 +320,11 @@ def _unpadded(fn):
 
 def _comparison(op):
     def handler(node, scope, expected):
+        if isinstance(node.expression, exp.Any):
+            from compute_node import arrays
+            return arrays.compile_any(node, scope, op, _SYMBOLS[type(node)])
+        if isinstance(node.expression, exp.Anonymous) and node.expression.name.upper() == "ALL":
+            raise FeatureNotSupported(f"{_SYMBOLS[type(node)]} ALL (...) is not supported")
         left_fn, left, right_fn, right = _operands(node, scope)
         if _type_class(left) != _type_class(right) and "unknown" not in (left, right):
             raise UndefinedFunction(
@@ -676,10 +736,124 @@ def _clock(type_name):
 
 
 def _anonymous(node: exp.Anonymous, scope, expected):
+    """A function sqlglot has no node for: the clock, or one of the catalog and array functions."""
+    from compute_node import arrays, catalog_functions
     name = node.name.lower()
-    if name == "transaction_timestamp" and not node.expressions:
+    if name in ("transaction_timestamp", "now") and not node.expressions:
         return _clock("timestamptz")(node, scope, expected)
-    raise FeatureNotSupported(f"function {name}() is not supported")
+    handler = catalog_functions.FUNCTIONS.get(name) or arrays.FUNCTIONS.get(name)
+    if handler is None:
+        raise FeatureNotSupported(f"function {name}() is not supported")
+    return handler(node, scope, expected)
+
+
+def _named_function(name: str):
+    """A function sqlglot parses to a node of its own (current_user, version(), ...)."""
+    def handler(node, scope, expected):
+        from compute_node import catalog_functions
+        return catalog_functions.FUNCTIONS[name](exp.Anonymous(this=name), scope, expected)
+    return handler
+
+
+def _qualified(node: exp.Dot, scope, expected):
+    """pg_catalog.f(...): the built-in function f (the only schema functions live in)."""
+    schema, function = node.this, node.expression
+    if isinstance(schema, exp.Identifier) and schema.name.lower() == "pg_catalog" and isinstance(function, exp.Func):
+        return compile_expr(canonical_function(function.sql(dialect="postgres")), scope, expected)
+    raise FeatureNotSupported(f"{_describe(node)} is not supported")
+
+
+@functools.lru_cache(maxsize=256)
+def canonical_function(sql: str) -> exp.Expression:
+    """The node sqlglot makes for an unqualified call (pg_catalog.upper(x) parses as an anonymous call)."""
+    return sqlglot.parse_one(sql, read="postgres")
+
+
+# OPERATOR(pg_catalog.op): the node of the operator's usual spelling, and whether it is negated
+_OPERATORS = {"~": (exp.RegexpLike, False), "!~": (exp.RegexpLike, True), "~*": (exp.RegexpILike, False),
+              "!~*": (exp.RegexpILike, True), "~~": (exp.Like, False), "!~~": (exp.Like, True),
+              "~~*": (exp.ILike, False), "!~~*": (exp.ILike, True), "=": (exp.EQ, False), "<>": (exp.NEQ, False),
+              "!=": (exp.NEQ, False), "<": (exp.LT, False), "<=": (exp.LTE, False), ">": (exp.GT, False),
+              ">=": (exp.GTE, False), "+": (exp.Add, False), "-": (exp.Sub, False), "*": (exp.Mul, False),
+              "/": (exp.Div, False), "%": (exp.Mod, False), "||": (exp.DPipe, False)}
+
+
+def _operator(node: exp.Operator, scope, expected):
+    name = node.args.get("operator") or ""
+    symbol = name[len("pg_catalog."):] if name.lower().startswith("pg_catalog.") else name
+    if symbol not in _OPERATORS or node.expression is None:
+        raise FeatureNotSupported(f"operator {name} is not supported")
+    node_type, negated = _OPERATORS[symbol]
+    plain = node_type(this=node.this.copy(), expression=node.expression.copy())
+    return compile_expr(exp.Not(this=plain) if negated else plain, scope, expected)
+
+
+_COLLATIONS = ("default", "c", "posix")  # all compare strings by code point, as the engine does
+
+
+def _collate(node: exp.Collate, scope, expected):
+    collation = node.expression
+    name = collation.name
+    schema = collation.table.lower() if isinstance(collation, exp.Column) else ""
+    if name.lower() not in _COLLATIONS or schema not in ("", "pg_catalog"):
+        raise FeatureNotSupported(f'collation "{name}" is not supported')
+    return compile_expr(node.this, scope, expected)
+
+
+class InvalidRegularExpression(DatabaseError):
+    sqlstate = "2201B"
+
+
+_POSIX_CLASSES = {"alpha": "a-zA-Z", "digit": "0-9", "alnum": "a-zA-Z0-9", "upper": "A-Z", "lower": "a-z",
+                  "space": r"\s", "punct": r"!-/:-@\[-`{-~", "xdigit": "0-9A-Fa-f", "word": r"\w"}
+
+
+@functools.lru_cache(maxsize=256)
+def _regex(pattern: str, insensitive: bool) -> re.Pattern:
+    """A PostgreSQL (ARE) pattern as a Python one: bracket classes [[:alpha:]] and the word
+    boundaries \\m \\M \\y \\Y translated; an invalid pattern is 2201B."""
+    translated = re.sub(r"\[:(\w+):\]", lambda m: _POSIX_CLASSES.get(m.group(1), m.group(0)), pattern)
+    translated = re.sub(r"\\[mMyY]", lambda m: r"\B" if m.group(0) == "\\Y" else r"\b", translated)
+    try:
+        return re.compile(translated, re.I if insensitive else 0)
+    except re.error as error:
+        raise InvalidRegularExpression(f"invalid regular expression: {error}") from None
+
+
+def _regex_match(insensitive: bool):
+    """text ~ pattern (~* ignoring case): whether the pattern matches anywhere in the text."""
+    symbol = "~*" if insensitive else "~"
+
+    def handler(node, scope, expected):
+        value_fn, value_type = compile_expr(node.this, scope, "text")
+        pattern_fn, pattern_type = compile_expr(node.expression, scope, "text")
+        if value_type not in t.STRINGS or pattern_type not in t.STRINGS:
+            raise UndefinedFunction(f"operator does not exist: {t.DISPLAY[value_type]} {symbol} "
+                                    f"{t.DISPLAY[pattern_type]}")
+
+        def matches(row, params):
+            value = value_fn(row, params)
+            if value is None:
+                return None
+            pattern = pattern_fn(row, params)
+            if pattern is None:
+                return None
+            return _regex(pattern, insensitive).search(value) is not None
+        return matches, "bool"
+    return handler
+
+
+def _array_handler(name):
+    def handler(node, scope, expected):
+        from compute_node import arrays
+        return getattr(arrays, name)(node, scope, expected)
+    return handler
+
+
+def _array_size(node, scope, expected):
+    """array_length(array, dimension), which sqlglot parses as ArraySize."""
+    from compute_node import arrays
+    return arrays.FUNCTIONS["array_length"](node, scope, expected)
 
 
 _SYMBOLS = {exp.EQ: "=", exp.NEQ: "<>", exp.LT: "<", exp.LTE: "<=", exp.GT: ">", exp.GTE: ">="}
@@ -729,4 +903,21 @@ _HANDLERS = {
     exp.CurrentDate: _clock("date"),
     exp.Localtimestamp: _clock("timestamp"),
     exp.Anonymous: _anonymous,
+    exp.ByteString: _string_literal,
+    exp.RawString: _string_literal,
+    exp.Dot: _qualified,
+    exp.Operator: _operator,
+    exp.Collate: _collate,
+    exp.RegexpLike: _regex_match(False),
+    exp.RegexpILike: _regex_match(True),
+    exp.Array: _array_handler("compile_array"),
+    exp.Bracket: _array_handler("compile_subscript"),
+    exp.ArrayToString: _array_handler("compile_array_to_string"),
+    exp.ArraySize: _array_size,
+    exp.CurrentUser: _named_function("current_user"),
+    exp.SessionUser: _named_function("session_user"),
+    exp.CurrentSchema: _named_function("current_schema"),
+    exp.CurrentDatabase: _named_function("current_database"),
+    exp.CurrentCatalog: _named_function("current_database"),
+    exp.CurrentVersion: _named_function("version"),
 }

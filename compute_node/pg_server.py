@@ -326,6 +326,9 @@ class ClientConnection:
                 error = errors.InternalError(str(error) or type(error).__name__)
             await self._send_fatal(error)
             return
+        settings = getattr(self._session, "settings", None)
+        if settings is not None:
+            settings["session_authorization"] = user  # current_user, and the owner pg_catalog shows
         self._send(pgwire.encode_authentication_ok())
         for name, value in self._parameter_statuses(user, message.parameters.get("application_name", "")):
             self._send(pgwire.encode_parameter_status(name, value))

@@ -15,11 +15,20 @@ from __future__ import annotations
 
 from sqlglot import exp
 
-from aurora_db.errors import DuplicateAlias, FeatureNotSupported, ProgramLimitExceeded, UndefinedColumn
+from aurora_db.errors import (
+    DuplicateAlias,
+    FeatureNotSupported,
+    InvalidParameterValue,
+    ProgramLimitExceeded,
+    UndefinedColumn,
+    UndefinedFunction,
+)
+from compute_node import sql_types as t
 from compute_node.expressions import Scope, ScopeColumn, compile_expr
 from compute_node.sources import TableSource, conjuncts, key_lookup, resolve_source
 
 JOIN_TABLES_MAX = 64
+SERIES_ROWS_MAX = 1_000_000  # generate_series in FROM: rows are held in memory
 
 
 class DerivedSource:
@@ -37,6 +46,45 @@ class DerivedSource:
     def rows(self, ctx, key_fns=None):
         for row in self.plan.rows(ctx):
             yield None, row
+
+
+class SeriesSource:
+    """generate_series(start, stop [, step]) in FROM: one integer column, named by the alias (or its
+    column alias). Its arguments may name columns of enclosing queries, not of this FROM clause."""
+
+    name = "generate_series"
+    table = None
+
+    def __init__(self, call: exp.Expression, alias: exp.TableAlias | None, scope: Scope):
+        args = [call.args.get(key) for key in ("start", "end", "step")]
+        if args[0] is None or args[1] is None:
+            raise UndefinedFunction("function generate_series() needs a start and a stop")
+        compiled = [compile_expr(arg, scope, "int4") for arg in args if arg is not None]
+        types = [type_name for _, type_name in compiled]
+        if any(type_name not in t.INTEGERS and type_name != "unknown" for type_name in types):
+            shown = ", ".join(t.DISPLAY[type_name] for type_name in types)
+            raise FeatureNotSupported(f"generate_series({shown}) is not supported")
+        self.fns = [fn for fn, _ in compiled]
+        self.type_name = "int8" if "int8" in types else "int4"
+        self.alias = alias.name if alias is not None and alias.name else self.name
+        column_aliases = alias.columns if alias is not None else []
+        self.column_name = column_aliases[0].name if column_aliases else self.alias
+
+    def scope_columns(self, offset=0):
+        return [ScopeColumn(self.alias, self.column_name, self.type_name, offset)]
+
+    def rows(self, ctx, key_fns=None):
+        values = [fn([], ctx.params) for fn in self.fns]
+        if any(value is None for value in values):
+            return
+        start, stop, step = (values + [1])[:3]
+        if step == 0:
+            raise InvalidParameterValue("step size cannot equal zero")
+        count = max(0, (stop - start) // step + 1)
+        if count > SERIES_ROWS_MAX:
+            raise ProgramLimitExceeded(f"generate_series() in FROM returns at most {SERIES_ROWS_MAX} rows")
+        for value in range(start, stop + (1 if step > 0 else -1), step):
+            yield None, [value]
 
 
 class Relation:
@@ -157,6 +205,8 @@ class FromPlan:
                 relation.key_fns = key_lookup(relation.filter_nodes, relation.source, local_scope)
 
     def _source(self, item, scope_template: Scope):
+        if isinstance(item, exp.Table) and isinstance(item.this, (exp.ExplodingGenerateSeries, exp.GenerateSeries)):
+            return SeriesSource(item.this, item.args.get("alias"), scope_template)
         if isinstance(item, exp.Table):
             if not item.name:
                 raise FeatureNotSupported(f"FROM {item.sql(dialect='postgres')[:60]} is not supported")

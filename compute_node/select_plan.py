@@ -24,13 +24,17 @@ from compute_node import sql_types as t
 from compute_node.backend import Column, Result
 from compute_node.catalog import TableDef
 from compute_node.explain import nest
-from compute_node.expressions import QueryBlock, Scope, ScopeColumn, compile_expr
+from compute_node.expressions import QueryBlock, Scope, ScopeColumn, canonical_function, compile_expr
 from compute_node.planner import FromPlan
 from compute_node.sources import Context, Plan, constant, output_name
 from compute_node.subqueries import Runtime
 
 
-AGGREGATES = (exp.Count, exp.Sum, exp.Min, exp.Max, exp.Avg)
+# sqlglot nodes whose SQL function name PostgreSQL uses for the output column
+FUNCTION_NAMES = {exp.GroupConcat: "string_agg", exp.ArraySize: "array_length", exp.ArrayToString: "array_to_string",
+                  exp.Array: "array"}
+
+AGGREGATES = (exp.Count, exp.Sum, exp.Min, exp.Max, exp.Avg, exp.GroupConcat)  # GroupConcat: string_agg
 
 
 @functools.total_ordering
@@ -71,7 +75,7 @@ class Accumulator:
         if self.kind == "count_star":
             self.count += 1
             return
-        if value is None:
+        if value is None or (self.kind == "string_agg" and value[0] is None):
             return
         if self.seen is not None:
             if value in self.seen:
@@ -84,6 +88,9 @@ class Accumulator:
             self.value = value if self.value is None or value < self.value else self.value
         elif self.kind == "max":
             self.value = value if self.value is None or value > self.value else self.value
+        elif self.kind == "string_agg":  # value: (text, the separator that precedes it)
+            text, separator = value
+            self.value = text if self.value is None else self.value + (separator or "") + text
 
     def result(self, result_type):
         if self.kind in ("count", "count_star"):
@@ -104,6 +111,8 @@ class Accumulator:
 def _aggregate_type(kind, arg_type):
     if kind in ("count", "count_star"):
         return "int8"
+    if kind == "string_agg":
+        return "text"
     if kind == "sum":
         return {"int2": "int8", "int4": "int8", "int8": "numeric", "float4": "float4", "float8": "float8",
                 "numeric": "numeric"}.get(arg_type) or _bad_aggregate(kind, arg_type)
@@ -126,6 +135,47 @@ def aggregates_in(node: exp.Expression) -> list[exp.Expression]:
         if not isinstance(child, exp.Select):
             found += aggregates_in(child)
     return found
+
+
+def column_name(node: exp.Expression) -> str:
+    """An output column's name as PostgreSQL picks it (FigureColname): a column or function keeps its
+    name through casts; a cast of anything else is named by its type."""
+    return _named(node)[0]
+
+
+def _named(node: exp.Expression) -> tuple[str, int]:
+    """(name, strength): 2 for a name of its own (column, function), 1 for a type's, 0 for none."""
+    if isinstance(node, (exp.Alias, exp.Column)):
+        return output_name(node), 2
+    if isinstance(node, exp.Paren):
+        return _named(node.this)
+    if isinstance(node, exp.Cast):
+        name, strength = _named(node.this)
+        return (name, strength) if strength > 1 else (_cast_type_name(node.to), 1)
+    if isinstance(node, exp.Dot) and isinstance(node.expression, exp.Func):
+        return _named(canonical_function(node.expression.sql(dialect="postgres")))
+    if isinstance(node, exp.Anonymous):
+        return node.name.lower(), 2
+    if type(node) in FUNCTION_NAMES:
+        return FUNCTION_NAMES[type(node)], 2
+    if isinstance(node, exp.Bracket):
+        return _named(node.this)
+    name = output_name(node)
+    return name, 0 if name == "?column?" else 2
+
+
+def _cast_type_name(to: exp.Expression) -> str:
+    """The type's last name as written (x::pg_catalog.regclass: regclass), or the engine's for built-ins."""
+    if isinstance(to, exp.ObjectIdentifier):
+        return to.name.lower()
+    if to.this == exp.DataType.Type.ARRAY:
+        return _cast_type_name(to.expressions[0])
+    if to.this == exp.DataType.Type.USERDEFINED:
+        kind = to.args.get("kind")
+        return (kind.expression if isinstance(kind, exp.Dot) else kind).name
+    if to.this == exp.DataType.Type.NAME:
+        return "name"
+    return t.SQLGLOT_TYPES.get(to.this.name, "?column?")
 
 
 class GroupedScope(Scope):
@@ -181,7 +231,7 @@ class SelectPlan(Plan):
                     raise UndefinedTable(f'missing FROM-clause entry for table "{node.table}"')
                 projections += [(exp.column(c.name, table=c.table), c.name) for c in matching]
             else:
-                projections.append((node.this if isinstance(node, exp.Alias) else node, output_name(node)))
+                projections.append((node.this if isinstance(node, exp.Alias) else node, column_name(node)))
         group = select.args.get("group")
         having = select.args.get("having")
         order = select.args.get("order")
@@ -249,6 +299,8 @@ class SelectPlan(Plan):
                 arg = arg.expressions[0]
             if isinstance(aggregate, exp.Count) and (arg is None or isinstance(arg, exp.Star)):
                 kind, arg_fn, arg_type = "count_star", None, "int8"
+            elif isinstance(aggregate, exp.GroupConcat):
+                kind, arg_fn, arg_type = "string_agg", self._string_agg_argument(aggregate, arg, scope), "text"
             else:
                 if aggregates_in(arg):
                     raise GroupingError("aggregate function calls cannot be nested")
@@ -261,6 +313,23 @@ class SelectPlan(Plan):
             self.aggregate_specs.append((kind, distinct, arg_fn, result_type))
             replacements[key] = (slot, result_type)
         self.out_scope = GroupedScope(scope, replacements)
+
+    @staticmethod
+    def _string_agg_argument(aggregate: exp.GroupConcat, arg, scope):
+        """string_agg(value, separator): fn(row) -> (value as text, separator)."""
+        if isinstance(arg, exp.Order) or aggregate.args.get("on_overflow"):
+            raise FeatureNotSupported("string_agg with ORDER BY is not supported")
+        separator = aggregate.args.get("separator")
+        if separator is None:
+            raise UndefinedFunction("function string_agg(text) does not exist")
+        if aggregates_in(arg) or aggregates_in(separator):
+            raise GroupingError("aggregate function calls cannot be nested")
+        value_fn, value_type = compile_expr(arg, scope, "text")
+        separator_fn, separator_type = compile_expr(separator, scope, "text")
+        if value_type not in t.STRINGS or separator_type not in t.STRINGS:
+            raise UndefinedFunction(f"function string_agg({t.DISPLAY[value_type]}, {t.DISPLAY[separator_type]}) "
+                                    "does not exist")
+        return lambda row, params: (value_fn(row, params), separator_fn(row, params))
 
     def _plan_order(self, order, projections, scope):
         keys = []

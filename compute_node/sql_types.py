@@ -33,11 +33,22 @@ OIDS = {
     "numeric": b.NUMERIC_OID, "bool": b.BOOL_OID, "text": b.TEXT_OID, "varchar": b.VARCHAR_OID, "unknown": b.TEXT_OID,
     "bpchar": 1042, "date": 1082, "timestamp": 1114, "timestamptz": 1184,
 }
-NAMES_BY_OID = {oid: name for name, oid in OIDS.items() if name != "unknown"}
+NAMES_BY_OID = {oid: name for name, oid in OIDS.items() if name != "unknown"}  # the types a column or $n may have
 DISPLAY = {"int2": "smallint", "int4": "integer", "int8": "bigint", "float4": "real", "float8": "double precision",
            "numeric": "numeric", "bool": "boolean", "text": "text", "varchar": "character varying", "unknown": "text",
            "bpchar": "character", "date": "date", "timestamp": "timestamp without time zone",
            "timestamptz": "timestamp with time zone"}
+
+# Types only expressions have (no column is of these types): one-dimensional arrays, "elem[]", and the
+# object-identifier aliases, whose values are RegOid (an oid that prints as the object's name).
+ARRAY_OIDS = {"bool": 1000, "int2": 1005, "int4": 1007, "int8": 1016, "text": 1009, "float4": 1021, "float8": 1022,
+              "varchar": 1015, "bpchar": 1014, "numeric": 1231, "date": 1182, "timestamp": 1115, "timestamptz": 1185}
+REG_TYPES = {"regclass": 2205, "regtype": 2206, "regnamespace": 4089, "regrole": 4096}
+for _element, _oid in ARRAY_OIDS.items():
+    OIDS[f"{_element}[]"] = _oid
+    DISPLAY[f"{_element}[]"] = DISPLAY[_element] + "[]"
+OIDS.update(REG_TYPES)
+DISPLAY.update({name: name for name in REG_TYPES})
 INTEGER_RANGES = {"int2": (-2**15, 2**15 - 1), "int4": (-2**31, 2**31 - 1), "int8": (-2**63, 2**63 - 1)}
 RANGE_NAMES = {"int2": "smallint", "int4": "integer", "int8": "bigint"}
 INTEGERS = ("int2", "int4", "int8")
@@ -225,8 +236,92 @@ def check_integer(value: int, type_name: str) -> int:
     return value
 
 
+class Array(tuple):
+    """A one-dimensional SQL array value, subscripts from 1; str() is PostgreSQL's text form."""
+
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        return "{" + ",".join("NULL" if item is None else _array_item_text(to_text(item)) for item in self) + "}"
+
+
+_ARRAY_QUOTED = frozenset('{},"\\ \t\n\r\v\f')
+
+
+def _array_item_text(text: str) -> str:
+    if text and text.upper() != "NULL" and not _ARRAY_QUOTED.intersection(text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class RegOid(int):
+    """A value of regclass, regtype, regnamespace or regrole: compares as its oid, prints as the name
+    of the object it named when it was made (or as the number, for an oid naming nothing)."""
+
+    def __new__(cls, oid: int, name: str | None):
+        value = super().__new__(cls, oid)
+        value.name = name if name is not None else str(oid)
+        return value
+
+    def __str__(self) -> str:
+        return self.name
+
+    __repr__ = __str__
+
+
+def is_array(type_name: str) -> bool:
+    return type_name.endswith("[]")
+
+
+def parse_array(text: str, element_type: str) -> Array:
+    """PostgreSQL's array input for one dimension: {a,"b c",NULL}; 22P02 when malformed."""
+    stripped = text.strip()
+    if len(stripped) < 2 or stripped[0] != "{" or stripped[-1] != "}":
+        raise InvalidTextRepresentation(f'malformed array literal: "{text}"')
+    body = stripped[1:-1]
+    items = []
+    position = 0
+    while body.strip():
+        item, quoted, position = _array_item(body, position, text)
+        items.append(None if not quoted and item.upper() == "NULL" else parse_text(item, element_type))
+        rest = body[position:].lstrip()
+        if not rest:
+            break
+        if rest[0] != ",":
+            raise InvalidTextRepresentation(f'malformed array literal: "{text}"')
+        position = len(body) - len(rest) + 1
+    return Array(items)
+
+
+def _array_item(body: str, position: int, text: str) -> tuple[str, bool, int]:
+    """One element from body[position:]: (its text, whether it was quoted, the position after it)."""
+    while position < len(body) and body[position].isspace():
+        position += 1
+    if position < len(body) and body[position] == '"':
+        chars = []
+        position += 1
+        while position < len(body) and body[position] != '"':
+            if body[position] == "\\":
+                position += 1
+            if position < len(body):
+                chars.append(body[position])
+            position += 1
+        if position >= len(body):
+            raise InvalidTextRepresentation(f'malformed array literal: "{text}"')
+        return "".join(chars), True, position + 1
+    end = position
+    while end < len(body) and body[end] not in ',{}"':
+        end += 1
+    item = body[position:end].strip()
+    if not item or (end < len(body) and body[end] in '{}"'):
+        raise InvalidTextRepresentation(f'malformed array literal: "{text}"')
+    return item, False, end
+
+
 def parse_text(text: str, type_name: str):
     """Input conversion of a string (a quoted literal or a text parameter) to a type."""
+    if is_array(type_name):
+        return parse_array(text, type_name[:-2])
     stripped = text.strip()
     try:
         if type_name in INTEGERS:
@@ -263,6 +358,8 @@ def cast(value, source: str, target: str, type_modifier: int = -1, *, explicit: 
         return None
     if source == "bpchar" and target != "bpchar":
         value = value.rstrip(" ")  # char(n) to anything drops its padding, as PostgreSQL's rtrim1
+    if is_array(target):
+        return _cast_array(value, source, target)
     if source in STRINGS and target not in STRINGS:
         if target == "numeric":
             return apply_numeric_typmod(parse_text(value, target), type_modifier)
@@ -314,6 +411,15 @@ def cast(value, source: str, target: str, type_modifier: int = -1, *, explicit: 
             return text[:type_modifier]
         return text
     raise FeatureNotSupported(f"cast to {target} is not supported")
+
+
+def _cast_array(value, source: str, target: str) -> Array:
+    """text to an array by array input; an array to another element type element by element."""
+    if source in STRINGS:
+        return parse_array(value, target[:-2])
+    if not is_array(source):
+        raise CannotCoerce(f"cannot cast type {DISPLAY[source]} to {DISPLAY[target]}")
+    return Array(cast(item, source[:-2], target[:-2]) for item in value)
 
 
 def assign(value, source: str, target: str, type_modifier: int):

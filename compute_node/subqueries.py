@@ -41,13 +41,13 @@ def plan_query(node: exp.Expression, tables: dict, param_types: list[str], outer
     raise FeatureNotSupported(f"query {node.key.upper()} is not supported")
 
 
-def _subplan(node: exp.Expression, scope):
+def subplan(node: exp.Expression, scope):
     if scope.tables is None or scope.runtime is None:
         raise FeatureNotSupported("subqueries are not supported in this statement")
     return plan_query(node, scope.tables, scope.param_types, scope, scope.runtime)
 
 
-def _runner(plan, scope, transform=None):
+def runner(plan, scope, transform=None):
     """fn(row) -> the subplan's rows (transformed) with `row` as the enclosing query's current row."""
     runtime = scope.runtime
     cell = scope.cell
@@ -73,10 +73,10 @@ def _runner(plan, scope, transform=None):
 
 
 def compile_scalar(node: exp.Subquery, scope, expected):
-    plan = _subplan(node, scope)
+    plan = subplan(node, scope)
     if len(plan.columns) != 1:
         raise SyntaxError_("subquery must return only one column")
-    rows_for = _runner(plan, scope)
+    rows_for = runner(plan, scope)
 
     def scalar(row, params):
         rows = rows_for(row)
@@ -89,8 +89,8 @@ def compile_scalar(node: exp.Subquery, scope, expected):
 
 
 def compile_exists(node: exp.Exists, scope, expected):
-    plan = _subplan(node.this, scope)
-    rows_for = _runner(plan, scope)
+    plan = subplan(node.this, scope)
+    rows_for = runner(plan, scope)
     return (lambda row, params: bool(rows_for(row))), "bool"
 
 
@@ -108,13 +108,13 @@ def _in_form(rows):
 def compile_in(node: exp.In, scope, expected):
     from compute_node.expressions import compile_expr
     value_fn, value_type = compile_expr(node.this, scope)
-    plan = _subplan(node.args["query"], scope)
+    plan = subplan(node.args["query"], scope)
     if len(plan.columns) != 1:
         raise SyntaxError_("subquery has too many columns")
     item_type = plan.out_types[0]
     if _type_class(value_type) != _type_class(item_type) and "unknown" not in (value_type, item_type):
         raise UndefinedFunction(f"operator does not exist: {t.DISPLAY[value_type]} = {t.DISPLAY[item_type]}")
-    rows_for = _runner(plan, scope, _in_form)
+    rows_for = runner(plan, scope, _in_form)
 
     def contains(row, params):
         values, has_null, nonempty = rows_for(row)
