@@ -25,6 +25,11 @@ Requests and their successful replies ({"id", "ok": True, ...}):
                                               and did not fit the pending map: resend them later.
                                               Records already held, or inside a truncated range, are
                                               acknowledged without being stored again.
+  append_many epoch, batches: [[pg, records], ...]  (each PG once; at most BATCH_RECORDS_MAX records
+                                              in all): the appends of several PGs in one request, one
+                                              reply and one fsync
+                                           -> scls: [[pg, scl], ...], [pending_dropped: n] (as append;
+                                              an error refuses the whole request)
   get_page    epoch, pg, page_id, lsn      -> page: pages.to_wire(page) or None (no record of the page
                                               at or below lsn); the page as of read point `lsn`.
                                               error "not_complete" if the segment's SCL < lsn. SCL is
@@ -62,6 +67,7 @@ Bytes that are not a frame, or a frame over FRAME_BYTES_MAX, close that connecti
 STATUS = "status"
 SET_EPOCH = "set_epoch"
 APPEND = "append"
+APPEND_MANY = "append_many"
 GET_PAGE = "get_page"
 CHAIN = "chain"
 READ_RECORDS = "read_records"

@@ -38,6 +38,8 @@ from aurora_db.records import Record
 
 log = logging.getLogger(__name__)
 
+REQUEST_EXPIRY_CHECK_MS = 100  # how late a request's timeout may be noticed
+
 
 class RequestFailed(Exception):
     """A storage node answered a request with an error."""
@@ -57,6 +59,25 @@ class CatchUpStalled(NodeUnreachable):
     links reconnect at the same moment as this one): drop the link, reconnect and try again."""
 
 
+def requests_of(by_pg: dict[int, list]) -> list[list[list]]:
+    """Cut each PG's sealed records into append_many requests: lists of [pg, records] batches of
+    at most BATCH_RECORDS_MAX records in all, a PG's records in order and each PG once per request."""
+    requests, current, size = [], [], 0
+    for pg, sealed in by_pg.items():
+        start = 0
+        while start < len(sealed):
+            if size == BATCH_RECORDS_MAX:
+                requests.append(current)
+                current, size = [], 0
+            take = sealed[start:start + BATCH_RECORDS_MAX - size]
+            current.append([pg, take])
+            size += len(take)
+            start += len(take)
+    if current:
+        requests.append(current)
+    return requests
+
+
 class NodeLink:
     """One storage node: a connection, pipelined requests, and an ordered queue of append batches."""
 
@@ -69,7 +90,7 @@ class NodeLink:
         self.connected = asyncio.Event()
         self._writer: asyncio.StreamWriter | None = None
         self._unsent: list[bytes] = []  # frames for the current connection, written once per loop turn
-        self._replies: dict[int, asyncio.Future] = {}
+        self._replies: dict[int, tuple[asyncio.Future, float]] = {}  # id -> (reply, deadline in loop time)
         self._ids = itertools.count(1)
         self._queue: collections.deque[tuple[int, list]] = collections.deque()  # (pg, sealed records)
         self._queued_records = 0
@@ -100,14 +121,15 @@ class NodeLink:
         if self._writer is None:  # dropped between two requests of a handshake or catch-up
             raise NodeUnreachable(f"{self.node_id} is not connected")
         request_id = next(self._ids)
-        future = asyncio.get_running_loop().create_future()
-        self._replies[request_id] = future
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._replies[request_id] = (future, loop.time() + timeout_ms / 1000)
         try:
             frame = encode_frame({**message, "id": request_id})
             self._send_frame(frame)
             self.client.bytes_sent += len(frame)
             self.client.requests_sent += 1
-            reply = await asyncio.wait_for(future, timeout_ms / 1000)
+            reply = await future  # _expire_requests fails it at its deadline
         except (asyncio.TimeoutError, ConnectionError, OSError) as error:
             raise NodeUnreachable(f"{self.node_id}: {type(error).__name__} {error}") from None
         finally:
@@ -145,12 +167,13 @@ class NodeLink:
         self._queue_ready.set()
 
     async def _ship(self) -> None:
-        """Send everything queued, one append per PG of at most BATCH_RECORDS_MAX records, so many
-        small MTRs share a request and an fsync. Order within a PG is kept; order across PGs does
-        not matter, since each segment builds its own chain. At most APPENDS_IN_FLIGHT_MAX appends
-        await their replies: a slow node's batches then wait in the bounded queue, and a node that
-        overflows it is disconnected and caught up (a slow node outside the write quorum never
-        holds VDL back, so LAL alone would not bound what it is owed)."""
+        """Send everything queued as append_many requests of at most BATCH_RECORDS_MAX records,
+        each carrying the batches of several PGs, so the MTRs of many statements and commits share
+        a request, a reply and an fsync. Order within a PG is kept (requests are answered in
+        order); order across PGs does not matter, since each segment builds its own chain. At
+        most APPENDS_IN_FLIGHT_MAX appends await their replies: a slow node's batches then wait in
+        the bounded queue, and a node that overflows it is disconnected and caught up (a slow node
+        outside the write quorum never holds VDL back, so LAL alone would not bound what it is owed)."""
         while True:
             await self._queue_ready.wait()
             self._queue_ready.clear()
@@ -159,25 +182,25 @@ class NodeLink:
                 pg, sealed = self._queue.popleft()
                 self._queued_records -= len(sealed)
                 by_pg.setdefault(pg, []).extend(sealed)
-            for pg, sealed in by_pg.items():
-                for start in range(0, len(sealed), BATCH_RECORDS_MAX):
-                    await self._in_flight.acquire()
-                    asyncio.get_running_loop().create_task(self._append(pg, sealed[start:start + BATCH_RECORDS_MAX]))
+            for batches in requests_of(by_pg):
+                await self._in_flight.acquire()
+                asyncio.get_running_loop().create_task(self._append(batches))
 
-    async def _append(self, pg: int, sealed: list) -> None:
+    async def _append(self, batches: list[list]) -> None:
         try:
-            await self._append_once(pg, sealed)
+            await self._append_once(batches)
         finally:
             self._in_flight.release()
 
-    async def _append_once(self, pg: int, sealed: list) -> None:
-        message = {"t": sp.APPEND, "epoch": self.client.epoch, "pg": pg, "records": sealed}
+    async def _append_once(self, batches: list[list]) -> None:
+        message = {"t": sp.APPEND_MANY, "epoch": self.client.epoch, "batches": batches}
         generation = self._generation
         try:
             reply = await self._send_request(message, timeout_ms=STORAGE_REQUEST_TIMEOUT_MS * 5)
         except FrameError:
             # Rows and keys are bounded so that a full batch always fits a frame: this is a bug.
-            log.critical("an append batch of %d records does not fit a frame", len(sealed), exc_info=True)
+            log.critical("an append of %d records does not fit a frame", sum(len(b[1]) for b in batches),
+                         exc_info=True)
             os._exit(70)
         except (NodeUnreachable, RequestFailed) as error:
             if generation == self._generation:
@@ -186,7 +209,8 @@ class NodeLink:
             return
         if generation != self._generation:
             return  # answered on a connection since replaced: the handshake reported afresh
-        self._on_scl(pg, reply["scl"])
+        for pg, scl in reply["scls"]:
+            self._on_scl(pg, scl)
         if reply.get("pending_dropped"):
             log.warning("%s dropped %d records it could not hold yet; reconnecting to catch it up",
                         self.node_id, reply["pending_dropped"])
@@ -205,6 +229,7 @@ class NodeLink:
             self._writer = writer
             self._generation += 1
             receiver = asyncio.get_running_loop().create_task(self._receive(reader))
+            expirer = asyncio.get_running_loop().create_task(self._expire_requests())
             shipper = None
             try:
                 await self._handshake()
@@ -216,7 +241,7 @@ class NodeLink:
                 log.info("link to %s: %s", self.node_id, error)
             finally:
                 self._drop_connection()
-                for task in (receiver, shipper):
+                for task in (receiver, expirer, shipper):
                     if task:
                         task.cancel()
             if not self._resync_now:
@@ -288,11 +313,21 @@ class NodeLink:
         try:
             while True:
                 reply = await read_frame(reader)
-                future = self._replies.get(reply.get("id"))
+                future, _ = self._replies.get(reply.get("id"), (None, 0))
                 if future is not None and not future.done():
                     future.set_result(reply)
         except (asyncio.IncompleteReadError, ConnectionError, OSError, FrameError) as error:
             log.info("connection to %s closed: %s", self.node_id, error)
+
+    async def _expire_requests(self) -> None:
+        """Fail every request past its deadline (one timer per connection instead of one per request)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(REQUEST_EXPIRY_CHECK_MS / 1000)
+            now = loop.time()
+            for future, deadline in list(self._replies.values()):
+                if deadline < now and not future.done():
+                    future.set_exception(asyncio.TimeoutError("no reply within its deadline"))
 
     def _drop_connection(self) -> None:
         was_connected = self.connected.is_set()
@@ -303,7 +338,7 @@ class NodeLink:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-        for future in self._replies.values():
+        for future, _ in self._replies.values():
             if not future.done():
                 future.set_exception(ConnectionError(f"connection to {self.node_id} lost"))
         if was_connected:

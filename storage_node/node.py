@@ -64,8 +64,8 @@ class NodeMeta:
 class _Append:
     token: Any
     request_id: Any
-    pg: int
-    entries: list[RecordEntry]
+    batches: tuple[tuple[int, list[RecordEntry]], ...]  # (pg, records not yet held), PGs distinct
+    many: bool  # an append_many: the reply names every PG's SCL
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -164,7 +164,7 @@ class Node:
         kind = request.get("t")
         if kind == sp.STATUS:
             return self._answer(request)
-        if kind not in (sp.SET_EPOCH, sp.APPEND, sp.GET_PAGE, sp.CHAIN, sp.READ_RECORDS, sp.TRUNCATE):
+        if kind not in (sp.SET_EPOCH, sp.APPEND, sp.APPEND_MANY, sp.GET_PAGE, sp.CHAIN, sp.READ_RECORDS, sp.TRUNCATE):
             raise BadRequest(f"unknown request type {kind!r}")
         epoch = _int(request, "epoch")
         if epoch < self.accepted.epoch:
@@ -172,15 +172,19 @@ class Node:
                             f"request epoch {epoch} is older than volume epoch {self.accepted.epoch}")
         if kind == sp.SET_EPOCH and epoch == self.accepted.epoch:
             return sp.error(request_id, sp.ERROR_EPOCH_CLAIMED, f"epoch {epoch} is already claimed")
-        if kind == sp.APPEND:
-            pg, entries = self._validate_append(request)
+        if kind in (sp.APPEND, sp.APPEND_MANY):
+            many = kind == sp.APPEND_MANY
+            batches = self._validate_appends(request, many)
             self._raise_epoch(epoch)
-            segment = self.segments.get(pg)
-            if segment is not None:
-                entries = [e for e in entries if not segment.holds(e) and not segment.in_truncated_range(e.lsn)]
-            if not entries and epoch <= self.meta.epoch:
-                return sp.ok(request_id, pg=pg, scl=segment.scl if segment else 0)  # all already durable
-            self._queued.append(_Append(token, request_id, pg, entries))
+            fresh = []
+            for pg, entries in batches:
+                segment = self.segments.get(pg)
+                if segment is not None:
+                    entries = [e for e in entries if not segment.holds(e) and not segment.in_truncated_range(e.lsn)]
+                fresh.append((pg, entries))
+            if not any(entries for _, entries in fresh) and epoch <= self.meta.epoch:  # all already durable
+                return self._append_reply(request_id, many, [(pg, self._scl(pg)) for pg, _ in fresh], 0)
+            self._queued.append(_Append(token, request_id, tuple(fresh), many))
             return None
         if kind == sp.TRUNCATE:
             above_lsn = _int(request, "above_lsn")
@@ -210,9 +214,25 @@ class Node:
             log.info("volume epoch %d -> %d (durable before any reply of that request)", self.accepted.epoch, epoch)
             self.accepted = dataclasses.replace(self.accepted, epoch=epoch)
 
-    def _validate_append(self, request: dict) -> tuple[int, list[RecordEntry]]:
-        pg = _int(request, "pg")
-        sealed = request.get("records")
+    def _validate_appends(self, request: dict, many: bool) -> list[tuple[int, list[RecordEntry]]]:
+        """(pg, records) of an append, or of each batch of an append_many: at most
+        BATCH_RECORDS_MAX records in all, each batch non-empty, no PG twice."""
+        if not many:
+            return [(_int(request, "pg"), self._validate_batch(request.get("pg"), request.get("records")))]
+        batches = request.get("batches")
+        if not isinstance(batches, list) or not batches or not all(isinstance(b, list) and len(b) == 2 for b in batches):
+            raise BadRequest("field 'batches' must be a non-empty list of [pg, records]")
+        total = sum(len(records) if isinstance(records, list) else 0 for _, records in batches)
+        if total > BATCH_RECORDS_MAX:
+            raise BadRequest(f"{total} records in one append_many exceed the limit of {BATCH_RECORDS_MAX}")
+        pgs = [pg for pg, _ in batches]
+        if len(set(map(repr, pgs))) != len(pgs):
+            raise BadRequest("a PG appears twice in one append_many")
+        return [(pg, self._validate_batch(pg, records)) for pg, records in batches]
+
+    def _validate_batch(self, pg, sealed) -> list[RecordEntry]:
+        if not isinstance(pg, int) or isinstance(pg, bool) or pg < 0:
+            raise BadRequest(f"field 'pg' must be an integer >= 0, got {pg!r}")
         if not isinstance(sealed, list) or not sealed:
             raise BadRequest("field 'records' must be a non-empty list of [crc, body]")
         if len(sealed) > BATCH_RECORDS_MAX:
@@ -239,7 +259,7 @@ class Node:
                 raise BadRequest(f"record {record.lsn} has unknown op {record.op!r}")
             entries.append(entry)
         entries.sort(key=lambda e: e.lsn)  # written and applied in LSN order: fewer pending records
-        return pg, entries
+        return entries
 
     def _validate_read(self, kind: str, request: dict) -> None:
         if kind == sp.GET_PAGE:
@@ -315,7 +335,8 @@ class Node:
         entries: list[LogEntry] = []
         for op in ops:
             if isinstance(op, _Append):
-                entries.extend(op.entries)
+                for _, batch in op.batches:
+                    entries.extend(batch)
             elif isinstance(op, _Truncate):
                 entries.append(TruncateEntry(op.above_lsn, op.epoch, op.lsn_floor))
         meta = self.accepted if self.accepted != self.meta else None
@@ -343,18 +364,31 @@ class Node:
         return replies
 
     def _apply_append(self, op: _Append) -> dict:
-        segment = self.segments.get(op.pg) or self.new_segment(op.pg)
-        result = segment.add(op.entries)
-        if result.conflicts:
-            log.error("PG %d: refused %d records that contradict the chain: %s", op.pg, len(result.conflicts),
-                      "; ".join(result.conflicts[:5]))
-            return sp.error(op.request_id, sp.ERROR_BAD_REQUEST,
-                            f"PG {op.pg}: {len(result.conflicts)} records contradict the chain: "
-                            + "; ".join(result.conflicts[:5]))
-        if result.dropped:
-            log.warning("PG %d: pending map over its limit of %d records: dropped %d (the writer resends)",
-                        op.pg, segment.pending_records_max, len(result.dropped))
-        reply = sp.ok(op.request_id, pg=op.pg, scl=segment.scl)
-        if result.dropped:
-            reply["pending_dropped"] = len(result.dropped)
+        scls, dropped = [], 0
+        for pg, entries in op.batches:
+            segment = self.segments.get(pg) or self.new_segment(pg)
+            result = segment.add(entries)
+            if result.conflicts:
+                log.error("PG %d: refused %d records that contradict the chain: %s", pg, len(result.conflicts),
+                          "; ".join(result.conflicts[:5]))
+                return sp.error(op.request_id, sp.ERROR_BAD_REQUEST,
+                                f"PG {pg}: {len(result.conflicts)} records contradict the chain: "
+                                + "; ".join(result.conflicts[:5]))
+            if result.dropped:
+                log.warning("PG %d: pending map over its limit of %d records: dropped %d (the writer resends)",
+                            pg, segment.pending_records_max, len(result.dropped))
+            scls.append((pg, segment.scl))
+            dropped += len(result.dropped)
+        return self._append_reply(op.request_id, op.many, scls, dropped)
+
+    @staticmethod
+    def _append_reply(request_id, many: bool, scls: list[tuple[int, int]], dropped: int) -> dict:
+        reply = sp.ok(request_id, scls=[list(pair) for pair in scls]) if many else \
+            sp.ok(request_id, pg=scls[0][0], scl=scls[0][1])
+        if dropped:
+            reply["pending_dropped"] = dropped
         return reply
+
+    def _scl(self, pg: int) -> int:
+        segment = self.segments.get(pg)
+        return segment.scl if segment is not None else 0

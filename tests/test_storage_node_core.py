@@ -1,7 +1,9 @@
 """The sans-I/O node: persist before ack, the epoch rule, truncation markers, replay (no sockets, no disk)."""
 
+import pytest
+
 from aurora_db import storage_protocol as sp
-from aurora_db.constants import PAGES_PER_PG
+from aurora_db.constants import BATCH_RECORDS_MAX, PAGES_PER_PG
 from storage_node.log_file import RecordEntry, TruncateEntry
 from storage_node.node import Node, NodeMeta, entries_by_pg, replay_segment
 from tests.record_builder import RecordBuilder
@@ -98,3 +100,36 @@ def test_truncation_ranges_are_node_wide_idempotent_and_reach_later_pgs():
     assert replies["s"]["scl"] == 0 and node.segments[1].scl == 0
     status = node.step({"id": 5, "t": sp.STATUS}, "st")
     assert status["truncations"] == [[1, 100]]
+
+
+def test_append_many_makes_several_pgs_durable_with_one_reply():
+    node, disk = Node("a1", "a", NodeMeta(epoch=1), {}), []
+    builder = RecordBuilder()
+    records = [builder.heap_init(0), builder.heap_init(PAGES_PER_PG), builder.heap_insert(0, ["x"])]
+    batches = [[0, sealed([r for r in records if r.pg == 0])], [1, sealed([r for r in records if r.pg == 1])]]
+    request = {"id": 1, "t": sp.APPEND_MANY, "epoch": 1, "batches": batches}
+    assert node.step(request, "many") is None
+    ready, replies = persist_and_advance(node, disk)
+    assert len(ready.log_entries) == 3
+    assert replies == {"many": {"id": 1, "ok": True, "scls": [[0, 3], [1, 2]]}}
+    assert node.step({**request, "id": 2}, "again") == {"id": 2, "ok": True, "scls": [[0, 3], [1, 2]]}
+
+
+@pytest.mark.parametrize("batches, message", [
+    ([], "non-empty list"),
+    ([[0, []]], "non-empty list"),
+    ([[0, "x"], [0, "y"]], "twice"),
+])
+def test_a_malformed_append_many_is_refused_whole(batches, message):
+    node = Node("a1", "a", NodeMeta(epoch=1), {})
+    reply = node.step({"id": 1, "t": sp.APPEND_MANY, "epoch": 1, "batches": batches}, "token")
+    assert reply["ok"] is False and reply["error"] == sp.ERROR_BAD_REQUEST and message in reply["message"]
+    assert not node.has_ready()
+
+
+def test_append_many_over_the_batch_limit_is_refused():
+    node = Node("a1", "a", NodeMeta(epoch=1), {})
+    builder = RecordBuilder()
+    records = sealed([builder.heap_init(0)] + [builder.heap_insert(0, [i]) for i in range(BATCH_RECORDS_MAX)])
+    reply = node.step({"id": 1, "t": sp.APPEND_MANY, "epoch": 1, "batches": [[0, records]]}, "token")
+    assert reply["error"] == sp.ERROR_BAD_REQUEST and "exceed" in reply["message"]
