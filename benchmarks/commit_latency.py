@@ -334,12 +334,13 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def aurora_cluster(base_dir: Path) -> Iterator[Cluster]:
+def aurora_cluster(base_dir: Path, cache_pages: int | None = None) -> Iterator[Cluster]:
     """`aurora-db up --detach` in base_dir/cluster, on free ports; always `aurora-db down` at the end."""
     data_dir = base_dir / "cluster"
     port = choose_cluster_port()
     try:
-        started = aurora_db("up", "--data", str(data_dir), "--port", str(port), "--detach",
+        cache = ["--cache-pages", str(cache_pages)] if cache_pages is not None else []
+        started = aurora_db("up", "--data", str(data_dir), "--port", str(port), "--detach", *cache,
                             timeout_s=CLUSTER_UP_TIMEOUT_S)
         if started.returncode != 0:
             raise RuntimeError(f"aurora-db up failed ({started.returncode}):\n{started.stdout}{started.stderr}")

@@ -1,10 +1,13 @@
 """pgbench's TPC-B-like workload on our cluster and on PostgreSQL 15, one after the other, in one run.
 
-What it measures: `pgbench -i -s SCALE` (load time), then `pgbench -c CLIENTS -j 2 -T SECONDS -M MODE`
-for each protocol mode (simple, extended, prepared): transactions per second, average latency and
-failed transactions, on both servers, and the ratio ours / PostgreSQL. pgbench itself is the client,
-unchanged, so this is also a test that pgbench works. Both servers commit durably (PostgreSQL with
-fsync and synchronous_commit on; ours on a 4-of-6 quorum of fsynced storage nodes).
+What it measures: `pgbench -i -s SCALE` (load time), then, after a warm-up run that is not
+measured (`--warmup-seconds`, so both servers start with the data in memory, as PostgreSQL has it
+in shared buffers and the OS cache right after the load), `pgbench -c CLIENTS -j 2 -T SECONDS -M
+MODE` for each protocol mode (simple, extended, prepared): transactions per second, average
+latency and failed transactions, on both servers, and the ratio ours / PostgreSQL. pgbench itself
+is the client, unchanged, so this is also a test that pgbench works. Both servers commit durably
+(PostgreSQL with fsync and synchronous_commit on; ours on a 4-of-6 quorum of fsynced storage
+nodes). Our writer gets a buffer cache of `--cache-pages` pages (enough for scale 10).
 
     .venv/bin/python -m benchmarks.pgbench_tpcb [--scale 10] [--clients 8] [--seconds 30] [--json]
 """
@@ -29,6 +32,8 @@ SCALE_DEFAULT = 10
 CLIENTS_DEFAULT = 8
 THREADS = 2
 DURATION_DEFAULT_S = 30
+WARMUP_DEFAULT_S = 30
+CACHE_PAGES_DEFAULT = 32768
 INIT_TIMEOUT_S = 1800
 RUN_GRACE_S = 120  # beyond the run's own duration, before pgbench is presumed stuck
 
@@ -74,9 +79,12 @@ def run_mode(url: str, mode: str, clients: int, seconds: int) -> ModeResult:
                       int(_PROCESSED.search(output).group(1)), int(failed.group(1)) if failed else 0)
 
 
-def measure(url: str, name: str, scale: int, clients: int, seconds: int) -> dict:
+def measure(url: str, name: str, scale: int, clients: int, seconds: int, warmup_s: int) -> dict:
     log(f"{name}: pgbench -i -s {scale}")
     init_s = initialize(url, scale)
+    if warmup_s:
+        log(f"{name}: warm-up, pgbench -M prepared, {clients} clients, {warmup_s} s (not measured)")
+        run_mode(url, "prepared", clients, warmup_s)
     modes = []
     for mode in MODES:
         log(f"{name}: pgbench -M {mode}, {clients} clients, {seconds} s")
@@ -89,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=int, default=SCALE_DEFAULT)
     parser.add_argument("--clients", type=int, default=CLIENTS_DEFAULT)
     parser.add_argument("--seconds", type=int, default=DURATION_DEFAULT_S)
+    parser.add_argument("--warmup-seconds", type=int, default=WARMUP_DEFAULT_S)
+    parser.add_argument("--cache-pages", type=int, default=CACHE_PAGES_DEFAULT, help="our writer's buffer cache")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if shutil.which("pgbench") is None:
@@ -96,11 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     with tempfile.TemporaryDirectory(prefix="pgbench-tpcb-") as temp:
         base = Path(temp)
-        with aurora_cluster(base) as cluster:
-            ours = measure(cluster.url, "ours", args.scale, args.clients, args.seconds)
+        with aurora_cluster(base, cache_pages=args.cache_pages) as cluster:
+            ours = measure(cluster.url, "ours", args.scale, args.clients, args.seconds, args.warmup_seconds)
         with scratch_postgres(base) as postgres_url:
-            postgres = measure(postgres_url, "PostgreSQL", args.scale, args.clients, args.seconds)
-    result = {"scale": args.scale, "clients": args.clients, "seconds": args.seconds, "ours": ours,
+            postgres = measure(postgres_url, "PostgreSQL", args.scale, args.clients, args.seconds,
+                               args.warmup_seconds)
+    result = {"scale": args.scale, "clients": args.clients, "seconds": args.seconds,
+              "warmup_seconds": args.warmup_seconds, "cache_pages": args.cache_pages, "ours": ours,
               "postgres": postgres,
               "ratio_tps": {mode: ours["modes"][mode]["tps"] / postgres["modes"][mode]["tps"] for mode in MODES}}
     if args.json:

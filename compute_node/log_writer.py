@@ -79,13 +79,20 @@ class LogWriter:
             if len(self._boxcar) >= BOXCAR_RECORDS_MAX:
                 self._ask_ship_locked()
             elif was_empty:
-                self.loop.call_soon_threadsafe(self.loop.call_later, BOXCAR_DELAY_MS / 1000, self.ship_now)
+                self._soon(self.loop.call_later, BOXCAR_DELAY_MS / 1000, self.ship_now)
         return records
 
     def _ask_ship_locked(self) -> None:
         if not self._ship_asked and self._boxcar:
             self._ship_asked = True
-            self.loop.call_soon_threadsafe(self.ship_now)
+            self._soon(self.ship_now)
+
+    def _soon(self, fn, *args) -> None:
+        """Run fn on the loop after the current callback (no wake-up write from the loop itself)."""
+        if self.on_loop_thread():
+            self.loop.call_soon(fn, *args)
+        else:
+            self.loop.call_soon_threadsafe(fn, *args)
 
     @property
     def vdl(self) -> int:
@@ -158,7 +165,8 @@ class LogWriter:
             raise StaleEpoch(f"this writer was fenced: {self.fenced_reason}")
         if self.tracker.vdl >= lsn:
             return
-        self.ship_now()
+        with self._lock:
+            self._ask_ship_locked()  # at the end of this loop turn: commits made meanwhile ride along
         future = self.loop.create_future()
         heapq.heappush(self._waiters, (lsn, next(self._seq), future))
         try:
