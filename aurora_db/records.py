@@ -7,11 +7,14 @@ its PG) and `prev_page` (the previous record of its page); `cpl` marks the last 
 a write quorum, so recovery may start its chain walk there (DESIGN.md 6a).
 Invariants: lsn > prev_volume >= 0, lsn > prev_pg >= 0, lsn > prev_page >= 0; the body is the
 msgpack encoding of the record's fields and its CRC-32C-style checksum (zlib.crc32) travels with it
-on the wire and on disk, and is verified on every read.
+on the wire and on disk, and is verified on every read. The args (row values, keys: most of a
+record's bytes) are encoded once more on their own inside the body, so a storage node reads a
+record's header without decoding them; they are decoded only when the record is applied.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import zlib
 
@@ -28,6 +31,33 @@ class ChecksumMismatch(Exception):
     """A record's body does not match its checksum: it was damaged on disk or on the wire."""
 
 
+class LazyArgs(collections.abc.Sequence):
+    """A decoded record's args, still encoded: decoded on each use (once per apply), never kept."""
+
+    __slots__ = ("blob",)
+
+    def __init__(self, blob: bytes):
+        self.blob = blob
+
+    def _decoded(self) -> list:
+        return values.unpackb(self.blob, use_list=True)
+
+    def __iter__(self):
+        return iter(self._decoded())
+
+    def __len__(self) -> int:
+        return len(self._decoded())
+
+    def __getitem__(self, index):
+        return self._decoded()[index]
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, collections.abc.Sequence) and tuple(self) == tuple(other)
+
+    def __repr__(self) -> str:
+        return f"LazyArgs({tuple(self)!r})"
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Record:
     lsn: int
@@ -37,7 +67,7 @@ class Record:
     prev_page: int
     cpl: bool
     op: str
-    args: tuple
+    args: tuple | LazyArgs
     vdl: int = 0
 
     @property
@@ -45,9 +75,9 @@ class Record:
         return pg_of_page(self.page_id)
 
     def encode(self) -> bytes:
+        args = self.args.blob if isinstance(self.args, LazyArgs) else values.packb(list(self.args))
         return values.packb(
-            [self.lsn, self.page_id, self.prev_volume, self.prev_pg, self.prev_page, self.cpl, self.op, list(self.args),
-             self.vdl])
+            [self.lsn, self.page_id, self.prev_volume, self.prev_pg, self.prev_page, self.cpl, self.op, args, self.vdl])
 
     def sealed(self) -> tuple[int, bytes]:
         """(checksum, body): the form that crosses the network and lands on disk."""
@@ -60,8 +90,11 @@ def checksum(body: bytes) -> int:
 
 
 def decode(body: bytes) -> Record:
+    """The record's header; its args stay encoded (LazyArgs). Raises ValueError for a bad body."""
     lsn, page_id, prev_volume, prev_pg, prev_page, cpl, op, args, vdl = values.unpackb(body, use_list=True)
-    return Record(lsn, page_id, prev_volume, prev_pg, prev_page, bool(cpl), op, tuple(args), vdl)
+    if not isinstance(args, bytes):
+        raise ValueError("a record's args must be encoded bytes")
+    return Record(lsn, page_id, prev_volume, prev_pg, prev_page, bool(cpl), op, LazyArgs(args), vdl)
 
 
 def open_sealed(crc: int, body: bytes) -> Record:
