@@ -152,5 +152,11 @@ class CardinalityViolation(DatabaseError):
     sqlstate = "21000"
 
 
+class WrongObjectType(DatabaseError):
+    """A statement names a relation of another kind: DROP TABLE of a view, COPY into a view."""
+
+    sqlstate = "42809"
+
+
 class DuplicateAlias(DatabaseError):
     sqlstate = "42712"

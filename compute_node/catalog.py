@@ -1,14 +1,18 @@
-"""The catalog: table definitions stored as MVCC rows of a system table, in pages like any table.
+"""The catalog: table and view definitions stored as MVCC rows of a system table, in pages like any
+table.
 
 DESIGN.md 8: "The catalog lives in pages like any table." Its rows are
-[name, table_page_id, columns, primary_key, indexes, oid] and are read through snapshots, so
-CREATE, DROP, CREATE INDEX, TRUNCATE and ALTER TABLE are transactional: each writes a new row
-version of the table (its old version gets xmax), and a plan made from an old version is remade.
-Invariants: at most one visible row per table name in any snapshot; a table's oid is stable for its
-life (its first root page id; TRUNCATE and table rewrites move the table to a new root page);
-an index's root page id never changes, and a table's primary-key root is also named in its root
-page under "indexes" (what compute_node/sources.py reads); rows written before this format
-(four fields) decode with no secondary indexes.
+[name, table_page_id, columns, primary_key, indexes, oid], and a view's row has a seventh field
+[query SQL, oids of the relations it reads]. Rows are read through snapshots, so CREATE, DROP,
+CREATE INDEX, TRUNCATE, ALTER TABLE and CREATE [OR REPLACE] VIEW are transactional: each writes a
+new row version of the relation (its old version gets xmax), and a plan made from an old version
+is remade.
+Invariants: at most one visible row per relation name in any snapshot (tables and views share one
+namespace); a table's oid is stable for its life (its first root page id; TRUNCATE and table
+rewrites move the table to a new root page); a view has no pages (table_page_id 0) and its oid is
+a page id allocated for it alone; an index's root page id never changes, and a table's primary-key
+root is also named in its root page under "indexes" (what compute_node/sources.py reads); rows
+written before this format (four fields) decode with no secondary indexes.
 """
 
 from __future__ import annotations
@@ -58,10 +62,16 @@ class TableDef:
     tid: tuple[int, int]  # where the catalog row lives
     indexes: tuple[IndexDef, ...] = ()  # the primary key's first, if any
     relation_oid: int = 0
+    query: str | None = None  # a view's SELECT (postgres dialect, `*` expanded); None for a table
+    depends_on: tuple[int, ...] = ()  # a view: oids of the tables and views its query reads
 
     @property
     def oid(self) -> int:
         return self.relation_oid or self.table_page_id
+
+    @property
+    def is_view(self) -> bool:
+        return self.query is not None
 
     def column_index(self, name: str) -> int | None:
         for index, column in enumerate(self.columns):
@@ -82,16 +92,20 @@ class TableDef:
 
     def values(self) -> list:
         """The catalog row for this definition."""
-        return [self.name, self.table_page_id, [list(dataclasses.astuple(c)) for c in self.columns],
-                list(self.primary_key), [[i.name, list(i.columns), i.unique, i.root_page_id, i.primary, i.constraint]
-                                         for i in self.indexes], self.oid]
+        row = [self.name, self.table_page_id, [list(dataclasses.astuple(c)) for c in self.columns],
+               list(self.primary_key), [[i.name, list(i.columns), i.unique, i.root_page_id, i.primary, i.constraint]
+                                        for i in self.indexes], self.oid]
+        if self.is_view:
+            row.append([self.query, list(self.depends_on)])
+        return row
 
 
 def _checked_row(table: TableDef) -> list:
     values = table.values()
     size = pages.tuple_bytes(values)
     if size > pages.ROW_BYTES_MAX:
-        raise ProgramLimitExceeded(f'the definition of table "{table.name}" is too big: {size} bytes, '
+        kind = "view" if table.is_view else "table"
+        raise ProgramLimitExceeded(f'the definition of {kind} "{table.name}" is too big: {size} bytes, '
                                    f"maximum {pages.ROW_BYTES_MAX}")
     return values
 
@@ -104,8 +118,9 @@ def _decode(tid, values) -> TableDef:
     else:
         indexes = (IndexDef(f"{name}_pkey", tuple(primary_key), True, 0, True, True),) if primary_key else ()
         oid = table_page_id
+    query, depends_on = values[6] if len(values) > 6 else (None, ())
     return TableDef(name, table_page_id, tuple(ColumnDef(*c) for c in columns), tuple(primary_key), tuple(tid),
-                    indexes, oid)
+                    indexes, oid, query, tuple(depends_on))
 
 
 class Catalog:
@@ -126,14 +141,19 @@ class Catalog:
         self.store.log(META_PAGE, "meta_set", "catalog_table", table_page_id)
 
     def tables(self, snapshot: Snapshot, xid: int | None) -> dict[str, TableDef]:
+        """Every relation with a catalog row (tables and views) visible to the snapshot, by name."""
         visible = {}
         for tid, (xmin, xmax, values) in self.heap.scan():
             if self.transactions.visible(xmin, xmax, snapshot, xid):
-                table = self._decoded.get(tid)
-                if table is None:
-                    table = self._decoded[tid] = _decode(tid, values)
+                table = self._decode_cached(tid, values)
                 visible[table.name] = table
         return visible
+
+    def _decode_cached(self, tid, values) -> TableDef:
+        table = self._decoded.get(tid)
+        if table is None:
+            table = self._decoded[tid] = _decode(tid, values)
+        return table
 
     def get(self, name: str, snapshot: Snapshot, xid: int | None) -> TableDef:
         table = self.tables(snapshot, xid).get(name)
@@ -178,6 +198,36 @@ class Catalog:
                 root = BTree.create(self.store)
                 self.store.log(table_page_id, "table_set", "indexes", {PRIMARY_KEY_INDEX: root})
         return table_page_id, root
+
+    def new_oid(self) -> int:
+        """An object id for a relation without pages (a view): a page id that no page will use."""
+        with self.store.mtr(META_PAGE):
+            return self.store.allocate_page()
+
+    def dependent_views(self, oids, snapshot: Snapshot, xid: int | None) -> list[TableDef]:
+        """The visible views, other than those of `oids`, that read a relation of `oids` directly or
+        through other views. Raises 40001 if a concurrent open transaction is creating a view that
+        reads one of them (PostgreSQL would wait for its lock)."""
+        visible, pending = [], []
+        for tid, (xmin, xmax, values) in self.heap.scan():
+            if len(values) <= 6:
+                continue
+            if self.transactions.visible(xmin, xmax, snapshot, xid):
+                visible.append(self._decode_cached(tid, values))
+            elif xmin != xid and xmin in self.transactions.active:
+                pending.append(self._decode_cached(tid, values))
+        reached = set(oids)
+        found = []
+        while True:
+            more = [view for view in visible if view.oid not in reached and reached.intersection(view.depends_on)]
+            if not more:
+                break
+            found += more
+            reached.update(view.oid for view in more)
+        for view in pending:
+            if reached.intersection(view.depends_on):
+                raise SerializationFailure(f'view "{view.name}" is being created by a concurrent transaction')
+        return found
 
     def replace(self, old: TableDef, new: TableDef, xid: int) -> TableDef:
         """A new version of a table's catalog row, in one MTR with the old version's xmax.

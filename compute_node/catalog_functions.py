@@ -1,5 +1,5 @@
 """SQL functions over the catalog, as psql's meta-commands and drivers call them: pg_get_userbyid,
-pg_table_is_visible, format_type, pg_get_indexdef, pg_get_constraintdef, pg_get_expr,
+pg_table_is_visible, format_type, pg_get_indexdef, pg_get_viewdef, pg_get_constraintdef, pg_get_expr,
 obj_description, pg_encoding_to_char, ..., and the casts to regclass, regtype, regnamespace, regrole.
 
 A function reads the catalog when it runs, through the statement's context (scope.runtime.ctx), so
@@ -141,6 +141,14 @@ def _pg_get_indexdef(ctx, oid, column=0, pretty=False):
             f"USING btree ({_index_columns(relation)})")
 
 
+def _pg_get_viewdef(ctx, oid, pretty=False):
+    """The view's stored query (PostgreSQL prints its own deparse; this is the query as stored)."""
+    relation = _relation(ctx, oid)
+    if relation is None or relation.kind != "v":
+        return None
+    return f" {relation.table.query};"
+
+
 def _pg_get_constraintdef(ctx, oid, pretty=False):
     relation = _relation(ctx, oid)
     if relation is None or relation.kind != "i" or not (relation.index.primary or relation.index.constraint):
@@ -212,6 +220,7 @@ FUNCTIONS = {
     "format_type": _function("format_type", ("int8", "int4"), "text", _format_type, strict=False,
                              reads_catalog=False),
     "pg_get_indexdef": _function("pg_get_indexdef", ("int8", "int4", "bool"), "text", _pg_get_indexdef, required=1),
+    "pg_get_viewdef": _function("pg_get_viewdef", ("int8", "bool"), "text", _pg_get_viewdef, required=1),
     "pg_get_constraintdef": _function("pg_get_constraintdef", ("int8", "bool"), "text", _pg_get_constraintdef,
                                       required=1),
     "pg_get_expr": _function("pg_get_expr", ("text", "int8", "bool"), "text", _pg_get_expr, required=2),

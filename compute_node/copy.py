@@ -26,6 +26,7 @@ from aurora_db.errors import (
     SyntaxError_,
     UndefinedColumn,
     UndefinedTable,
+    WrongObjectType,
 )
 from compute_node import sql_types as t
 from compute_node.catalog import TableDef
@@ -481,6 +482,9 @@ def resolve_target(spec: CopySpec, tables: dict[str, TableDef]) -> CopyTarget:
     table = tables.get(spec.table)
     if table is None:
         raise UndefinedTable(f'relation "{spec.table}" does not exist')
+    if table.is_view:
+        raise WrongObjectType(f'cannot copy to view "{spec.table}"',
+                              hint="To enable copying to a view, provide an INSTEAD OF INSERT trigger.")
     if spec.columns is None:
         return CopyTarget(table, tuple(range(len(table.columns))))
     positions = []

@@ -26,6 +26,7 @@ from aurora_db.errors import (
     SyntaxError_,
     UndefinedColumn,
     UndefinedTable,
+    WrongObjectType,
 )
 from aurora_db.pages import XID_COMMITTED
 from compute_node import indexes as ix
@@ -49,10 +50,6 @@ class InvalidTableDefinition(DatabaseError):
 
 class DependentObjectsStillExist(DatabaseError):
     sqlstate = "2BP01"
-
-
-class WrongObjectType(DatabaseError):
-    sqlstate = "42809"
 
 
 class UndefinedObject(DatabaseError):
@@ -321,31 +318,68 @@ class CreateTablePlan(Plan):
 # --- DROP TABLE / DROP INDEX ------------------------------------------------------------------
 
 
-class DropTablePlan(Plan):
+RELATION_KINDS = {False: "table", True: "view"}  # TableDef.is_view -> the word DROP and errors use
+
+
+class DropRelationPlan(Plan):
+    """DROP TABLE and DROP VIEW: every named relation is checked before any is dropped. Views that
+    read a dropped relation fail the statement (2BP01), or with CASCADE are dropped with it."""
+
     writes = True
     restartable = False
 
     def __init__(self, drop: exp.Drop, tables, param_types):
+        self.kind = (drop.args.get("kind") or "").lower()
         self.if_exists = bool(drop.args.get("exists"))
+        self.cascade = bool(drop.args.get("cascade"))
         targets = drop.args.get("tables") or [drop.this]
         self.names = [table.name for table in targets]
         self.tables = {name: tables[name].tid if name in tables else None for name in self.names}
 
     def run(self, ctx: Context) -> Result:
         visible = ctx.catalog.tables(ctx.snapshot, ctx.xid)
+        dropped = {}
         for name in self.names:
-            if name not in visible:
-                if ctx.catalog.find_index(name, ctx.snapshot, ctx.xid) is not None:
-                    raise WrongObjectType(f'"{name}" is not a table', hint="Use DROP INDEX to remove an index.")
-                if not self.if_exists:
-                    raise UndefinedTable(f'table "{name}" does not exist')
-        for name in self.names:
-            if name in visible:
-                table = visible[name]
-                xid = ctx.ensure_xid()
-                check_writable(ctx, table.tid, ctx.catalog.heap.fetch(table.tid)[1])
-                ctx.catalog.drop(table, xid)
-        return Result("DROP TABLE")
+            relation = self._target(ctx, visible, name)
+            if relation is not None:
+                dropped[relation.oid] = relation
+        dependents = ctx.catalog.dependent_views(dropped, ctx.snapshot, ctx.xid) if dropped else []
+        if dependents and not self.cascade:
+            first = next(iter(dropped.values()))
+            raise DependentObjectsStillExist(
+                f"cannot drop {RELATION_KINDS[first.is_view]} {first.name} because other objects depend on it",
+                detail=_dependency_detail(dropped, dependents),
+                hint="Use DROP ... CASCADE to drop the dependent objects too.")
+        for relation in list(dropped.values()) + dependents:
+            xid = ctx.ensure_xid()
+            check_writable(ctx, relation.tid, ctx.catalog.heap.fetch(relation.tid)[1])
+            ctx.catalog.drop(relation, xid)
+        return Result(f"DROP {self.kind.upper()}")
+
+    def _target(self, ctx: Context, visible: dict, name: str) -> TableDef | None:
+        """The relation to drop, None if it is missing and IF EXISTS; 42809 if it is of another kind."""
+        relation = visible.get(name)
+        if relation is None:
+            if ctx.catalog.find_index(name, ctx.snapshot, ctx.xid) is not None:
+                raise WrongObjectType(f'"{name}" is not a {self.kind}', hint="Use DROP INDEX to remove an index.")
+            if self.if_exists:
+                return None
+            raise UndefinedTable(f'{self.kind} "{name}" does not exist')
+        if RELATION_KINDS[relation.is_view] != self.kind:
+            other = RELATION_KINDS[relation.is_view]
+            raise WrongObjectType(f'"{name}" is not a {self.kind}', hint=f"Use DROP {other.upper()} to remove a {other}.")
+        return relation
+
+
+def _dependency_detail(dropped: dict, dependents: list[TableDef]) -> str:
+    """PostgreSQL's DETAIL: a line "view v depends on table t" (or "on view w") per dependent view."""
+    involved = dict(dropped)
+    lines = []
+    for view in dependents:
+        read = next(involved[oid] for oid in view.depends_on if oid in involved)
+        lines.append(f"view {view.name} depends on {RELATION_KINDS[read.is_view]} {read.name}")
+        involved[view.oid] = view
+    return "\n".join(lines)
 
 
 class DropIndexPlan(Plan):
@@ -365,8 +399,10 @@ class DropIndexPlan(Plan):
         for name in self.names:
             found = ctx.catalog.find_index(name, ctx.snapshot, ctx.xid)
             if found is None:
-                if name in ctx.catalog.tables(ctx.snapshot, ctx.xid):
-                    raise WrongObjectType(f'"{name}" is not an index', hint="Use DROP TABLE to remove a table.")
+                relation = ctx.catalog.tables(ctx.snapshot, ctx.xid).get(name)
+                if relation is not None:
+                    kind = RELATION_KINDS[relation.is_view]
+                    raise WrongObjectType(f'"{name}" is not an index', hint=f"Use DROP {kind.upper()} to remove a {kind}.")
                 if self.if_exists:
                     continue
                 raise UndefinedObject(f'index "{name}" does not exist')
@@ -409,6 +445,9 @@ class CreateIndexPlan(Plan):
         if self.table_name not in tables:
             raise UndefinedTable(f'relation "{self.table_name}" does not exist')
         table = tables[self.table_name]
+        if table.is_view:
+            raise WrongObjectType(f'cannot create index on relation "{self.table_name}"',
+                                  detail="This operation is not supported for views.")
         columns = []
         for ordered in params.args.get("columns") or []:
             column = ordered.this if isinstance(ordered, exp.Ordered) else ordered
@@ -473,6 +512,8 @@ class TruncatePlan(Plan):
                 raise UndefinedTable(f'relation "{node.db}.{node.name}" does not exist')
             if node.name not in tables:
                 raise UndefinedTable(f'relation "{node.name}" does not exist')
+            if tables[node.name].is_view:
+                raise WrongObjectType(f'"{node.name}" is not a table')
             self.names.append(node.name)
         self.tables = {name: tables[name].tid for name in self.names}
 
@@ -518,6 +559,11 @@ class AlterTablePlan(Plan):
         table = tables[self.name]
         self.actions = []
         for action in alter.args.get("actions") or []:
+            if table.is_view:
+                what = "ADD COLUMN" if isinstance(action, exp.ColumnDef) else "ADD CONSTRAINT" \
+                    if isinstance(action, exp.AddConstraint) else action.key.upper()
+                raise WrongObjectType(f'ALTER action {what} cannot be performed on relation "{self.name}"',
+                                      detail="This operation is not supported for views.")
             if isinstance(action, exp.ColumnDef):
                 spec = column_spec(action, self.name, tables, param_types)
                 self.actions.append(("add_column", spec, bool(action.args.get("exists"))))
@@ -653,8 +699,8 @@ def create_plan(create: exp.Create, tables, param_types) -> Plan:
 
 def drop_plan(drop: exp.Drop, tables, param_types) -> Plan:
     kind = (drop.args.get("kind") or "").upper()
-    if kind == "TABLE":
-        return DropTablePlan(drop, tables, param_types)
+    if kind in ("TABLE", "VIEW") and not drop.args.get("materialized"):
+        return DropRelationPlan(drop, tables, param_types)
     if kind == "INDEX":
         return DropIndexPlan(drop, tables, param_types)
     raise FeatureNotSupported(f"DROP {kind} is not supported yet")

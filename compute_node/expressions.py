@@ -587,6 +587,7 @@ def _like(node, scope, expected):
     value_fn, _ = compile_expr(node.this, scope, "text")
     pattern_fn, _ = compile_expr(node.expression, scope, "text")
     insensitive = isinstance(node, exp.ILike)
+    negate = bool(node.args.get("negate"))  # sqlglot reads `x NOT LIKE y` as one node with `negate`
     cache = {}
 
     def like(row, params):
@@ -597,7 +598,7 @@ def _like(node, scope, expected):
         if regex is None:
             parts = ["." if ch == "_" else ".*" if ch == "%" else re.escape(ch) for ch in pattern]
             regex = cache[pattern] = re.compile("".join(parts), re.S | (re.I if insensitive else 0))
-        return regex.fullmatch(value) is not None
+        return (regex.fullmatch(value) is not None) != negate
     return like, "bool"
 
 

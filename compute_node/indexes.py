@@ -25,6 +25,8 @@ Planner API (all run on the engine thread, with a Context `ctx` of sources.py):
   index_order(ctx, table, index) -> Iterator[tid]: every entry in key order, NULLs last.
   fetch_visible(ctx, table, tids) -> Iterator[(tid, values)]: the tuples visible to ctx's snapshot.
   index_scan(ctx, table, index, low, high, ...) -> Iterator[(tid, values)]: index_range + fetch_visible.
+  unique_lookup(ctx, table, index, key_values) -> Iterator[(tid, values)]: the one visible tuple of a
+      unique index's full key, if any, read newest version first (compute_node/index_scans.py).
 """
 
 from __future__ import annotations
@@ -130,6 +132,22 @@ def fetch_visible(ctx, table: TableDef, tids) -> Iterator[tuple[tuple[int, int],
 def index_scan(ctx, table: TableDef, index: IndexDef, low=None, high=None, low_inclusive: bool = True,
                high_inclusive: bool = True) -> Iterator[tuple[tuple[int, int], list]]:
     return fetch_visible(ctx, table, index_range(ctx, table, index, low, high, low_inclusive, high_inclusive))
+
+
+def unique_lookup(ctx, table: TableDef, index: IndexDef, key_values) -> Iterator[tuple[tuple[int, int], list]]:
+    """A unique index keeps an entry per row version, so a hot row's key has many; but a snapshot
+    sees at most one tuple per full key without NULLs (a key's next holder commits only after its
+    previous holder's delete did). Versions are entered oldest first, so look from the newest and
+    stop at the first visible one."""
+    assert index.unique and len(key_values) == len(index.columns), (index, key_values)
+    if any(value is None for value in key_values):
+        return
+    heap = Heap(ctx.store, table.table_page_id)
+    for tid in tree_of(ctx.store, table, index).newest_first(encode(index, key_values)):
+        xmin, xmax, values = heap.fetch(tid)
+        if ctx.visible(xmin, xmax):
+            yield tid, values
+            return
 
 
 # --- upkeep on writes -------------------------------------------------------------------------

@@ -135,13 +135,13 @@ def _has_table(match: re.Match, normalized: str) -> Canned | None:
     excluding = match.group("op") != "="
 
     def answer(params, tables, settings):
-        if "r" not in {kind(params) for kind in kinds}:
-            return []
+        wanted_kinds = {kind(params) for kind in kinds}
         wanted_schema = schema(params)
         in_public = wanted_schema != "public" if excluding else wanted_schema == "public"
         if not in_public:
             return []
-        return [(name(params),) for name in names if name(params) in tables]
+        return [(name(params),) for name in names
+                if name(params) in tables and ("v" if tables[name(params)].is_view else "r") in wanted_kinds]
 
     return Canned([TEXT_OID] * _param_count(normalized), [Column("relname", TEXT_OID)], answer)
 

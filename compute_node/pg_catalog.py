@@ -83,7 +83,8 @@ TYPE_DISPLAY = {"bool": "boolean", "int2": "smallint", "int4": "integer", "int8"
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Relation:
-    """One pg_class row: a table ('r'), one of its indexes ('i') or a sequence behind a column ('S')."""
+    """One pg_class row: a table ('r'), a view ('v'), one of a table's indexes ('i') or a sequence behind
+    a column ('S')."""
 
     oid: int
     name: str
@@ -111,7 +112,7 @@ def view(ctx) -> View:
     tables = dict(sorted(ctx.catalog.tables(ctx.snapshot, ctx.xid).items()))
     relations = {}
     for name, table in tables.items():
-        relations[table.oid] = Relation(table.oid, name, "r", table)
+        relations[table.oid] = Relation(table.oid, name, "v" if table.is_view else "r", table)
         for index in table.indexes:
             relations[index_oid(table, index)] = Relation(index_oid(table, index), index.name, "i", table, index)
         for column in table.columns:
@@ -240,18 +241,21 @@ def _pg_class(ctx):
             am, natts, has_index, replident = HEAP_AM_OID, len(table.columns), bool(table.indexes), "d"
         elif relation.kind == "i":
             am, natts, has_index, replident = BTREE_AM_OID, len(relation.index.columns), False, "n"
+        elif relation.kind == "v":
+            am, natts, has_index, replident = 0, len(table.columns), False, "n"
         else:
             am, natts, has_index, replident = 0, 3, False, "n"
+        view = relation.kind == "v"  # its query is a rule (_RETURN); it has no storage
         rows.append([relation.oid, relation.name, PUBLIC_NAMESPACE_OID, SUPERUSER_OID, am, relation.kind, "p", natts,
-                     has_index, False, -1.0, 0, False, False, False, False, 0, 0, replident, 0, None, 0, None, None,
-                     0, relation.oid])
+                     has_index, False, -1.0, 0, view, False, False, False, 0, 0, replident, 0, None, 0, None, None,
+                     0, 0 if view else relation.oid])
     return rows
 
 
 def _pg_attribute(ctx):
     rows = []
     for relation in _relations(ctx):
-        if relation.kind == "r":
+        if relation.kind in ("r", "v"):
             for number, column in enumerate(relation.table.columns, 1):
                 rows.append(_attribute_row(relation.oid, number, column, relation.table))
         elif relation.kind == "i":

@@ -2,7 +2,7 @@
 
 A FromPlan turns `FROM a, b JOIN c ON ... LEFT JOIN d USING (...)` plus WHERE into joined rows.
 WHERE and inner-join ON conditions are split into conjuncts: one naming a single table filters that
-table's scan (and a scan whose primary key is pinned becomes a key lookup); an equality between
+table's scan (and may make it an index scan, compute_node/index_scans.py); an equality between
 two sides is a hash-join key; the rest are checked as soon as every table they name is joined.
 Join order is greedy, chosen per execution from the filtered inputs: start with the smallest,
 then join the smallest table connected to what is joined by an equality, cross joins last. With a
@@ -25,7 +25,8 @@ from aurora_db.errors import (
 )
 from compute_node import sql_types as t
 from compute_node.expressions import Scope, ScopeColumn, compile_expr
-from compute_node.sources import TableSource, conjuncts, key_lookup, resolve_source
+from compute_node.index_scans import choose_index
+from compute_node.sources import TableSource, ViewSource, conjuncts, resolve_source
 
 JOIN_TABLES_MAX = 64
 SERIES_ROWS_MAX = 1_000_000  # generate_series in FROM: rows are held in memory
@@ -43,7 +44,7 @@ class DerivedSource:
     def scope_columns(self, offset=0):
         return [ScopeColumn(self.alias, name, type_name, offset + i) for i, (name, type_name) in enumerate(self.column_defs)]
 
-    def rows(self, ctx, key_fns=None):
+    def rows(self, ctx, access=None):
         for row in self.plan.rows(ctx):
             yield None, row
 
@@ -73,7 +74,7 @@ class SeriesSource:
     def scope_columns(self, offset=0):
         return [ScopeColumn(self.alias, self.column_name, self.type_name, offset)]
 
-    def rows(self, ctx, key_fns=None):
+    def rows(self, ctx, access=None):
         values = [fn([], ctx.params) for fn in self.fns]
         if any(value is None for value in values):
             return
@@ -97,8 +98,8 @@ class Relation:
         self.width = len(source.scope_columns())
         self.nullable = nullable  # the right side of a LEFT JOIN: WHERE may not filter its scan
         self.filter_nodes: list[exp.Expression] = []
-        self.filters: list = []
-        self.key_fns = None
+        self.filters: list = []  # every pushed-down condition, checked on each row even after an index scan
+        self.access = None  # the index scan chosen for the table, if any
 
     @property
     def label(self) -> str:
@@ -163,11 +164,7 @@ class FromPlan:
                 self.runtime.tables[source.table.name] = source.table.tid
         self.width = len(columns)
         self.scope = scope_template.derive(columns)
-        self.origins = {}
-        for relation in self.relations:
-            if isinstance(relation.source, TableSource):
-                for i in range(relation.width):
-                    self.origins[relation.offset + i] = (relation.source.table.oid, i + 1)
+        self.origins = self._origins()
         self.local_scopes = [self.scope.derive(r.source.scope_columns()) for r in self.relations]
 
         where = select.args.get("where")
@@ -201,8 +198,23 @@ class FromPlan:
             else:
                 self.pool.append(self._conjunct(node))
         for relation, local_scope in zip(self.relations, self.local_scopes):
-            if relation.filter_nodes:
-                relation.key_fns = key_lookup(relation.filter_nodes, relation.source, local_scope)
+            if relation.filter_nodes and isinstance(relation.source, TableSource):
+                relation.access = choose_index(relation.filter_nodes, relation.source.table, local_scope)
+
+    def _origins(self) -> dict[int, tuple[int, int]]:
+        """Joined-row slot -> (table oid, column number) for columns read straight from a table, also
+        through a view, as PostgreSQL reports them in RowDescription."""
+        origins = {}
+        for relation in self.relations:
+            source = relation.source
+            if isinstance(source, TableSource):
+                for i in range(relation.width):
+                    origins[relation.offset + i] = (source.table.oid, i + 1)
+            elif isinstance(source, ViewSource):
+                for i, column in enumerate(source.plan.columns[:relation.width]):
+                    if column.table_oid:
+                        origins[relation.offset + i] = (column.table_oid, column.column_number)
+        return origins
 
     def _source(self, item, scope_template: Scope):
         if isinstance(item, exp.Table) and isinstance(item.this, (exp.ExplodingGenerateSeries, exp.GenerateSeries)):
@@ -210,7 +222,7 @@ class FromPlan:
         if isinstance(item, exp.Table):
             if not item.name:
                 raise FeatureNotSupported(f"FROM {item.sql(dialect='postgres')[:60]} is not supported")
-            return resolve_source(item, scope_template.tables)
+            return resolve_source(item, scope_template.tables, scope_template.runtime)
         if isinstance(item, exp.Subquery):
             from compute_node.subqueries import plan_query
             alias = item.alias
@@ -284,8 +296,8 @@ class FromPlan:
         params = ctx.params
         filters = relation.filters
         if not filters:
-            return [values for _, values in relation.source.rows(ctx, relation.key_fns)]
-        return [values for _, values in relation.source.rows(ctx, relation.key_fns)
+            return [values for _, values in relation.source.rows(ctx, relation.access)]
+        return [values for _, values in relation.source.rows(ctx, relation.access)
                 if all(fn(values, params) is True for fn in filters)]
 
     def rows(self, ctx, trace: list | None = None) -> list[list]:
@@ -405,10 +417,7 @@ class FromPlan:
         lines = []
         for entry in trace:
             kind, relation = entry[0], entry[1]
-            scan = "Primary Key Lookup" if relation.key_fns is not None else "Seq Scan"
-            filters = f" (filter: {' AND '.join(n.sql(dialect='postgres') for n in relation.filter_nodes)})" \
-                if relation.filter_nodes else ""
-            described = f"{scan} on {relation.label}{filters} rows={entry[2]}"
+            described = f"{self._scan_described(relation)} rows={entry[2]}"
             if kind == "scan":
                 lines.append(described)
             else:
@@ -418,6 +427,21 @@ class FromPlan:
         for conjunct in self.final:
             lines.append(f"Filter: {conjunct.node.sql(dialect='postgres')}")
         return lines
+
+
+    @staticmethod
+    def _scan_described(relation: Relation) -> str:
+        """How one FROM item is read, in PostgreSQL's words, with the conditions its scan checks
+        (an index scan's own conditions shown apart)."""
+        access = relation.access
+        if access is not None:
+            scan = access.describe(relation.label)
+            rest = [node for node in relation.filter_nodes if not any(node is used for used in access.conditions)]
+        else:
+            kind = "Subquery Scan" if isinstance(relation.source, ViewSource) else "Seq Scan"
+            scan, rest = f"{kind} on {relation.label}", relation.filter_nodes
+        filters = f" (filter: {' AND '.join(n.sql(dialect='postgres') for n in rest)})" if rest else ""
+        return scan + filters
 
 
 def _inside_subquery(column, top) -> bool:

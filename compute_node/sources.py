@@ -1,25 +1,27 @@
-"""What a plan reads from: a table (full scan or primary-key lookup), an information_schema view,
-or nothing; the run-time Context; and the analysis helpers plans share.
+"""What a plan reads from: a table (full scan or index scan), a view (its query, planned as
+a subquery), an information_schema view, or nothing; the run-time Context; and the analysis
+helpers plans share.
 
-Invariants: a source yields only rows visible to the statement's snapshot; a key lookup is chosen
-only when WHERE pins every primary-key column to a value that does not depend on the row.
+Invariants: a source yields only rows visible to the statement's snapshot; an index scan (chosen
+by compute_node/index_scans.py) yields a superset of the rows its conditions select, never fewer;
+a view's rows have exactly the view's columns, whatever its tables gained since it was made.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import decimal
+import functools
 from typing import Callable, Iterator
 
+import sqlglot
 from sqlglot import exp
 
-from aurora_db.errors import InvalidParameterValue, UndefinedTable
+from aurora_db.errors import DatabaseError, InternalError, InvalidParameterValue, UndefinedTable
 from compute_node import pg_catalog
 from compute_node import sql_types as t
 from compute_node.backend import Column, Result
-from compute_node.btree import BTree
-from compute_node.catalog import PRIMARY_KEY_INDEX, TableDef
-from compute_node.expressions import Scope, ScopeColumn, compile_expr
+from compute_node.catalog import TableDef
+from compute_node.expressions import ScopeColumn, compile_expr
 from compute_node.heap import Heap
 
 
@@ -59,7 +61,8 @@ class Plan:
 
 
 class TableSource:
-    """Rows of one table visible to the snapshot, by full scan or by primary-key lookup."""
+    """Rows of one table visible to the snapshot, by full scan or by an index scan
+    (index_scans.IndexScan); the caller filters either with every condition on the table."""
 
     def __init__(self, table: TableDef, alias: str):
         self.table = table
@@ -69,28 +72,59 @@ class TableSource:
     def scope_columns(self, offset=0):
         return [ScopeColumn(self.alias, c.name, c.type_name, offset + i) for i, c in enumerate(self.table.columns)]
 
-    def rows(self, ctx: Context, key_fns=None) -> Iterator[tuple[tuple, list]]:
-        heap = Heap(ctx.store, self.table.table_page_id)
-        if key_fns is not None:
-            key = tuple(fn([], ctx.params) for fn in key_fns)
-            if any(value is None for value in key):
+    def rows(self, ctx: Context, access=None) -> Iterator[tuple[tuple, list]]:
+        if access is not None:
+            candidates = access.candidates(ctx, self.table)
+            if candidates is not None:
+                yield from candidates
                 return
-            # The index keeps an entry per row version (nothing prunes dead ones yet), so a hot
-            # row's key has many. A primary key is unique: a snapshot sees at most one version,
-            # and versions are entered oldest first, so look from the newest and stop at it.
-            tree = BTree(ctx.store, self._index_root(ctx))
-            for tid in tree.newest_first(key):
-                xmin, xmax, values = heap.fetch(tid)
-                if ctx.visible(xmin, xmax):
-                    yield tid, values
-                    return
-            return
-        for tid, (xmin, xmax, values) in heap.scan():
+        for tid, (xmin, xmax, values) in Heap(ctx.store, self.table.table_page_id).scan():
             if ctx.visible(xmin, xmax):
                 yield tid, values
 
-    def _index_root(self, ctx):
-        return ctx.store.get(self.table.table_page_id).values["indexes"][PRIMARY_KEY_INDEX]
+
+class InvalidObjectDefinition(DatabaseError):
+    sqlstate = "42P17"
+
+
+VIEW_QUERIES_PARSED_MAX = 256
+
+
+@functools.lru_cache(maxsize=VIEW_QUERIES_PARSED_MAX)
+def _parsed_view_query(sql: str) -> exp.Expression:
+    return sqlglot.parse_one(sql, read="postgres")
+
+
+class ViewSource:
+    """A view in FROM: its stored query, planned as a subquery that shares the statement's Runtime
+    (so the statement is replanned when the view or anything it reads changes), with its rows under
+    the view's column names and types. A view that reads itself, through any chain of views, is
+    refused (42P17) rather than expanded forever."""
+
+    def __init__(self, view: TableDef, alias: str, tables: dict, runtime=None):
+        from compute_node.subqueries import Runtime, plan_query
+        self.table = view
+        self.alias = alias
+        self.column_defs = [(c.name, c.type_name) for c in view.columns]
+        runtime = runtime or Runtime()
+        if view.oid in runtime.views_expanding:
+            raise InvalidObjectDefinition(f'infinite recursion detected in rules for relation "{view.name}"')
+        runtime.views_expanding.append(view.oid)
+        try:
+            self.plan = plan_query(_parsed_view_query(view.query).copy(), tables, [], None, runtime)
+        finally:
+            runtime.views_expanding.pop()
+        if list(self.plan.out_types[:len(view.columns)]) != [type_name for _, type_name in self.column_defs]:
+            raise InternalError(f'view "{view.name}" no longer matches the relations it reads')
+        self.width = len(view.columns)
+
+    def scope_columns(self, offset=0):
+        return [ScopeColumn(self.alias, name, type_name, offset + i) for i, (name, type_name) in enumerate(self.column_defs)]
+
+    def rows(self, ctx, access=None):
+        width = self.width
+        for row in self.plan.rows(ctx):
+            yield None, row if len(row) == width else row[:width]
 
 
 class VirtualSource:
@@ -106,7 +140,7 @@ class VirtualSource:
     def scope_columns(self, offset=0):
         return [ScopeColumn(self.alias, name, type_name, offset + i) for i, (name, type_name) in enumerate(self.column_defs)]
 
-    def rows(self, ctx, key_fns=None):
+    def rows(self, ctx, access=None):
         for row in self.produce(ctx):
             yield None, row
 
@@ -118,7 +152,7 @@ class NoSource:
     def scope_columns(self, offset=0):
         return []
 
-    def rows(self, ctx, key_fns=None):
+    def rows(self, ctx, access=None):
         yield None, []
 
 
@@ -126,7 +160,8 @@ class NoSource:
 
 
 def _info_tables(ctx):
-    return [["postgres", "public", name, "BASE TABLE"] for name in sorted(ctx.catalog.tables(ctx.snapshot, ctx.xid))]
+    return [["postgres", "public", name, "VIEW" if relation.is_view else "BASE TABLE"]
+            for name, relation in sorted(ctx.catalog.tables(ctx.snapshot, ctx.xid).items())]
 
 
 def _info_columns(ctx):
@@ -165,7 +200,8 @@ INFORMATION_SCHEMA = {
 }
 
 
-def resolve_source(table: exp.Table, tables: dict[str, TableDef]):
+def resolve_source(table: exp.Table, tables: dict[str, TableDef], runtime=None):
+    """The source a FROM item names; a view's query is planned with `runtime`, the statement's."""
     name = table.name
     schema = table.db
     alias = table.alias_or_name
@@ -183,6 +219,8 @@ def resolve_source(table: exp.Table, tables: dict[str, TableDef]):
         raise UndefinedTable(f'relation "{schema}.{name}" does not exist')
     if name not in tables:
         raise UndefinedTable(f'relation "{name}" does not exist')
+    if tables[name].is_view:
+        return ViewSource(tables[name], alias, tables, runtime)
     return TableSource(tables[name], alias)
 
 
@@ -209,69 +247,6 @@ def conjuncts(node):
     if isinstance(node, exp.Paren):
         return conjuncts(node.this)
     return [node]
-
-
-def _row_independent(node, scope: Scope) -> bool:
-    """No column of this query (a column of an enclosing query is fixed while this one runs)."""
-    columns = list(node.find_all(exp.Column))
-    if not columns:
-        return True
-    return scope.outer is not None and not node.find(exp.Select) and all(scope.lookup(c) is None for c in columns)
-
-
-def key_lookup(where: exp.Expression | list | None, source, scope: Scope):
-    """If WHERE (a condition, or a list of AND-ed conditions) pins every primary-key column to a
-    value not depending on the row, the closures computing the key."""
-    table = getattr(source, "table", None)
-    if where is None or not isinstance(source, TableSource) or not table.primary_key:
-        return None
-    pinned = {}
-    for conjunct in (where if isinstance(where, list) else conjuncts(where)):
-        if not isinstance(conjunct, exp.EQ):
-            continue
-        for column, other in ((conjunct.this, conjunct.expression), (conjunct.expression, conjunct.this)):
-            if isinstance(column, exp.Column) and column.name in table.primary_key and _row_independent(other, scope) \
-                    and not (column.table and column.table != source.alias):
-                type_name = table.columns[table.column_index(column.name)].type_name
-                fn, value_type = compile_expr(other, scope, type_name)
-                if value_type not in t.NUMBERS and value_type != type_name and value_type != "unknown":
-                    continue
-                pinned[column.name] = _coerce_key(fn, value_type, type_name)
-    if set(pinned) != set(table.primary_key):
-        return None
-    return [pinned[name] for name in table.primary_key]
-
-
-def _coerce_key(fn, source_type, target_type):
-    if source_type == target_type:
-        return fn
-    def coerced(row, params):
-        value = fn(row, params)
-        if value is None:
-            return None
-        if target_type in t.INTEGERS and isinstance(value, (float, decimal.Decimal)) and value != int(value):
-            return _NO_MATCH
-        try:
-            return t.cast(value, source_type, target_type)
-        except Exception:
-            return _NO_MATCH
-    return coerced
-
-
-class _NoMatch:
-    def __eq__(self, other):
-        return False
-
-    def __lt__(self, other):
-        return False
-
-    def __gt__(self, other):
-        return False
-
-    __hash__ = object.__hash__
-
-
-_NO_MATCH = _NoMatch()
 
 
 def constant(node, scope, what: str, expected="int8"):

@@ -21,7 +21,8 @@ class Runtime:
     def __init__(self):
         self.ctx = None
         self.cache: dict = {}  # id(subplan) -> its rows (or their IN form), for uncorrelated subplans
-        self.tables: dict[str, tuple] = {}  # every table the statement reads: name -> catalog tid
+        self.tables: dict[str, tuple] = {}  # every table and view the statement reads: name -> catalog tid
+        self.views_expanding: list[int] = []  # while planning: oids of the views being expanded, outermost first
 
     def begin(self, ctx) -> None:
         self.ctx = ctx

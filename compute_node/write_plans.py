@@ -41,7 +41,8 @@ from compute_node.catalog import ColumnDef, TableDef
 from compute_node.expressions import Scope, compile_expr
 from compute_node.heap import Heap
 from compute_node.page_store import MTR_RECORDS_MAX
-from compute_node.sources import Context, Plan, TableSource, key_lookup, output_name, resolve_source
+from compute_node.index_scans import choose_index
+from compute_node.sources import Context, Plan, TableSource, output_name, resolve_source
 from compute_node.transactions import SNAPSHOT_PER_TRANSACTION, RowLockWait
 
 HEAP_INSERT_RECORDS_MAX = 5  # a new heap page: allocation, init, link, table root, then the tuple
@@ -223,6 +224,18 @@ def _generated_always(column: ColumnDef) -> GeneratedAlways:
                            hint="Use OVERRIDING SYSTEM VALUE to override.")
 
 
+def _writable_source(node: exp.Table, tables, verb: str) -> TableSource:
+    """The table an INSERT, UPDATE or DELETE writes: never a view (0A000) or a system view."""
+    relation = tables.get(node.name) if node.db in ("", "public") else None
+    if relation is not None and relation.is_view:
+        raise FeatureNotSupported(f'cannot {verb} view "{node.name}"',
+                                  detail="Writes through views are not supported yet.")
+    source = resolve_source(node, tables)
+    if not isinstance(source, TableSource):
+        raise FeatureNotSupported(f"cannot {verb} a system view")
+    return source
+
+
 # --- RETURNING --------------------------------------------------------------------------------
 
 
@@ -272,9 +285,7 @@ class InsertPlan(Plan):
         table_node = target.this if isinstance(target, exp.Schema) else target
         if not isinstance(table_node, exp.Table):
             raise FeatureNotSupported("INSERT target must be a table")
-        source = resolve_source(table_node, tables)
-        if not isinstance(source, TableSource):
-            raise FeatureNotSupported("cannot insert into a system view")
+        source = _writable_source(table_node, tables, "insert into")
         self.table = table = source.table
         self.tables = {table.name: table.tid}
         if insert.args.get("conflict"):
@@ -392,24 +403,26 @@ class _TargetedPlan(Plan):
 
     writes = True
 
+    verb = ""
+
     def _bind_target(self, node, where, tables, param_types):
-        source = resolve_source(node, tables)
-        if not isinstance(source, TableSource):
-            raise FeatureNotSupported("cannot change a system view")
+        source = _writable_source(node, tables, self.verb)
         self.source = source
         self.table = source.table
         self.tables = {self.table.name: self.table.tid}
         self.scope = Scope(source.scope_columns(), param_types)
         self.where_fn = compile_expr(where.this, self.scope, "bool")[0] if where is not None else None
-        self.key_fns = key_lookup(where.this, source, self.scope) if where is not None else None
+        self.access = choose_index(where.this, self.table, self.scope) if where is not None else None
 
     def targets(self, ctx):
         params = ctx.params
-        return [(tid, values) for tid, values in self.source.rows(ctx, self.key_fns)
+        return [(tid, values) for tid, values in self.source.rows(ctx, self.access)
                 if self.where_fn is None or self.where_fn(values, params) is True]
 
 
 class UpdatePlan(_TargetedPlan):
+    verb = "update"
+
     def __init__(self, update: exp.Update, tables, param_types):
         for unsupported in ("from_", "from", "joins"):
             if update.args.get(unsupported):
@@ -465,6 +478,8 @@ class UpdatePlan(_TargetedPlan):
 
 
 class DeletePlan(_TargetedPlan):
+    verb = "delete from"
+
     def __init__(self, delete: exp.Delete, tables, param_types):
         if delete.args.get("using"):
             raise FeatureNotSupported("DELETE with USING is not supported yet")

@@ -1,5 +1,6 @@
-"""psql 15's meta-commands against our server, checked against PostgreSQL 15: \\l, \\dn, \\dt, \\d, \\di and
-\\d of tables and indexes print exactly what they print against PostgreSQL for the same schema.
+"""psql 15's meta-commands against our server, checked against PostgreSQL 15: \\l, \\dn, \\dt, \\dv, \\d, \\di
+and \\d of tables, views and indexes print exactly what they print against PostgreSQL for the same
+schema.
 
 psql sends its own catalog queries (shared/reference/psql15_catalog_queries.txt), so this checks
 that the engine runs them: pg_catalog's tables, the catalog functions, regular expressions, and
@@ -32,8 +33,11 @@ SCHEMA = [
     "qty smallint DEFAULT -1, ratio real DEFAULT 1.5, big bigint DEFAULT 1 + 2)",
     'CREATE TABLE psql_plain (a int, "Order" text, b numeric)',
     'CREATE INDEX psql_plain_order ON psql_plain ("Order")',
+    "CREATE VIEW psql_rich (id, who, balance) AS SELECT id, email, balance FROM psql_accounts WHERE balance > 100",
+    'CREATE VIEW psql_feed AS SELECT e.*, a.owner, a.status FROM psql_events e JOIN psql_accounts a ON a.id = e.account',
 ]
 TABLES = ["psql_accounts", "psql_events", "psql_ids", "psql_plain"]
+VIEWS = ["psql_rich", "psql_feed"]
 
 
 def psql(server, *commands: str, quiet: bool = False) -> tuple[int, str, str]:
@@ -74,6 +78,8 @@ def servers(sql_cluster, postgres_server):
         pytest.skip("psql is not installed")
     for server in (sql_cluster, postgres_server):
         with server.connect() as connection:
+            for view in VIEWS:
+                connection.execute(f"DROP VIEW IF EXISTS {view}")
             for table in reversed(TABLES):
                 connection.execute(f"DROP TABLE IF EXISTS {table}")
             for statement in SCHEMA:
@@ -81,6 +87,8 @@ def servers(sql_cluster, postgres_server):
     yield sql_cluster, postgres_server
     for server in (sql_cluster, postgres_server):
         with server.connect() as connection:
+            for view in VIEWS:
+                connection.execute(f"DROP VIEW IF EXISTS {view}")
             for table in reversed(TABLES):
                 connection.execute(f"DROP TABLE IF EXISTS {table}")
 
@@ -91,13 +99,20 @@ def test_databases_and_schemas_are_listed_as_postgresql_lists_them(servers, comm
     assert psql(ours, command) == psql(theirs, command)
 
 
-@pytest.mark.parametrize("command", ["\\dt", "\\d", "\\di"])
+@pytest.mark.parametrize("command", ["\\dt", "\\d", "\\di", "\\dv"])
 def test_relations_are_listed_as_postgresql_lists_them(servers, command):
-    """Tables, sequences (SERIAL, identity) and indexes, with their owner: the connecting user."""
+    """Tables, views, sequences (SERIAL, identity) and indexes, with their owner: the connecting user."""
     ours, theirs = servers
     result = listing(ours, command)
     assert result == listing(theirs, command)
-    assert "psql_accounts" in result[1]
+    assert ("psql_rich" if command == "\\dv" else "psql_accounts") in result[1]
+
+
+def test_the_listing_of_relations_includes_views(servers):
+    ours, _ = servers
+    rows = [[cell.strip() for cell in line.split("|")] for line in listing(ours, "\\d")[1].splitlines()]
+    assert ["public", "psql_feed", "view", "postgres"] in rows
+    assert ["public", "psql_rich", "view", "postgres"] in rows
 
 
 @pytest.mark.parametrize("command", ["\\dt psql_*", "\\di psql_e*", "\\d psql_*s"])
@@ -122,6 +137,16 @@ def test_a_table_is_described_as_postgresql_describes_it(servers, table):
 def test_an_index_is_described_as_postgresql_describes_it(servers, index):
     ours, theirs = servers
     assert psql(ours, f"\\d {index}") == psql(theirs, f"\\d {index}")
+
+
+@pytest.mark.parametrize("view", VIEWS)
+def test_a_view_is_described_as_postgresql_describes_it(servers, view):
+    """A view's columns, named by its column list or its query, with the types (and modifiers) of
+    the columns they read; no indexes, no defaults, all nullable."""
+    ours, theirs = servers
+    result = psql(ours, f"\\d {view}")
+    assert result == psql(theirs, f"\\d {view}")
+    assert f'View "public.{view}"' in result[1]
 
 
 def test_describing_a_missing_table_fails_as_in_postgresql(servers):

@@ -271,6 +271,39 @@ def test_a_primary_key_lookup_reads_few_pages(sql_cluster):
         assert run(connection, "SELECT count(*), sum(id) FROM lookup") == [(20_000, sum(range(20_000)))]
 
 
+def test_a_secondary_index_lookup_reads_few_pages(sql_cluster):
+    """An equality on a secondary index, and a short range on it, in a table far larger than the
+    cache read O(depth + rows) pages, not the table; the answers match a full scan's."""
+
+    from tests.admin import writer_status
+    rows = 20_000
+    with sql_cluster.connect() as connection:
+        connection.execute("CREATE TABLE by_code (id int PRIMARY KEY, code int, pad text)")
+        connection.execute("CREATE INDEX by_code_code ON by_code (code)")
+        with connection.transaction():
+            for start in range(0, rows, 500):
+                connection.execute("INSERT INTO by_code VALUES " + ",".join(
+                    f"({i}, {i * 7919 % rows}, '{'p' * 60}')" for i in range(start, start + 500)))
+        plan = run(connection, "EXPLAIN SELECT id FROM by_code WHERE code BETWEEN 5 AND 9")
+        assert plan[0][0].startswith("Index Scan using by_code_code on by_code"), plan
+        keys = range(0, rows, 997)
+        before = writer_status(sql_cluster.port + 20)
+        for key in keys:
+            assert run(connection, f"SELECT code FROM by_code WHERE code = {key}") == [(key,)]
+        middle = writer_status(sql_cluster.port + 20)
+        for key in keys:
+            found = run(connection, f"SELECT code FROM by_code WHERE code BETWEEN {key} AND {key + 4} ORDER BY code")
+            assert found == [(code,) for code in range(key, min(key + 5, rows))]
+        after = writer_status(sql_cluster.port + 20)
+        table_pages = rows * 90 // 8192
+        lookup_misses = middle["cache_misses"] - before["cache_misses"]
+        range_misses = after["cache_misses"] - middle["cache_misses"]
+        assert lookup_misses <= len(keys) * 6, f"{lookup_misses} page reads for {len(keys)} lookups, {table_pages} pages"
+        assert range_misses <= len(keys) * 10, f"{range_misses} page reads for {len(keys)} ranges, {table_pages} pages"
+        assert run(connection, "SELECT count(*), sum(code) FROM by_code WHERE code >= 0") == \
+            [(rows, sum(range(rows)))]
+
+
 def test_a_multi_statement_query_is_one_implicit_transaction(sql_cluster):
     """PostgreSQL: the statements of one simple-query string commit together or not at all."""
     with sql_cluster.connect() as connection:
