@@ -90,11 +90,10 @@ def checksum(body: bytes) -> int:
 
 
 def decode(body: bytes) -> Record:
-    """The record's header; its args stay encoded (LazyArgs). Raises ValueError for a bad body."""
+    """The record's header; its args stay encoded (LazyArgs)."""
     lsn, page_id, prev_volume, prev_pg, prev_page, cpl, op, args, vdl = values.unpackb(body, use_list=True)
-    if not isinstance(args, bytes):
-        raise ValueError("a record's args must be encoded bytes")
-    return Record(lsn, page_id, prev_volume, prev_pg, prev_page, bool(cpl), op, LazyArgs(args), vdl)
+    args = LazyArgs(args) if isinstance(args, bytes) else tuple(args)  # a list: an older writer's record
+    return Record(lsn, page_id, prev_volume, prev_pg, prev_page, bool(cpl), op, args, vdl)
 
 
 def open_sealed(crc: int, body: bytes) -> Record:

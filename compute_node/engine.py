@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 PARSE_CACHE_ENTRIES_MAX = 1024
 
 
+class StalePlan(Exception):
+    """A reshaped statement's tables changed since it was prepared: prepare it again."""
+
+
 class Turn:
     """Whose turn it is to run engine code: a FIFO mutex for coroutines of one loop. Taking a
     free turn never yields; a released turn passes straight to the first waiter, still held."""
@@ -104,7 +108,17 @@ class Engine:
         """Run `fn` on the engine thread, where it may wait for storage."""
         async with self._turn:
             self.store.install_fetched()
-            return await self.loop.run_in_executor(self._thread, fn, *args)
+            return await self._on_thread(fn, *args)
+
+    async def _on_thread(self, fn, *args):
+        """Inside a turn: run `fn` on the engine thread. If the caller is cancelled meanwhile, the
+        turn is still held until `fn` has returned, so no other engine code runs beside it."""
+        job = self.loop.run_in_executor(self._thread, fn, *args)
+        try:
+            return await asyncio.shield(job)
+        except asyncio.CancelledError:
+            await asyncio.wait([job])
+            raise
 
     async def call_restartable(self, fn, *args):
         """Run `fn` on the loop if it finishes there without waiting, else on the engine thread.
@@ -133,7 +147,7 @@ class Engine:
                         self.store.end_inline()
                 if fetch is None:
                     self.calls_moved += 1
-                    return await self.loop.run_in_executor(self._thread, fn, *args)
+                    return await self._on_thread(fn, *args)
             misses += 1
             self.inline_misses += 1
             await asyncio.wait([fetch])  # its failure, if any, is met again by the retry
@@ -206,15 +220,19 @@ class Engine:
         return plan, is_current
 
     def run(self, node: exp.Expression, plan: Plan, param_types: list[str], params: list, session,
-            autocommit: bool) -> tuple[Plan, object, int | None]:
+            autocommit: bool, reshaped: bool = False) -> tuple[Plan, object, int | None]:
         """Run a statement; replan first if a table it was planned against changed.
 
         With `autocommit`, a statement that wrote also logs its commit record here, so the
         statement's records and its commit record travel to storage together; returns
-        (plan, result, commit LSN or None)."""
+        (plan, result, commit LSN or None). A `reshaped` statement (a cached template with its
+        literals bound) whose plan went stale raises StalePlan: its literals were typed for the
+        old tables, so the session prepares it again from its text."""
         snapshot = session.statement_snapshot(self.transactions)
         replan, is_current = self._planner_for(self.catalog.tables(snapshot, session.xid))
         if not is_current(plan):
+            if reshaped:
+                raise StalePlan()
             plan, _ = replan(node, param_types)
         context = Context(self.store, self.transactions, self.catalog, snapshot, session, params, session.settings)
         result, commit_lsn = self._undoable(session, self._run_and_commit, plan, context, autocommit)

@@ -301,13 +301,22 @@ def _type_class(type_name):
 
 def _comparable(left_fn, left, right_fn, right):
     """The two sides made comparable as PostgreSQL's cross-type operators do: date, timestamp and
-    timestamptz widen to the wider of the two; char(n) compares without its trailing blanks."""
+    timestamptz widen to the wider of the two; char(n) compares without its trailing blanks; a
+    numeric compared with a float becomes a float8 (PostgreSQL casts numeric to float8 there)."""
+    if left == "numeric" and right in t.FLOATS:
+        return _as_float(left_fn), right_fn
+    if right == "numeric" and left in t.FLOATS:
+        return left_fn, _as_float(right_fn)
     if left != right and left in t.DATETIMES and right in t.DATETIMES:
         wide = max(left, right, key=t.DATETIMES.index)
         return _widened(left_fn, wide), _widened(right_fn, wide)
     if "bpchar" in (left, right) and _type_class(left) == _type_class(right) == "string":
         return _unpadded(left_fn), _unpadded(right_fn)
     return left_fn, right_fn
+
+
+def _as_float(fn):
+    return lambda row, params: None if (v := fn(row, params)) is None else float(v)
 
 
 def _widened(fn, target):

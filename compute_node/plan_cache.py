@@ -7,12 +7,14 @@ parameter: `UPDATE t SET v = v + 5 WHERE id = 7` runs as the template
 `UPDATE t SET v = v + $1 WHERE id = $2` with the literal texts '5' and '7' bound as parameters, so
 it behaves as if the client had prepared it. A literal's kind is part of the shape and fixes its
 parameter's type as PostgreSQL types the literal: an integer is int4 (int8, numeric when wider),
-a decimal numeric, a quoted string unknown (resolved from its context, as a literal's is).
+a quoted string unknown (resolved from its context, as a literal's is). A decimal literal stays
+in the shape: its type depends on its context (float8 beside a float, numeric elsewhere), which a
+parameter of a fixed kind would not follow.
 
 Literals whose value changes the statement's meaning stay in the template text and so in its
 identity ("pinned"): ORDER BY and GROUP BY ordinals, LIMIT/OFFSET/FETCH counts, type modifiers
 (varchar(20)), INTERVAL and typed literals (DATE '...'), arguments of functions the parser does
-not know, exponent numbers and escape strings. A shape is learned once, by parsing its template:
+not know, decimal and exponent numbers, and escape strings. A shape is learned once, by parsing its template:
 the parameters that land in such places are pinned from then on. Invariants: only statements
 with no parameters of their own and at least one literal are reshaped; a template that does not
 parse or plan like its statement is never cached (the statement is then parsed as written); at
@@ -45,7 +47,7 @@ _VALUE_CONTEXTS = {
     TokenType.SELECT, TokenType.BETWEEN, TokenType.AND, TokenType.OR, TokenType.NOT, TokenType.IN,
     TokenType.CASE, TokenType.VALUES,
 }
-_PLAIN_NUMBER = re.compile(r"\d+|\d+\.\d*|\.\d+")
+_PLAIN_INTEGER = re.compile(r"\d+")
 # Places where a parameter cannot stand for a literal without changing what the statement means.
 _PINNING_ANCESTORS = (exp.DataType, exp.Limit, exp.Offset, exp.Fetch, exp.Interval, exp.Anonymous)
 
@@ -104,9 +106,7 @@ def shape_of(sql: str) -> Shape | None:
 def _literal_kind(token) -> str | None:
     if token.token_type is TokenType.STRING:
         return "unknown"
-    if token.token_type is TokenType.NUMBER and _PLAIN_NUMBER.fullmatch(token.text):
-        if "." in token.text:
-            return "numeric"
+    if token.token_type is TokenType.NUMBER and _PLAIN_INTEGER.fullmatch(token.text):
         value = int(token.text)
         return "int4" if value <= INT4_MAX else "int8" if value <= INT8_MAX else "numeric"
     return None

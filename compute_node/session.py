@@ -29,7 +29,7 @@ from compute_node import copy as copy_text
 from compute_node import introspection
 from compute_node import sql_types as t
 from compute_node.backend import Column, CopyOut, Result, TEXT_OID
-from compute_node.engine import Engine
+from compute_node.engine import Engine, StalePlan
 from compute_node.executor import Plan
 from compute_node.transactions import ROW_LOCK_WAIT_MS_MAX, SNAPSHOT_PER_TRANSACTION, LockNotAvailable, RowLockWait
 
@@ -369,9 +369,13 @@ class EngineSession:
                 return Result(f"SELECT {len(rows)}", statement.columns, rows)
             if getattr(statement.plan, "writes", True):
                 self.writes += 1
-            statement.plan, result, commit_lsn = await self.call_waiting(
-                statement.plan.restartable, self.engine.run, statement.node, statement.plan, statement.param_types,
-                statement.bound_values + params if statement.bound_values else params, self, autocommit)
+            try:
+                statement.plan, result, commit_lsn = await self._run(statement, params, autocommit)
+            except StalePlan:
+                prepared = await self.prepare(statement.sql, [])
+                statement.node, statement.plan = prepared.node, prepared.plan
+                statement.param_types, statement.bound_values = prepared.param_types, prepared.bound_values
+                statement.plan, result, commit_lsn = await self._run(statement, params, autocommit)
         except Exception as error:
             raise await self._statement_failed(error, implicit, statement.sql) from None
         if commit_lsn is not None:
@@ -382,6 +386,11 @@ class EngineSession:
             return Result(f"COPY {len(result.rows)}", copy_out=CopyOut(
                 len(result.columns), copy_text.copy_out_chunks(spec, result.columns, result.rows), spec.binary))
         return result
+
+    async def _run(self, statement: Statement, params: list, autocommit: bool):
+        params = statement.bound_values + params if statement.bound_values else params
+        return await self.call_waiting(statement.plan.restartable, self.engine.run, statement.node, statement.plan,
+                                       statement.param_types, params, self, autocommit, bool(statement.bound_values))
 
     def _set_isolation(self, name: str, level: str) -> Result:
         """SET [SESSION CHARACTERISTICS AS] TRANSACTION ISOLATION LEVEL, or the settings themselves."""

@@ -378,18 +378,6 @@ class StorageClient:
     def on_fenced(self, node_id: str, message: str) -> None:
         self._on_fenced(f"{node_id} refused this writer: {message}")
 
-    def _send_frame(self, frame: bytes) -> None:
-        """Queue a frame and write every frame queued in this loop turn with one write: the
-        appends of a boxcar (one per PG) and catch-up requests cost one send, not one each."""
-        if not self._unsent:
-            asyncio.get_running_loop().call_soon(self._write_unsent)
-        self._unsent.append(frame)
-
-    def _write_unsent(self) -> None:
-        if self._unsent and self._writer is not None:
-            self._writer.write(b"".join(self._unsent))
-        self._unsent.clear()
-
     # --- shipping -----------------------------------------------------------------------------
 
     def seed_tails(self, pg_tails: dict[int, int]) -> None:

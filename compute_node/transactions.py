@@ -99,7 +99,7 @@ class Transactions:
             limit = meta.values["xid_limit"]
             if clog_page_of(limit + XID_BATCH) - CLOG_FIRST_PAGE >= CLOG_PAGES_MAX:
                 raise ProgramLimitExceeded("transaction ids exhausted")
-            with self.store.mtr():
+            with self.store.mtr(META_PAGE):
                 if limit % XIDS_PER_CLOG_PAGE == 0:
                     self.store.log(clog_page_of(limit), "clog_init")
                 self.store.log(META_PAGE, "meta_set", "xid_limit", limit + XID_BATCH)

@@ -20,9 +20,11 @@ def test_statements_differing_only_in_literal_values_share_a_shape():
 
 
 def test_a_literals_kind_is_part_of_the_shape_as_postgresql_types_it():
-    kinds = [shape_of(f"SELECT {literal}").kinds for literal in ("1", "3000000000", "99999999999999999999", "1.5")]
-    assert kinds == [("int4",), ("int8",), ("numeric",), ("numeric",)]
-    assert shape_of("SELECT 1").key != shape_of("SELECT 1.0").key
+    kinds = [shape_of(f"SELECT {literal}").kinds for literal in ("1", "3000000000", "99999999999999999999")]
+    assert kinds == [("int4",), ("int8",), ("numeric",)]
+    # A decimal's type follows its context (float8 beside a float): it stays in the shape.
+    assert shape_of("SELECT 1.5, 2").kinds == ("int4",)
+    assert shape_of("SELECT 1.5, 2").key != shape_of("SELECT 1.25, 2").key
 
 
 def test_statements_that_are_not_reshaped():
@@ -58,6 +60,8 @@ def test_literals_that_carry_meaning_stay_in_the_template(sql, bound, kept):
 
 STATEMENTS = [  # each run with two sets of literals: the second reuses the first's plan
     ("SELECT {0} + 1, {1} * 2, 'x' || {2}", [("1", "2", "'a'"), ("10", "3.5", "'b'")]),
+    ("SELECT x = {0}, x > {0}, x IN ({0}, {1}) FROM (SELECT '0.1'::float8 AS x) s", [("0.1", "0.2"), ("0.3", "0.1")]),
+    ("SELECT count(*) FROM (SELECT '0.3'::float8 AS x) s WHERE x = {0}", [("0.3",), ("0.30",)]),
     ("SELECT {0}", [("'text'",), ("'more'",)]),
     ("SELECT {0}", [("3000000000",), ("3000000001",)]),
     ("SELECT {0}::int + 1", [("'41'",), ("'9'",)]),
@@ -102,3 +106,23 @@ def test_cached_templates_answer_like_postgresql(sql_cluster, postgres_server, s
             connection.execute(f"DROP TABLE {table}")
             connection.close()
     assert writer_status(sql_cluster.port + 20)["plan_cache_hits"] > hits_before
+
+
+def test_a_prepared_template_whose_table_changed_is_prepared_again_from_its_text(sql_cluster, postgres_server):
+    """The literal '007' was typed as text for a text column; after the table is made again with an
+    int column, the statement must run as written would: '007' is now the integer 7."""
+    answers = []
+    for server in (sql_cluster, postgres_server):
+        with psycopg.connect(server.url, autocommit=True) as session, \
+                psycopg.connect(server.url, autocommit=True) as other:
+            other.execute("DROP TABLE IF EXISTS shapes_stale")
+            other.execute("CREATE TABLE shapes_stale (c text)")
+            other.execute("INSERT INTO shapes_stale VALUES ('007'), ('7')")
+            query = "SELECT count(*) FROM shapes_stale WHERE c = '007'"
+            first = session.execute(query, prepare=True).fetchone()
+            other.execute("DROP TABLE shapes_stale")
+            other.execute("CREATE TABLE shapes_stale (c int)")
+            other.execute("INSERT INTO shapes_stale VALUES (7), (7), (8)")
+            answers.append((first, session.execute(query, prepare=True).fetchone()))
+            other.execute("DROP TABLE shapes_stale")
+    assert answers[0] == answers[1] == [((1,), (2,))][0]
