@@ -39,7 +39,8 @@ def unify_types(a: str, b: str, operator: str) -> str:
     raise DatatypeMismatch(f"{operator} types {t.DISPLAY[a]} and {t.DISPLAY[b]} cannot be matched")
 
 
-def _converter(source: str, target: str):
+def converter(source: str, target: str):
+    """fn(value) converting a value of `source` to `target` (unify_types' result), or None: no change."""
     if source == target or target in t.STRINGS or source == "unknown" and target in t.STRINGS:
         return None
     if source == "unknown":
@@ -68,7 +69,7 @@ class CompoundPlan(Plan):
         if len(self.left.columns) != len(self.right.columns):
             raise SyntaxError_(f"each {self.operator} query must have the same number of columns")
         self.out_types = [unify_types(a, b, self.operator) for a, b in zip(self.left.out_types, self.right.out_types)]
-        self.converters = [[_converter(source, target) for source, target in zip(side.out_types, self.out_types)]
+        self.converters = [[converter(source, target) for source, target in zip(side.out_types, self.out_types)]
                            for side in (self.left, self.right)]
         self.columns = [Column(column.name, t.OIDS[type_name]) for column, type_name in zip(self.left.columns, self.out_types)]
         if self.root:

@@ -13,13 +13,17 @@ holding a subquery run after all joins; nothing here does I/O except through the
 
 from __future__ import annotations
 
+import functools
+
 from sqlglot import exp
 
 from aurora_db.errors import (
     DuplicateAlias,
     FeatureNotSupported,
+    InvalidColumnReference,
     InvalidParameterValue,
     ProgramLimitExceeded,
+    SyntaxError_,
     UndefinedColumn,
     UndefinedFunction,
 )
@@ -47,6 +51,48 @@ class DerivedSource:
     def rows(self, ctx, access=None):
         for row in self.plan.rows(ctx):
             yield None, row
+
+
+class ValuesSource:
+    """(VALUES (...), ...) AS alias(columns) in FROM, as SQLAlchemy's many-row INSERT ... SELECT
+    sends it. A row's expressions may use parameters and columns of enclosing queries, not of
+    this FROM clause. Column types resolve over all rows as UNION's do (a column of unknown
+    literals only is text), and every value is converted to its column's type."""
+
+    table = None
+
+    def __init__(self, values: exp.Values, scope: Scope):
+        from compute_node.compound import converter, unify_types
+        alias = values.args.get("alias")
+        if alias is None or not alias.name:
+            raise SyntaxError_("VALUES in FROM must have an alias")
+        rows = [row.expressions if isinstance(row, exp.Tuple) else [row] for row in values.expressions]
+        width = len(rows[0])
+        if any(len(row) != width for row in rows):
+            raise SyntaxError_("VALUES lists must all be the same length")
+        compiled = [[compile_expr(node, scope.derive([])) for node in row] for row in rows]
+        types = [functools.reduce(lambda a, b: unify_types(a, b, "VALUES"), (row[i][1] for row in compiled))
+                 for i in range(width)]
+        types = ["text" if type_name == "unknown" else type_name for type_name in types]
+        self.row_fns = [[(fn, converter(type_name, types[i])) for i, (fn, type_name) in enumerate(row)]
+                        for row in compiled]
+        names = [column.name for column in alias.columns]
+        if len(names) > width:
+            raise InvalidColumnReference(f'table "{alias.name}" has {width} columns available but '
+                                         f'{len(names)} columns specified')
+        self.alias = alias.name
+        self.column_defs = [(names[i] if i < len(names) else f"column{i + 1}", types[i]) for i in range(width)]
+
+    def scope_columns(self, offset=0):
+        return [ScopeColumn(self.alias, name, type_name, offset + i) for i, (name, type_name) in enumerate(self.column_defs)]
+
+    def rows(self, ctx, access=None):
+        for row in self.row_fns:
+            values = []
+            for fn, convert in row:
+                value = fn([], ctx.params)
+                values.append(value if convert is None else convert(value))
+            yield None, values
 
 
 class SeriesSource:
@@ -217,6 +263,8 @@ class FromPlan:
         return origins
 
     def _source(self, item, scope_template: Scope):
+        if isinstance(item, exp.Values):
+            return ValuesSource(item, scope_template)
         if isinstance(item, exp.Table) and isinstance(item.this, (exp.ExplodingGenerateSeries, exp.GenerateSeries)):
             return SeriesSource(item.this, item.args.get("alias"), scope_template)
         if isinstance(item, exp.Table):

@@ -43,6 +43,7 @@ from compute_node.heap import Heap
 from compute_node.page_store import MTR_RECORDS_MAX
 from compute_node.index_scans import choose_index
 from compute_node.sources import Context, Plan, TableSource, output_name, resolve_source
+from compute_node.subqueries import Runtime
 from compute_node.transactions import SNAPSHOT_PER_TRANSACTION, RowLockWait
 
 HEAP_INSERT_RECORDS_MAX = 5  # a new heap page: allocation, init, link, table root, then the tuple
@@ -200,15 +201,22 @@ def _parse_default(sql: str) -> exp.Expression:
 
 
 def compile_default(column: ColumnDef, param_types: list[str]):
-    """fn(ctx) -> the column's default value, already of the column's type."""
+    """fn(ctx) -> the column's default value, already of the column's type. It runs with the
+    statement's context, so now() is the transaction's start, as in PostgreSQL."""
     if column.sequence:
         page_id = column.sequence
         return lambda ctx: t.assign(ctx.catalog.sequences.nextval(page_id), "int8", column.type_name,
                                     column.type_modifier)
     if column.default is None:
         return lambda ctx: None
-    fn, type_name = compile_expr(_parse_default(column.default), Scope([], param_types), column.type_name)
-    return lambda ctx: t.assign(fn([], ctx.params), type_name, column.type_name, column.type_modifier)
+    runtime = Runtime()
+    fn, type_name = compile_expr(_parse_default(column.default), Scope([], param_types, runtime=runtime),
+                                 column.type_name)
+
+    def default(ctx):
+        runtime.ctx = ctx
+        return t.assign(fn([], ctx.params), type_name, column.type_name, column.type_modifier)
+    return default
 
 
 def is_default_keyword(node) -> bool:
@@ -305,11 +313,12 @@ class InsertPlan(Plan):
         self.columns = self.returning.columns if self.returning else None
         self.query = None
         self.rows = []
+        self.values_runtime = Runtime()  # VALUES expressions see the statement's context (now())
         values = insert.expression
         if insert.args.get("default") and values is None:
             self.rows.append([])
         elif isinstance(values, exp.Values):
-            scope = Scope([], param_types)
+            scope = Scope([], param_types, runtime=self.values_runtime)
             for row in values.expressions:
                 items = row.expressions if isinstance(row, exp.Tuple) else [row]
                 self.rows.append(self._compile_row(items, positions, explicit, scope))
@@ -380,6 +389,7 @@ class InsertPlan(Plan):
     def run(self, ctx: Context) -> Result:
         table = self.table
         check_table_writable(ctx, table)
+        self.values_runtime.begin(ctx)
         count = 0
         returned = []
         rows = self._rows(ctx)

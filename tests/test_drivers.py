@@ -209,6 +209,11 @@ def test_sqlalchemy_core_and_orm(sql_cluster):
         active: Mapped[bool] = mapped_column(Boolean)
         score: Mapped[float] = mapped_column(Float)
 
+    class Team(Base):
+        __tablename__ = "sa_teams"
+        id: Mapped[int] = mapped_column(Integer, primary_key=True)  # SERIAL: ids come from RETURNING
+        name: Mapped[str] = mapped_column(String(50))
+
     engine = create_engine(sql_cluster.url.replace("postgresql://", "postgresql+psycopg://"))
     try:
         Base.metadata.create_all(engine)
@@ -225,6 +230,10 @@ def test_sqlalchemy_core_and_orm(sql_cluster):
             session.delete(bob)
             session.commit()
             assert session.scalar(select(func.count()).select_from(Player)) == 1
+        with Session(engine) as session:  # no ids given: one INSERT ... SELECT FROM (VALUES ...) RETURNING
+            session.add_all([Team(name="red"), Team(name="blue"), Team(name="green")])
+            session.commit()
+            assert session.scalars(select(Team.name).order_by(Team.id)).all() == ["red", "blue", "green"]
         with engine.begin() as connection:
             connection.execute(Player.__table__.insert(), [{"id": 3, "name": "cy", "active": True, "score": 0.0}])
             rows = connection.execute(select(Player.__table__.c.name).where(Player.__table__.c.active)

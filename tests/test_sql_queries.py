@@ -76,6 +76,11 @@ QUERIES = [
     "SELECT NULLIF(1, 1), NULLIF(1, 2), NULLIF(NULL, 1), 1 IS DISTINCT FROM NULL, NULL IS NOT DISTINCT FROM NULL",
     "SELECT id, x IS DISTINCT FROM 10, NULLIF(x, 10), +id, - -id FROM {p}a ORDER BY 1",
     "SELECT id, CASE x WHEN 10 THEN 'ten' WHEN 20 THEN 'twenty' END FROM {p}a ORDER BY 1",
+    # VALUES in FROM (SQLAlchemy's many-row INSERT ... SELECT)
+    "SELECT * FROM (VALUES (1, 'a'), (2, NULL), (3.5, 'c')) AS v(n, s) ORDER BY n",
+    "SELECT v.*, column2 || '!' FROM (VALUES (1, 'x'), (2, 'y')) v ORDER BY 1 DESC",
+    "SELECT a.id, v.label FROM {p}a a JOIN (VALUES (1, 'one'), (2, 'two')) AS v(id, label) ON v.id = a.id ORDER BY 1",
+    "SELECT p0::varchar, n FROM (VALUES ('b'::varchar, 1), ('a', 0)) AS imp_sen(p0, n) ORDER BY n",
 ]
 
 ERRORS = [
@@ -89,6 +94,9 @@ ERRORS = [
     "SELECT nope FROM {p}a a JOIN {p}b b ON a.id = b.id",
     "SELECT a.id FROM {p}a a JOIN {p}b b ON a.nope = b.id",
     "SELECT x, (SELECT count(*) FROM {p}b WHERE y = length(s)) FROM {p}a GROUP BY x",
+    "SELECT * FROM (VALUES (1, 2), (3)) AS v(a, b)",
+    "SELECT * FROM (VALUES (1)) AS v(a, b)",
+    "SELECT * FROM (VALUES (1), ('x')) AS v(a)",
 ]
 
 

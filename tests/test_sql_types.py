@@ -187,6 +187,20 @@ def test_now_is_one_value_per_transaction(sql_cluster):
         assert abs(later[0] - datetime.datetime.now(datetime.timezone.utc)) < datetime.timedelta(minutes=1)
 
 
+def test_now_in_defaults_and_values_is_the_transactions_start(sql_cluster):
+    """A DEFAULT now() and a now() in INSERT ... VALUES are the same instant as SELECT now() in
+    that transaction, in every statement of it (pgbench's history rows rely on it)."""
+    with sql_cluster.connect() as connection:
+        connection.execute("CREATE TABLE stamped (id int PRIMARY KEY, at timestamptz DEFAULT now(), v timestamptz)")
+        with connection.transaction():
+            started = connection.execute("SELECT now()").fetchone()[0]
+            connection.execute("INSERT INTO stamped (id, v) VALUES (1, CURRENT_TIMESTAMP)")
+            connection.execute("INSERT INTO stamped (id, v) VALUES (2, now())")
+        rows = connection.execute("SELECT at, v FROM stamped ORDER BY id").fetchall()
+        assert rows == [(started, started), (started, started)]
+        connection.execute("DROP TABLE stamped")
+
+
 def test_keys_of_the_new_types_sort_after_pages_travel_to_storage(sql_cluster):
     """B-tree keys are the Python values themselves; pages crossing msgpack keep them comparable.
     Enough rows to split pages, read back through a 64-page cache."""
