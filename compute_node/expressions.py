@@ -119,7 +119,6 @@ def param_index(node: exp.Expression) -> int | None:
     return None
 
 
-
 def _strict_binary(left_fn, right_fn, op):
     """op(a, b) over two operands, NULL if either is NULL (SQL's strict operators)."""
     def apply(row, params):
@@ -841,15 +840,8 @@ def _regex_match(insensitive: bool):
             raise UndefinedFunction(f"operator does not exist: {t.DISPLAY[value_type]} {symbol} "
                                     f"{t.DISPLAY[pattern_type]}")
 
-        def matches(row, params):
-            value = value_fn(row, params)
-            if value is None:
-                return None
-            pattern = pattern_fn(row, params)
-            if pattern is None:
-                return None
-            return _regex(pattern, insensitive).search(value) is not None
-        return matches, "bool"
+        return _strict_binary(value_fn, pattern_fn,
+                              lambda value, pattern: _regex(pattern, insensitive).search(value) is not None), "bool"
     return handler
 
 
