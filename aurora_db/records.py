@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import sys
 import zlib
 
 from aurora_db import values
 from aurora_db.constants import PAGES_PER_PG
+
+
+_ARGS_FIELD = 7  # where a body's field list keeps the args (Record.encode)
 
 
 def pg_of_page(page_id: int) -> int:
@@ -32,12 +36,18 @@ class ChecksumMismatch(Exception):
 
 
 class LazyArgs(collections.abc.Sequence):
-    """A decoded record's args, still encoded: decoded on each use (once per apply), never kept."""
+    """A decoded record's args, still encoded inside the record's body (kept by reference, so a
+    storage node holds each body once): decoded on each use (once per apply), never kept."""
 
-    __slots__ = ("blob",)
+    __slots__ = ("body",)
 
-    def __init__(self, blob: bytes):
-        self.blob = blob
+    def __init__(self, body: bytes):
+        self.body = body
+
+    @property
+    def blob(self) -> bytes:
+        """The args' own encoding, as the body carries it."""
+        return values.unpackb(self.body, use_list=True)[_ARGS_FIELD]
 
     def _decoded(self) -> list:
         return values.unpackb(self.blob, use_list=True)
@@ -90,10 +100,10 @@ def checksum(body: bytes) -> int:
 
 
 def decode(body: bytes) -> Record:
-    """The record's header; its args stay encoded (LazyArgs)."""
+    """The record's header; its args stay encoded in `body` (LazyArgs)."""
     lsn, page_id, prev_volume, prev_pg, prev_page, cpl, op, args, vdl = values.unpackb(body, use_list=True)
-    args = LazyArgs(args) if isinstance(args, bytes) else tuple(args)  # a list: an older writer's record
-    return Record(lsn, page_id, prev_volume, prev_pg, prev_page, bool(cpl), op, args, vdl)
+    args = LazyArgs(body) if isinstance(args, bytes) else tuple(args)  # a list: an older writer's record
+    return Record(lsn, page_id, prev_volume, prev_pg, prev_page, bool(cpl), sys.intern(op), args, vdl)
 
 
 def open_sealed(crc: int, body: bytes) -> Record:
