@@ -14,11 +14,11 @@ parameter of a fixed kind would not follow.
 Literals whose value changes the statement's meaning stay in the template text and so in its
 identity ("pinned"): ORDER BY and GROUP BY ordinals, LIMIT/OFFSET/FETCH counts, type modifiers
 (varchar(20)), INTERVAL and typed literals (DATE '...'), arguments of functions the parser does
-not know, decimal and exponent numbers, and escape strings. A shape is learned once, by parsing its template:
-the parameters that land in such places are pinned from then on. Invariants: only statements
-with no parameters of their own and at least one literal are reshaped; a template that does not
-parse or plan like its statement is never cached (the statement is then parsed as written); at
-most PLAN_CACHE_ENTRIES_MAX shapes and plans are kept (least recently used go first).
+not know, decimal and exponent numbers, and escape strings. A shape is learned once, by parsing
+its template: the parameters that land in such places are pinned from then on. Invariants: only
+statements with no parameters of their own and at least one literal are reshaped; a template
+that does not parse, or does not plan, is not used (the statement is parsed as written); at most
+PLAN_CACHE_ENTRIES_MAX shapes and as many plans are kept (least recently used go first).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Callable
 
 from sqlglot import exp
 from sqlglot.dialects.postgres import Postgres
-from sqlglot.errors import ParseError, TokenError
+from sqlglot.errors import TokenError
 from sqlglot.tokens import TokenType
 
 PLAN_CACHE_ENTRIES_MAX = 1024
@@ -219,5 +219,3 @@ class PlanCache:
         if len(table) > self.entries_max:
             table.popitem(last=False)
 
-
-__all__ = ["PlanCache", "Entry", "Shape", "shape_of", "template_text", "pinned_parameters", "ParseError"]
