@@ -8,10 +8,12 @@ so other sessions go on meanwhile, and the call runs again. If it would wait for
 (LSN room, cache room) or outgrows its inline budget, it runs again on the engine thread, where
 waiting is allowed while the loop keeps the network (client sessions, storage links, acks) moving.
 Every other call (DDL, startup) runs on the engine thread. A commit waits for VDL on the loop, so
-commits of many sessions share acks (group commit). Invariants: engine state is touched only inside a turn; a fresh volume is
-initialized by one MTR, so VDL == 0 means "never initialized"; engine code never waits for
-another transaction: a statement that meets a row lock undoes its own changes and raises
-RowLockWait, and its session waits on the loop (transactions.py, write_plans.py).
+commits of many sessions share acks (group commit).
+
+Invariants: engine state is touched only inside a turn; a fresh volume is initialized by one
+MTR, so VDL == 0 means "never initialized"; engine code never waits for another transaction: a
+statement that meets a row lock undoes its own changes and raises RowLockWait, and its session
+waits on the loop (transactions.py, write_plans.py).
 """
 
 from __future__ import annotations

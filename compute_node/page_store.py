@@ -77,7 +77,8 @@ class PageStore:
         waiting (no LSN room for it and its undo, or a cache full of pages not yet durable)."""
         if not self.log_writer.has_room(4 * ENGINE_INLINE_RECORDS_MAX) or not self.cache.evict_to_capacity():
             return False
-        self._inline = (time.monotonic() + ENGINE_INLINE_BUDGET_MS / 1000, self.records_made + ENGINE_INLINE_RECORDS_MAX)
+        deadline = time.monotonic() + ENGINE_INLINE_BUDGET_MS / 1000
+        self._inline = (deadline, self.records_made + ENGINE_INLINE_RECORDS_MAX)
         return True
 
     def end_inline(self) -> None:
