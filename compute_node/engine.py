@@ -188,16 +188,16 @@ class Engine:
             self._parsed.popitem(last=False)
         return node
 
-    def prepare(self, sql: str, param_types: list[str], xid: int | None
+    def prepare(self, sql: str, param_types: list[str], xid: int | None, reshape: bool = True
                 ) -> tuple[exp.Expression, Plan, list[str], list]:
         """Parse and plan; returns (node, plan, resolved parameter types, bound values). A
         statement without parameters of its own that has literals runs as its cached template
-        (plan_cache.py): then the bound values are its literals, to be passed as the first
-        parameters of every run."""
+        (plan_cache.py) unless `reshape` is false: then the bound values are its literals, to be
+        passed as the first parameters of every run."""
         snapshot = self.transactions.snapshot()
         tables = self.catalog.tables(snapshot, xid)
         plan, is_current = self._planner_for(tables)
-        if not param_types:
+        if not param_types and reshape:
             try:
                 found = self.plans.lookup(sql, self.parse, plan, is_current)
             except DatabaseError:
@@ -229,7 +229,8 @@ class Engine:
         statement's records and its commit record travel to storage together; returns
         (plan, result, commit LSN or None). A `reshaped` statement (a cached template with its
         literals bound) whose plan went stale raises StalePlan: its literals were typed for the
-        old tables, so the session prepares it again from its text."""
+        old tables, so the session prepares it again from its text, as written (a cached plan is
+        checked against a fresh snapshot, which under REPEATABLE READ may not be the session's)."""
         snapshot = session.statement_snapshot(self.transactions)
         replan, is_current = self._planner_for(self.catalog.tables(snapshot, session.xid))
         if not is_current(plan):

@@ -371,10 +371,9 @@ class EngineSession:
                 self.writes += 1
             try:
                 statement.plan, result, commit_lsn = await self._run(statement, params, autocommit)
-            except StalePlan:
-                prepared = await self.prepare(statement.sql, [])
-                statement.node, statement.plan = prepared.node, prepared.plan
-                statement.param_types, statement.bound_values = prepared.param_types, prepared.bound_values
+            except StalePlan:  # prepared again as written, then planned against this session's tables
+                statement.node, statement.plan, statement.param_types, statement.bound_values = \
+                    await self.engine.call_restartable(self.engine.prepare, statement.sql, [], self.xid, False)
                 statement.plan, result, commit_lsn = await self._run(statement, params, autocommit)
         except Exception as error:
             raise await self._statement_failed(error, implicit, statement.sql) from None

@@ -126,3 +126,20 @@ def test_a_prepared_template_whose_table_changed_is_prepared_again_from_its_text
             answers.append((first, session.execute(query, prepare=True).fetchone()))
             other.execute("DROP TABLE shapes_stale")
     assert answers[0] == answers[1] == [((1,), (2,))][0]
+
+
+def test_a_template_made_stale_inside_a_repeatable_read_transaction_runs_as_written(sql_cluster):
+    """Another session adds a column after this transaction's snapshot: the shape's cached plan
+    (made from the newest catalog) does not fit this snapshot, and the statement still runs."""
+    with psycopg.connect(sql_cluster.url, autocommit=True) as session, \
+            psycopg.connect(sql_cluster.url, autocommit=True) as other:
+        other.execute("CREATE TABLE shapes_rr (id int PRIMARY KEY, v text)")
+        other.execute("INSERT INTO shapes_rr VALUES (1, 'one'), (2, 'two')")
+        session.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        assert session.execute("SELECT v FROM shapes_rr WHERE id = 1").fetchone() == ("one",)
+        other.execute("ALTER TABLE shapes_rr ADD COLUMN w int")
+        assert other.execute("SELECT v FROM shapes_rr WHERE id = 2").fetchone() == ("two",)  # cached anew
+        assert session.execute("SELECT v FROM shapes_rr WHERE id = 2").fetchone() == ("two",)
+        assert session.execute("SELECT count(*) FROM shapes_rr WHERE id > 0").fetchone() == (2,)
+        session.execute("COMMIT")
+        other.execute("DROP TABLE shapes_rr")
