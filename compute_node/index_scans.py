@@ -11,8 +11,8 @@ Invariants: the index only proposes candidates, and the caller checks every cond
 each visible row, so an index scan yields exactly the rows of a full scan with the same filters.
 To that end a key value is compared in the B-tree only where Python orders it as the filter's own
 comparison does: a column of integer, numeric, text, varchar, date, timestamp, timestamptz or
-boolean type, against a value of the same type family (never a float or char(n) column, whose
-NaN and blank-padding rules differ); a NULL key value yields no row; a NaN key value makes the
+boolean type, against a value of the same type family (never a float value, compared as float8,
+nor a float or char(n) column, whose NaN and blank-padding rules differ); a NULL key value yields no row; a NaN key value makes the
 scan fall back to reading the whole table.
 """
 
@@ -193,7 +193,7 @@ def _term(column, op: str, value, origin, table: TableDef, scope: Scope) -> Term
 
 def _comparable_in_index(column_type: str, value_type: str) -> bool:
     if column_type in NUMERIC_KEYS:
-        return value_type in t.NUMBERS
+        return value_type in NUMERIC_KEYS  # a float compares as float8, not exactly as the B-tree would
     if column_type in STRING_KEYS:
         return value_type in STRING_KEYS or value_type == "unknown"
     return column_type in EXACT_KEYS and value_type == column_type

@@ -53,6 +53,15 @@ class DerivedSource:
             yield None, row
 
 
+def _common_type(types: list[str], unify_types) -> str:
+    """A VALUES column's type, as PostgreSQL's select_common_type: the known types unified in
+    order, unknowns left out; text when every value is unknown."""
+    known = [type_name for type_name in types if type_name != "unknown"]
+    if not known:
+        return "text"
+    return functools.reduce(lambda a, b: unify_types(a, b, "VALUES"), known)
+
+
 class ValuesSource:
     """(VALUES (...), ...) AS alias(columns) in FROM, as SQLAlchemy's many-row INSERT ... SELECT
     sends it. A row's expressions may use parameters and columns of enclosing queries, not of
@@ -70,10 +79,13 @@ class ValuesSource:
         width = len(rows[0])
         if any(len(row) != width for row in rows):
             raise SyntaxError_("VALUES lists must all be the same length")
-        compiled = [[compile_expr(node, scope.derive([])) for node in row] for row in rows]
-        types = [functools.reduce(lambda a, b: unify_types(a, b, "VALUES"), (row[i][1] for row in compiled))
-                 for i in range(width)]
-        types = ["text" if type_name == "unknown" else type_name for type_name in types]
+        row_scope = scope.derive([])
+        compiled = [[compile_expr(node, row_scope) for node in row] for row in rows]
+        types = [_common_type([row[i][1] for row in compiled], unify_types) for i in range(width)]
+        for row_nodes, row in zip(rows, compiled):  # unknowns (NULL, '...', $n) take the column's type
+            for i, (node, (_, type_name)) in enumerate(zip(row_nodes, row)):
+                if type_name == "unknown" and types[i] != "text":
+                    row[i] = compile_expr(node, row_scope, types[i])
         self.row_fns = [[(fn, converter(type_name, types[i])) for i, (fn, type_name) in enumerate(row)]
                         for row in compiled]
         names = [column.name for column in alias.columns]

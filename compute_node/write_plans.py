@@ -215,7 +215,10 @@ def compile_default(column: ColumnDef, param_types: list[str]):
 
     def default(ctx):
         runtime.ctx = ctx
-        return t.assign(fn([], ctx.params), type_name, column.type_name, column.type_modifier)
+        try:
+            return t.assign(fn([], ctx.params), type_name, column.type_name, column.type_modifier)
+        finally:
+            runtime.ctx = None  # a cached plan keeps no session alive
     return default
 
 
@@ -387,9 +390,15 @@ class InsertPlan(Plan):
         return values
 
     def run(self, ctx: Context) -> Result:
+        self.values_runtime.begin(ctx)
+        try:
+            return self._insert(ctx)
+        finally:
+            self.values_runtime.ctx = None  # a cached plan keeps no session alive
+
+    def _insert(self, ctx: Context) -> Result:
         table = self.table
         check_table_writable(ctx, table)
-        self.values_runtime.begin(ctx)
         count = 0
         returned = []
         rows = self._rows(ctx)

@@ -81,6 +81,9 @@ QUERIES = [
     "SELECT v.*, column2 || '!' FROM (VALUES (1, 'x'), (2, 'y')) v ORDER BY 1 DESC",
     "SELECT a.id, v.label FROM {p}a a JOIN (VALUES (1, 'one'), (2, 'two')) AS v(id, label) ON v.id = a.id ORDER BY 1",
     "SELECT p0::varchar, n FROM (VALUES ('b'::varchar, 1), ('a', 0)) AS imp_sen(p0, n) ORDER BY n",
+    "SELECT x + 1 FROM (VALUES (NULL), (NULL), (1)) AS v(x) ORDER BY 1",
+    "SELECT d FROM (VALUES ('2020-01-01'), ('2020-01-02'), (DATE '2020-01-03')) AS v(d) ORDER BY 1",
+    "SELECT a.id FROM {p}a a WHERE a.id IN (SELECT n FROM (VALUES (1.0), (2.5)) AS v(n)) ORDER BY 1",
 ]
 
 ERRORS = [
