@@ -702,10 +702,10 @@ _statement_clock: list = [None, None]  # [params list of the statement running, 
 
 
 def transaction_timestamp(ctx, params) -> datetime.datetime:
-    """now(): the start of the current transaction, as PostgreSQL. With a run-time context (queries),
-    one value per transaction block (keyed by the block's savepoint list, made anew at BEGIN) or per
-    statement outside a block; without one (INSERT values, DEFAULT), one value per statement run,
-    keyed by that run's parameter list."""
+    """now(): the start of the current transaction, as PostgreSQL. With a run-time context (every
+    statement's expressions have one), one value per transaction block (keyed by the block's
+    savepoint list, made anew at BEGIN) or per statement outside a block; without one (only where
+    no statement runs), one value per evaluation run, keyed by its parameter list."""
     if ctx is not None:
         session = ctx.session
         in_block = getattr(getattr(session, "state", None), "value", "I") != "I"

@@ -278,11 +278,20 @@ class _Returning:
         return tuple(fn(values, params) for fn in self.fns)
 
 
-def _returning(node, source, param_types):
+def _returning(node, source, param_types, runtime):
     returning = node.args.get("returning")
     if not returning:
         return None
-    return _Returning(returning, source, Scope(source.scope_columns(), param_types))
+    return _Returning(returning, source, Scope(source.scope_columns(), param_types, runtime=runtime))
+
+
+def _with_context(runtime, ctx: Context, fn):
+    """fn(ctx) with `runtime` begun on ctx, cleared after (a cached plan keeps no session alive)."""
+    runtime.begin(ctx)
+    try:
+        return fn(ctx)
+    finally:
+        runtime.ctx = None
 
 
 # --- INSERT -----------------------------------------------------------------------------------
@@ -312,16 +321,16 @@ class InsertPlan(Plan):
                 raise DuplicateColumn(f'column "{name}" specified more than once')
             positions.append(index)
         self.defaults = [compile_default(column, param_types) for column in table.columns]
-        self.returning = _returning(insert, source, param_types)
+        self.runtime = Runtime()  # VALUES and RETURNING see the statement's context (now())
+        self.returning = _returning(insert, source, param_types, self.runtime)
         self.columns = self.returning.columns if self.returning else None
         self.query = None
         self.rows = []
-        self.values_runtime = Runtime()  # VALUES expressions see the statement's context (now())
         values = insert.expression
         if insert.args.get("default") and values is None:
             self.rows.append([])
         elif isinstance(values, exp.Values):
-            scope = Scope([], param_types, runtime=self.values_runtime)
+            scope = Scope([], param_types, runtime=self.runtime)
             for row in values.expressions:
                 items = row.expressions if isinstance(row, exp.Tuple) else [row]
                 self.rows.append(self._compile_row(items, positions, explicit, scope))
@@ -390,11 +399,7 @@ class InsertPlan(Plan):
         return values
 
     def run(self, ctx: Context) -> Result:
-        self.values_runtime.begin(ctx)
-        try:
-            return self._insert(ctx)
-        finally:
-            self.values_runtime.ctx = None  # a cached plan keeps no session alive
+        return _with_context(self.runtime, ctx, self._insert)
 
     def _insert(self, ctx: Context) -> Result:
         table = self.table
@@ -429,7 +434,8 @@ class _TargetedPlan(Plan):
         self.source = source
         self.table = source.table
         self.tables = {self.table.name: self.table.tid}
-        self.scope = Scope(source.scope_columns(), param_types)
+        self.runtime = Runtime()  # WHERE, SET and RETURNING see the statement's context (now())
+        self.scope = Scope(source.scope_columns(), param_types, runtime=self.runtime)
         self.where_fn = compile_expr(where.this, self.scope, "bool")[0] if where is not None else None
         self.access = choose_index(where.this, self.table, self.scope) if where is not None else None
 
@@ -467,10 +473,13 @@ class UpdatePlan(_TargetedPlan):
                                       detail=f'Column "{column.name}" is an identity column defined as GENERATED ALWAYS.')
             fn, type_name = compile_expr(assignment.expression, self.scope, column.type_name)
             self.assignments.append((index, fn, type_name, column))
-        self.returning = _returning(update, self.source, param_types)
+        self.returning = _returning(update, self.source, param_types, self.runtime)
         self.columns = self.returning.columns if self.returning else None
 
     def run(self, ctx: Context) -> Result:
+        return _with_context(self.runtime, ctx, self._update)
+
+    def _update(self, ctx: Context) -> Result:
         table = self.table
         check_table_writable(ctx, table)
         heap = Heap(ctx.store, table.table_page_id)
@@ -503,10 +512,13 @@ class DeletePlan(_TargetedPlan):
         if delete.args.get("using"):
             raise FeatureNotSupported("DELETE with USING is not supported yet")
         self._bind_target(delete.this, delete.args.get("where"), tables, param_types)
-        self.returning = _returning(delete, self.source, param_types)
+        self.returning = _returning(delete, self.source, param_types, self.runtime)
         self.columns = self.returning.columns if self.returning else None
 
     def run(self, ctx: Context) -> Result:
+        return _with_context(self.runtime, ctx, self._delete)
+
+    def _delete(self, ctx: Context) -> Result:
         check_table_writable(ctx, self.table)
         heap = Heap(ctx.store, self.table.table_page_id)
         count = 0

@@ -188,8 +188,8 @@ def test_now_is_one_value_per_transaction(sql_cluster):
 
 
 def test_now_in_defaults_and_values_is_the_transactions_start(sql_cluster):
-    """A DEFAULT now() and a now() in INSERT ... VALUES are the same instant as SELECT now() in
-    that transaction, in every statement of it (pgbench's history rows rely on it)."""
+    """now() in a DEFAULT, in INSERT ... VALUES, in UPDATE's SET and WHERE and in RETURNING is the
+    same instant as SELECT now() in that transaction, in every statement of it."""
     with sql_cluster.connect() as connection:
         connection.execute("CREATE TABLE stamped (id int PRIMARY KEY, at timestamptz DEFAULT now(), v timestamptz)")
         with connection.transaction():
@@ -198,6 +198,12 @@ def test_now_in_defaults_and_values_is_the_transactions_start(sql_cluster):
             connection.execute("INSERT INTO stamped (id, v) VALUES (2, now())")
         rows = connection.execute("SELECT at, v FROM stamped ORDER BY id").fetchall()
         assert rows == [(started, started), (started, started)]
+        with connection.transaction():
+            started = connection.execute("SELECT now()").fetchone()[0]
+            updated = connection.execute("UPDATE stamped SET v = now() WHERE at < now() RETURNING v, now()").fetchall()
+            deleted = connection.execute("DELETE FROM stamped WHERE id = 2 RETURNING now()").fetchall()
+            inserted = connection.execute("INSERT INTO stamped (id) VALUES (3) RETURNING at, now()").fetchall()
+        assert updated == [(started, started)] * 2 and deleted == [(started,)] and inserted == [(started, started)]
         connection.execute("DROP TABLE stamped")
 
 
