@@ -21,16 +21,21 @@ from collections.abc import Iterable, Iterator, Sequence
 from aurora_db import pgwire
 from aurora_db.errors import (
     DatabaseError,
-    DuplicateColumn,
     FeatureNotSupported,
     SyntaxError_,
-    UndefinedColumn,
     UndefinedTable,
     WrongObjectType,
 )
 from compute_node import sql_types as t
 from compute_node.catalog import TableDef
-from compute_node.write_plans import check_row, check_table_writable, check_unique, compile_default, write_row
+from compute_node.write_plans import (
+    check_row,
+    check_table_writable,
+    check_unique,
+    column_positions,
+    compile_default,
+    write_row,
+)
 
 COPY_BATCH_ROWS_MAX = 2_000  # rows handed to the engine thread in one call
 COPY_BATCH_BYTES_MAX = 256 * 1024  # input buffered before a batch is cut, whatever its row count
@@ -487,15 +492,7 @@ def resolve_target(spec: CopySpec, tables: dict[str, TableDef]) -> CopyTarget:
                               hint="To enable copying to a view, provide an INSTEAD OF INSERT trigger.")
     if spec.columns is None:
         return CopyTarget(table, tuple(range(len(table.columns))))
-    positions = []
-    for name in spec.columns:
-        index = table.column_index(name)
-        if index is None:
-            raise UndefinedColumn(f'column "{name}" of relation "{table.name}" does not exist')
-        if index in positions:
-            raise DuplicateColumn(f'column "{name}" specified more than once')
-        positions.append(index)
-    return CopyTarget(table, tuple(positions))
+    return CopyTarget(table, tuple(column_positions(table, spec.columns)))
 
 
 def _quoted(text: str) -> str:

@@ -424,13 +424,7 @@ def _arithmetic(symbol):
         else:
             op = _int_mod if is_int else _numeric_mod
 
-        def compute(row, params):
-            a = left_fn(row, params)
-            if a is None:
-                return None
-            b = right_fn(row, params)
-            if b is None:
-                return None
+        def compute(a, b):
             if symbol in "/%" and b == 0:
                 raise DivisionByZero("division by zero")
             if to_float:
@@ -440,7 +434,7 @@ def _arithmetic(symbol):
                     decimal.Decimal(b) if not isinstance(b, float) else decimal.Decimal(repr(b))
             value = op(a, b)
             return t.check_integer(value, result) if is_int else value
-        return compute, result
+        return _strict_binary(left_fn, right_fn, compute), result
     return handler
 
 
@@ -566,14 +560,7 @@ def _in(node: exp.In, scope, expected):
         values = {value for value in constants if value is not None}
         has_null = len(values) < len(constants) and None in constants
 
-        def contains_constant(row, params):
-            value = value_fn(row, params)
-            if value is None:
-                return None
-            if value in values:
-                return True
-            return None if has_null else False
-        return contains_constant, "bool"
+        return lambda row, params: in_set(value_fn(row, params), values, has_null), "bool"
 
     def contains(row, params):
         value = value_fn(row, params)
@@ -588,6 +575,16 @@ def _in(node: exp.In, scope, expected):
                 return True
         return None if saw_null else False
     return contains, "bool"
+
+
+def in_set(value, values: set, has_null: bool):
+    """SQL's `value IN (...)` over the list's non-NULL values: NULL when the value is NULL, or when
+    it is not found and the list held a NULL."""
+    if value is None:
+        return None
+    if value in values:
+        return True
+    return None if has_null else False
 
 
 def _like(node, scope, expected):

@@ -107,7 +107,7 @@ def _in_form(rows):
 
 
 def compile_in(node: exp.In, scope, expected):
-    from compute_node.expressions import compile_expr
+    from compute_node.expressions import compile_expr, in_set
     value_fn, value_type = compile_expr(node.this, scope)
     plan = subplan(node.args["query"], scope)
     if len(plan.columns) != 1:
@@ -121,12 +121,7 @@ def compile_in(node: exp.In, scope, expected):
         values, has_null, nonempty = rows_for(row)
         if not nonempty:
             return False
-        value = value_fn(row, params)
-        if value is None:
-            return None
-        if value in values:
-            return True
-        return None if has_null else False
+        return in_set(value_fn(row, params), values, has_null)
     return contains, "bool"
 
 

@@ -200,6 +200,20 @@ def _parse_default(sql: str) -> exp.Expression:
     return sqlglot.parse_one(sql, read="postgres")
 
 
+def column_positions(table: TableDef, names) -> list[int]:
+    """Positions of a statement's target columns (INSERT, COPY): 42703 for one the table lacks,
+    42701 for one named twice."""
+    positions = []
+    for name in names:
+        index = table.column_index(name)
+        if index is None:
+            raise UndefinedColumn(f'column "{name}" of relation "{table.name}" does not exist')
+        if index in positions:
+            raise DuplicateColumn(f'column "{name}" specified more than once')
+        positions.append(index)
+    return positions
+
+
 def compile_default(column: ColumnDef, param_types: list[str]):
     """fn(ctx) -> the column's default value, already of the column's type. It runs with the
     statement's context, so now() is the transaction's start, as in PostgreSQL."""
@@ -312,14 +326,7 @@ class InsertPlan(Plan):
             raise FeatureNotSupported("ON CONFLICT is not supported yet")
         explicit = isinstance(target, exp.Schema) and bool(target.expressions)
         names = [identifier.name for identifier in target.expressions] if explicit else [c.name for c in table.columns]
-        positions = []
-        for name in names:
-            index = table.column_index(name)
-            if index is None:
-                raise UndefinedColumn(f'column "{name}" of relation "{table.name}" does not exist')
-            if index in positions:
-                raise DuplicateColumn(f'column "{name}" specified more than once')
-            positions.append(index)
+        positions = column_positions(table, names)
         self.defaults = [compile_default(column, param_types) for column in table.columns]
         self.runtime = Runtime()  # VALUES and RETURNING see the statement's context (now())
         self.returning = _returning(insert, source, param_types, self.runtime)
