@@ -18,6 +18,8 @@ written before this format (four fields) decode with no secondary indexes.
 from __future__ import annotations
 
 import dataclasses
+import types
+from typing import Mapping
 
 from aurora_db import pages
 from aurora_db.errors import DuplicateTable, ProgramLimitExceeded, SerializationFailure, UndefinedTable
@@ -123,11 +125,35 @@ def _decode(tid, values) -> TableDef:
                     indexes, oid, query, tuple(depends_on))
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _CatalogRows:
+    """The catalog's row versions as (xmin, xmax, definition), read at the given page LSNs."""
+
+    page_lsns: list[int]
+    versions: tuple[tuple[int, int, TableDef], ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Settled:
+    """What every snapshot sees of `rows` once the transactions that wrote them (`xids`) have all
+    ended: a snapshot that began after them all sees `tables`, whatever its own transaction."""
+
+    rows: _CatalogRows
+    xids: frozenset[int]
+    newest_xid: int
+    tables: Mapping[str, TableDef]
+
+    def fits(self, snapshot: Snapshot) -> bool:
+        return self.newest_xid < snapshot.xmax and snapshot.active.isdisjoint(self.xids)
+
+
 class Catalog:
     def __init__(self, store: PageStore, transactions: Transactions):
         self.store = store
         self.transactions = transactions
         self._decoded: dict[tuple, TableDef] = {}
+        self._rows: _CatalogRows | None = None
+        self._settled: _Settled | None = None
         self._writers: dict[int, set[int]] = {}  # table oid -> transactions that wrote its rows
         self.sequences = Sequences(store)
 
@@ -140,14 +166,44 @@ class Catalog:
         table_page_id = Heap.create(self.store)
         self.store.log(META_PAGE, "meta_set", "catalog_table", table_page_id)
 
-    def tables(self, snapshot: Snapshot, xid: int | None) -> dict[str, TableDef]:
-        """Every relation with a catalog row (tables and views) visible to the snapshot, by name."""
+    def tables(self, snapshot: Snapshot, xid: int | None) -> Mapping[str, TableDef]:
+        """Every relation with a catalog row (tables and views) visible to the snapshot, by name
+        (read-only: the same mapping may be handed to many statements).
+
+        Every statement asks, so the answer is remembered while it cannot change: the catalog's
+        pages are at the same LSNs, and every transaction that wrote a catalog row has ended and
+        is settled for the snapshot (below its xmax and not in its active set)."""
+        rows = self._current_rows()
+        settled = self._settled
+        if settled is not None and settled.rows is rows and settled.fits(snapshot):
+            return settled.tables
         visible = {}
-        for tid, (xmin, xmax, values) in self.heap.scan():
+        for xmin, xmax, table in rows.versions:
             if self.transactions.visible(xmin, xmax, snapshot, xid):
-                table = self._decode_cached(tid, values)
                 visible[table.name] = table
-        return visible
+        tables = types.MappingProxyType(visible)
+        xids = frozenset(x for xmin, xmax, _ in rows.versions for x in (xmin, xmax) if x)
+        settled = _Settled(rows, xids, max(xids, default=0), tables)
+        if settled.fits(snapshot) and all(self.transactions.status(x) != XID_IN_PROGRESS for x in xids):
+            self._settled = settled
+        return tables
+
+    def _current_rows(self) -> _CatalogRows:
+        """Every catalog row version, decoded; rebuilt only when a catalog page's LSN moved."""
+        store = self.store
+        page_id = store.get(store.get(META_PAGE).values["catalog_table"]).values["first_heap"]
+        lsns = []
+        while page_id:
+            page = store.get(page_id)
+            lsns.append(page.lsn)
+            page_id = page.next_page
+        rows = self._rows
+        if rows is None or rows.page_lsns != lsns:
+            versions = tuple((xmin, xmax, self._decode_cached(tid, values))
+                             for tid, (xmin, xmax, values) in self.heap.scan())
+            self._decoded = {table.tid: table for _, _, table in versions}  # forget rows no longer there
+            rows = self._rows = _CatalogRows(lsns, versions)
+        return rows
 
     def _decode_cached(self, tid, values) -> TableDef:
         table = self._decoded.get(tid)

@@ -207,6 +207,42 @@ def test_ddl_inside_a_rolled_back_block_leaves_nothing(sql_cluster):
         connection.execute("INSERT INTO rb_t VALUES (1, 'c')")  # no key was left behind
 
 
+def test_each_snapshot_sees_the_catalog_of_its_own_time(sql_cluster):
+    """The writer remembers the catalog every statement reads; what it remembers never leaks into
+    a snapshot it does not fit: an open DDL is seen by its own transaction only, and a
+    REPEATABLE READ transaction keeps the catalog of its snapshot after others change it."""
+    with sql_cluster.connect() as creator, sql_cluster.connect() as old_reader, sql_cluster.connect() as reader:
+        creator.execute("CREATE TABLE snap_a (id int)")
+        old_reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        assert old_reader.execute("SELECT count(*) FROM snap_a").fetchone() == (0,)
+        creator.execute("BEGIN")
+        creator.execute("CREATE TABLE snap_b (id int)")
+        creator.execute("ALTER TABLE snap_a ADD COLUMN v int")
+        assert creator.execute("SELECT * FROM snap_a, snap_b").fetchall() == []
+        for _ in range(2):  # asked twice: the second answer may come from what was remembered
+            with pytest.raises(psycopg.errors.UndefinedTable):
+                reader.execute("SELECT * FROM snap_b")
+            with pytest.raises(psycopg.errors.UndefinedColumn):
+                reader.execute("SELECT v FROM snap_a")
+        creator.execute("COMMIT")
+        for _ in range(2):
+            assert reader.execute("SELECT v FROM snap_a, snap_b").fetchall() == []
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            old_reader.execute("SELECT * FROM snap_b")
+        old_reader.execute("ROLLBACK")
+        old_reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        assert old_reader.execute("SELECT v FROM snap_a, snap_b").fetchall() == []
+        old_reader.execute("ROLLBACK")
+        creator.execute("BEGIN")
+        creator.execute("DROP TABLE snap_b")
+        assert reader.execute("SELECT count(*) FROM snap_b").fetchone() == (0,)
+        creator.execute("ROLLBACK")
+        assert reader.execute("SELECT count(*) FROM snap_b").fetchone() == (0,)
+        creator.execute("DROP TABLE snap_b")
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            reader.execute("SELECT * FROM snap_b")
+
+
 def test_ddl_waits_for_no_one_it_fails_with_40001(sql_cluster):
     """PostgreSQL would block on the table lock; we fail cleanly instead, and nothing is half-done."""
     with sql_cluster.connect() as first, sql_cluster.connect() as second:
