@@ -37,11 +37,18 @@ def build_parser() -> argparse.ArgumentParser:
     storage.add_argument("--listen", type=host_port, required=True, help="HOST:PORT for the storage protocol")
     storage.add_argument("--data", required=True, help="directory for the node's log files and epoch")
 
-    compute = commands.add_parser("compute-node", help="run a compute node (the writer)")
-    compute.add_argument("--role", choices=["writer"], default="writer")
+    compute = commands.add_parser("compute-node", help="run a compute node (a writer or a reader)")
+    compute.add_argument("--role", choices=["writer", "reader"], default="writer",
+                         help="writer: recover the volume and take writes; reader: follow the writer's redo "
+                              "stream and serve reads until promoted")
     compute.add_argument("--node-id", default="writer")
+    compute.add_argument("--az", default="a", help="availability zone of this node (shown by status)")
+    compute.add_argument("--promotion-tier", type=int, default=1, choices=range(16), metavar="0-15",
+                         help="failover prefers the reader with the lowest tier, then the highest applied LSN")
     compute.add_argument("--listen", type=host_port, required=True, help="HOST:PORT for PostgreSQL clients")
-    compute.add_argument("--admin", type=host_port, help="HOST:PORT for the admin (status) protocol")
+    compute.add_argument("--admin", type=host_port,
+                         help="HOST:PORT for the admin protocol (status, promote, demote) and, on the writer, "
+                              "the redo stream readers follow")
     compute.add_argument("--storage", type=storage_peer, action="append", required=True, metavar="ID=HOST:PORT",
                          help="a storage node; give all six")
     compute.add_argument("--cache-pages", type=int, default=CACHE_PAGES_DEFAULT, help="buffer cache size in pages")

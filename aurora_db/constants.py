@@ -91,6 +91,12 @@ BOXCAR_DELAY_MS = 2  # longest a finished MTR waits to be shipped when no commit
 BOXCAR_RECORDS_MAX = BATCH_RECORDS_MAX  # records waiting to be shipped that make the writer ship at once
 APPENDS_IN_FLIGHT_MAX = 2  # unanswered appends to one storage node: one in its fsync, one next; the rest
 # waits in the queue and rides in the following request (fewer requests than 64 in flight: +20-30% pgbench TPS)
+FOLLOW_IDLE_CHECK_MS = 1_000  # a reader that hears nothing this long asks storage whether a newer writer exists
+STARTUP_PROBE_MS = 2_000  # a node started as writer looks this long for a live writer already serving
+ROLE_CHANGE_GRACE_MS = 100  # a fenced writer lets sessions report their own errors before it ends them
+FOLLOWERS_MAX = 16  # readers following one writer's redo stream (Aurora: up to 15 replicas)
+FOLLOWER_BUFFER_BYTES_MAX = 64 * 1024 * 1024  # unsent redo for one reader before it is disconnected
+REPLICA_PENDING_RECORDS_MAX = 2 * LSN_ALLOCATION_LIMIT  # records a reader holds above the VDL it applied
 SEND_QUEUE_RECORDS_MAX = 2 * LSN_ALLOCATION_LIMIT  # records queued for one node before it is "behind"
 # A node whose acks decide the write quorum never owes more than LAL records (allocation stops at
 # VDL + LAL), so only a node outside the quorum, falling ever further behind, is disconnected.
@@ -108,6 +114,7 @@ CHAIN_RECORDS_MAX = 200_000  # entries in one `chain` reply; the rest is asked f
 CHAIN_ENTRY_BYTES_MAX = 32  # msgpack of [lsn, prev_volume, prev_pg, cpl]: three 9-byte ints and a bool
 READ_RECORDS_MAX = 4096  # records in one `read_records` reply, whatever the caller's limit
 READ_RECORDS_BYTES_MAX = FRAME_BYTES_MAX // 2  # record bodies in one `read_records` reply
+WRITER_ADDRESS_BYTES_MAX = 256  # the "host:port" a writer names in set_epoch
 STORAGE_CONNECTIONS_MAX = 256  # open connections to one storage node; more are closed at once
 assert CHAIN_RECORDS_MAX * CHAIN_ENTRY_BYTES_MAX < FRAME_BYTES_MAX  # a full chain reply fits a frame
 assert READ_RECORDS_BYTES_MAX + READ_RECORDS_MAX * 16 < FRAME_BYTES_MAX  # bodies plus [crc, ...] framing

@@ -13,9 +13,12 @@ refused with "epoch_claimed" unless its epoch is newer than every epoch the node
 
 Requests and their successful replies ({"id", "ok": True, ...}):
   status                                   -> node_id, az, epoch, lsn_floor, pgs: {pg: scl}, vdl_hint,
-                                              truncations, stats
-  set_epoch   epoch                        -> epoch, lsn_floor, pgs: {pg: scl}, vdl_hint, truncations
-                                              (durable before the reply)
+                                              truncations, writer, stats
+  set_epoch   epoch, [writer]              -> epoch, lsn_floor, pgs: {pg: scl}, vdl_hint, truncations,
+                                              writer (durable before the reply)
+                                              writer: "host:port" of the new epoch's writer (its admin
+                                              port, where readers follow its redo stream), or None;
+                                              kept with the epoch, forgotten when a newer epoch comes
                                               vdl_hint: the highest writer VDL named by a held record
                                               truncations: every [above_lsn, lsn_floor] range the node
                                               was told of (node-wide, durable)
@@ -30,11 +33,17 @@ Requests and their successful replies ({"id", "ok": True, ...}):
                                               reply and one fsync
                                            -> scls: [[pg, scl], ...], [pending_dropped: n] (as append;
                                               an error refuses the whole request)
-  get_page    epoch, pg, page_id, lsn      -> page: pages.to_wire(page) or None (no record of the page
+  get_page    epoch, pg, page_id, lsn, [reader]
+                                           -> page: pages.to_wire(page) or None (no record of the page
                                               at or below lsn); the page as of read point `lsn`.
                                               error "not_complete" if the segment's SCL < lsn. SCL is
                                               always a record LSN of this PG, so a reader asks at its
                                               PG read point: the PG's last record at or below VDL.
+                                              reader: True marks a reader compute node's read: its
+                                              epoch is neither checked nor raised (a read point at or
+                                              below an old epoch's VDL stays valid under every later
+                                              epoch: recovery truncates only above the new VDL, which
+                                              is at least the old one).
   chain       epoch, pg, after_lsn         -> records: [[lsn, prev_volume, prev_pg, cpl], ...] for the
                                               segment's records with after_lsn < lsn <= scl,
                                               last_at_or_below: highest lsn <= after_lsn held (or 0),

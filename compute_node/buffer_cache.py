@@ -43,6 +43,15 @@ class BufferCache:
             self.put(page)
         return page
 
+    def peek(self, page_id: int) -> Page | None:
+        """The cached page or None: no read, no statistics, no change to the eviction order."""
+        return self._pages.get(page_id)
+
+    def clear(self) -> None:
+        """Forget every page (a reader starting again from a new point); none may be pinned."""
+        assert not self._pins, "clearing a cache with pinned pages"
+        self._pages.clear()
+
     def put(self, page: Page) -> None:
         """Add a page and evict what may be evicted; never waits."""
         self._pages[page.page_id] = page

@@ -241,6 +241,7 @@ FUNCTIONS = {
     "current_database": _function("current_database", (), "text", lambda ctx: CURRENT_DATABASE, reads_catalog=False),
     "current_schema": _function("current_schema", (), "text", lambda ctx: CURRENT_SCHEMA, reads_catalog=False),
     "version": _function("version", (), "text", lambda ctx: SERVER_VERSION_TEXT, reads_catalog=False),
+    "pg_is_in_recovery": _function("pg_is_in_recovery", (), "bool", lambda ctx: ctx.session.engine.read_only),
     "current_user": _function("current_user", (), "text", pg.session_user),
     "session_user": _function("session_user", (), "text", pg.session_user),
 }

@@ -40,6 +40,7 @@ from compute_node.log_writer import LogWriter, WouldWait
 from compute_node.page_store import PageMiss, PageStore
 from compute_node.plan_cache import PlanCache
 from compute_node.recovery import RecoveredVolume
+from compute_node.replica import ReplicaLog, ReplicaState, ReplicaTransactions
 from compute_node.storage_client import StorageClient
 from compute_node.transactions import RowLockWait, Transactions
 from compute_node.write_plans import undo_statement
@@ -90,13 +91,21 @@ class Turn:
 
 
 class Engine:
-    def __init__(self, loop: asyncio.AbstractEventLoop, client: StorageClient, volume: RecoveredVolume, cache_pages: int):
+    def __init__(self, loop: asyncio.AbstractEventLoop, client: StorageClient, volume: RecoveredVolume | None,
+                 cache_pages: int, replica: ReplicaState | None = None):
+        """A writer's engine after recovery (`volume`), or a reader's (`replica`: what it applied
+        of the writer's redo stream; its engine makes no change at all)."""
+        assert (volume is None) != (replica is None)
         self.loop = loop
         self.volume = volume
-        tracker = DurabilityTracker(vdl=volume.vdl, pg_tails=volume.pg_tails, lsn_floor=volume.lsn_floor)
-        self.log_writer = LogWriter(loop, client, tracker)
+        self.replica = replica
+        if replica is None:
+            tracker = DurabilityTracker(vdl=volume.vdl, pg_tails=volume.pg_tails, lsn_floor=volume.lsn_floor)
+            self.log_writer = LogWriter(loop, client, tracker)
+        else:
+            self.log_writer = ReplicaLog(replica)
         self.store = PageStore(loop, client, self.log_writer, cache_pages)
-        self.transactions = Transactions(self.store)
+        self.transactions = Transactions(self.store) if replica is None else ReplicaTransactions(self.store, replica)
         self.catalog = Catalog(self.store, self.transactions)
         self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self._turn = Turn()  # one engine call at a time, in arrival order
@@ -156,6 +165,25 @@ class Engine:
 
     def shutdown(self) -> None:
         self._thread.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def read_only(self) -> bool:
+        return self.replica is not None
+
+    # --- a reader's redo stream (loop thread) ----------------------------------------------------
+
+    async def restart_stream(self, replica: ReplicaState) -> None:
+        """A reader attached (again) to a writer: start from its hello, with an empty cache."""
+        async with self._turn:
+            self.store.forget_all()
+            self.replica = self.log_writer.state = self.transactions.state = replica
+
+    async def apply_stream(self, frame: dict, now_ms: float) -> None:
+        """A state frame: apply the records it makes durable and take its snapshot, in one turn,
+        so no statement sees the one without the other."""
+        async with self._turn:
+            self.store.install_fetched()
+            self.store.apply_replicated(self.replica.on_state(frame, now_ms))
 
     # --- engine thread ------------------------------------------------------------------------
 
@@ -289,14 +317,21 @@ class Engine:
 
     def status(self) -> dict:
         """For the admin port; read from the loop thread (plain reads of counters)."""
+        common = {"cache_pages": len(self.store.cache), "cache_hits": self.store.cache.hits,
+                  "cache_misses": self.store.cache.misses,
+                  "engine_calls_inline": self.calls_inline, "engine_calls_moved": self.calls_moved,
+                  "engine_inline_misses": self.inline_misses,
+                  "plan_cache_hits": self.plans.hits, "plan_cache_misses": self.plans.misses}
+        replica = self.replica
+        if replica is not None:
+            return {**common, "epoch": replica.epoch, "vdl": replica.applied_lsn, "applied_lsn": replica.applied_lsn,
+                    "replica_lag_ms": replica.last_lag_ms, "replica_lag_p50_ms": replica.lag_percentile_ms(0.5),
+                    "replica_lag_p99_ms": replica.lag_percentile_ms(0.99), "replica_lag_lsn": replica.lag_lsn,
+                    "replica_lag_bytes": replica.lag_bytes}
         tracker = self.log_writer.tracker
         client = self.log_writer.client
-        return {"epoch": self.volume.epoch, "vdl": tracker.vdl, "vcl": tracker.vcl, "lsn": tracker.last_lsn,
-                "cache_pages": len(self.store.cache), "cache_hits": self.store.cache.hits,
-                "cache_misses": self.store.cache.misses, "active_transactions": len(self.transactions.active),
-                "engine_calls_inline": self.calls_inline, "engine_calls_moved": self.calls_moved,
-                "engine_inline_misses": self.inline_misses,
-                "plan_cache_hits": self.plans.hits, "plan_cache_misses": self.plans.misses,
+        return {**common, "epoch": self.volume.epoch, "vdl": tracker.vdl, "applied_lsn": tracker.vdl,
+                "vcl": tracker.vcl, "lsn": tracker.last_lsn, "active_transactions": len(self.transactions.active),
                 "records_made": self.store.records_made, "storage_bytes_sent": client.bytes_sent,
                 "storage_requests_sent": client.requests_sent,
                 "pgcl": {str(pg): lsn for pg, lsn in tracker.pgcl.items()}}

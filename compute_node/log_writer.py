@@ -20,6 +20,7 @@ import asyncio
 import heapq
 import itertools
 import threading
+from typing import Callable
 
 from aurora_db.constants import BOXCAR_DELAY_MS, BOXCAR_RECORDS_MAX, COMMIT_TIMEOUT_MS
 from aurora_db.errors import QuorumTimeout, StaleEpoch
@@ -47,6 +48,8 @@ class LogWriter:
         self._boxcar: list[Record] = []  # sealed MTRs not yet shipped, in LSN order
         self._ship_asked = False  # a ship_now is scheduled on the loop
         self.fenced_reason: str | None = None
+        self.on_shipped: Callable[[list[Record], list[list]], None] | None = None  # the redo stream's
+        self.on_vdl_advanced: Callable[[], None] | None = None
 
     # --- engine thread ------------------------------------------------------------------------
 
@@ -132,7 +135,9 @@ class LogWriter:
             records, self._boxcar = self._boxcar, []
             self._ship_asked = False
         if records:
-            self.client.ship(records)
+            sealed = self.client.ship(records)
+            if self.on_shipped is not None:
+                self.on_shipped(records, sealed)
 
     def on_ack(self, pg: int, node_id: str, scl: int) -> None:
         with self._lock:
@@ -145,6 +150,8 @@ class LogWriter:
                 _, _, future = heapq.heappop(self._waiters)
                 if not future.done():
                     future.set_result(vdl)
+            if self.on_vdl_advanced is not None:
+                self.on_vdl_advanced()
 
     def on_forget(self, node_id: str) -> None:
         with self._lock:

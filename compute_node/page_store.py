@@ -56,6 +56,7 @@ class _Fetch:
 
     task: asyncio.Task
     superseded: bool = False  # the page entered the cache meanwhile: this copy may be older
+    records: list[Record] = dataclasses.field(default_factory=list)  # a reader's records applied meanwhile
 
 
 class PageStore:
@@ -118,8 +119,40 @@ class PageStore:
             if fetch.superseded or fetch.task.cancelled() or fetch.task.exception() is not None:
                 continue
             page = fetch.task.result()
-            if page is not None and page_id not in self.cache:
+            if page_id in self.cache:
+                continue
+            for record in fetch.records:  # a reader's: applied while the read was under way
+                if record.op.endswith("_init") or (page is not None and record.lsn > page.lsn):
+                    page = pages.apply(page, record)
+            if page is not None:
                 self.cache.put(page)
+
+    # --- a reader's redo stream ---------------------------------------------------------------
+
+    def apply_replicated(self, records: list[Record]) -> None:
+        """Inside the engine's turn, on a reader: apply records (at or below VDL, whole MTRs) to the
+        pages it holds, and keep them for pages being read; the others are read from storage at a
+        later read point when needed, so they are dropped."""
+        cache = self.cache
+        for record in records:
+            page_id = record.page_id
+            fetch = self._fetching.get(page_id)
+            if fetch is not None:
+                fetch.records.append(record)
+            page = cache.peek(page_id)
+            if page is None:
+                continue
+            if record.op.endswith("_init"):
+                cache.put(pages.apply(None, record))
+            elif record.lsn > page.lsn:
+                pages.apply(page, record)
+
+    def forget_all(self) -> None:
+        """Inside the engine's turn, on a reader starting again from a new hello: no cached page
+        and no read under way may be used (records between the two streams were never seen)."""
+        self.cache.clear()
+        for fetch in self._fetching.values():
+            fetch.superseded = True
 
     def _supersede(self, page_id: int) -> None:
         fetch = self._fetching.get(page_id)

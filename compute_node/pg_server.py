@@ -147,12 +147,22 @@ class ServerContext:
     connections_max: int
     connections_open: int = 0
     process_ids: itertools.count = dataclasses.field(default_factory=lambda: itertools.count(1))
+    connections: set["ClientConnection"] = dataclasses.field(default_factory=set)
+
+    def terminate_all(self, error: errors.DatabaseError) -> int:
+        """End every open connection with a FATAL `error` (the node changed role: its sessions
+        belong to an engine that is gone). Returns how many there were."""
+        connections = list(self.connections)
+        for connection in connections:
+            connection.terminate(error)
+        return len(connections)
 
 
 async def serve(host: str, port: int, session_factory: SessionFactory, *, server_version: str = SERVER_VERSION,
-                connections_max: int = PGWIRE_CONNECTIONS_MAX) -> asyncio.base_events.Server:
+                connections_max: int = PGWIRE_CONNECTIONS_MAX,
+                context: ServerContext | None = None) -> asyncio.base_events.Server:
     """Listen for PostgreSQL clients; each connection gets its own session_factory() Session."""
-    context = ServerContext(session_factory, server_version, connections_max)
+    context = context or ServerContext(session_factory, server_version, connections_max)
 
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await ClientConnection(context, reader, writer).run()
@@ -198,8 +208,18 @@ class ClientConnection:
     def _advance(self, event: str) -> None:
         self.phase = TRANSITIONS[(self.phase, event)]
 
+    def terminate(self, error: errors.DatabaseError) -> None:
+        """From outside the connection's task: a FATAL error, then the connection closes (its
+        task meets the closed socket and cleans up)."""
+        if self._writer.is_closing():
+            return
+        self._writer.write(bytes(self._output) + pgwire.encode_database_error(error, severity="FATAL"))
+        self._output.clear()
+        self._writer.close()
+
     async def run(self) -> None:
         self._context.connections_open += 1
+        self._context.connections.add(self)
         try:
             await self._serve_messages()
         except pgwire.ProtocolError as error:
@@ -209,6 +229,7 @@ class ClientConnection:
             logger.debug("connection from %s lost: %s", self._peer, error)
         finally:
             self._context.connections_open -= 1  # before the session closes: a client may reconnect at once
+            self._context.connections.discard(self)
             await self._close()
 
     async def _serve_messages(self) -> None:

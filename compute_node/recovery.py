@@ -85,8 +85,9 @@ async def recover(client: StorageClient) -> RecoveredVolume:
     while True:
         client.epoch = epoch
         try:
-            replies = await _quorum_of(client, lambda: {"t": sp.SET_EPOCH, "epoch": epoch}, WRITE_QUORUM,
-                                       f"setting epoch {epoch}")
+            replies = await _quorum_of(client, lambda: {"t": sp.SET_EPOCH, "epoch": epoch,
+                                                        "writer": client.writer_address},
+                                       WRITE_QUORUM, f"setting epoch {epoch}")
             break
         except NewerEpochSeen:  # another writer raced us to a newer epoch: go above it
             epoch += 1

@@ -24,12 +24,13 @@ import re
 
 from aurora_db.constants import SERVER_VERSION
 from aurora_db.errors import (DatabaseError, FeatureNotSupported, InFailedTransaction, InternalError,
-                              InvalidParameterValue, QuorumTimeout)
+                              InvalidParameterValue, QuorumTimeout, ReadOnlyTransaction)
 from compute_node import copy as copy_text
 from compute_node import introspection
 from compute_node import sql_types as t
 from compute_node.backend import Column, CopyOut, Result, TEXT_OID
 from compute_node.engine import Engine, StalePlan
+from compute_node.replica import READ_ONLY_MESSAGE
 from compute_node.executor import Plan
 from compute_node.transactions import ROW_LOCK_WAIT_MS_MAX, SNAPSHOT_PER_TRANSACTION, LockNotAvailable, RowLockWait
 
@@ -114,7 +115,23 @@ DEFAULT_SETTINGS = {
     "timezone": "UTC", "transaction_isolation": "read committed", "default_transaction_isolation": "read committed",
     "standard_conforming_strings": "on", "integer_datetimes": "on", "application_name": "", "search_path": '"$user", public',
     "statement_timeout": "0", "extra_float_digits": "1", "intervalstyle": "postgres",
+    "transaction_read_only": "off", "default_transaction_read_only": "off", "in_hot_standby": "off",
 }
+READER_SETTINGS = {**DEFAULT_SETTINGS, "transaction_read_only": "on", "default_transaction_read_only": "on",
+                   "in_hot_standby": "on"}  # a reader, as PostgreSQL's hot standby shows itself
+
+
+def command_name(sql: str, kind: str) -> str:
+    """The command as PostgreSQL names it in "cannot execute X in a read-only transaction"."""
+    if kind == "copy_in":
+        return "COPY FROM"
+    words = [word.upper() for word in sql.split()[:6]]
+    if not words:
+        return "statement"
+    if words[0] in ("CREATE", "DROP", "ALTER"):
+        objects = [w for w in words[1:] if w not in ("UNIQUE", "OR", "REPLACE", "TEMP", "TEMPORARY")]
+        return f"{words[0]} {objects[0]}" if objects else words[0]
+    return words[0]
 
 
 @dataclasses.dataclass
@@ -185,7 +202,7 @@ class EngineSession:
         self.engine = engine
         self.state = BlockState.IDLE
         self.xid: int | None = None
-        self.settings = dict(DEFAULT_SETTINGS)
+        self.settings = dict(DEFAULT_SETTINGS if not engine.read_only else READER_SETTINGS)
         self.writes = 0  # statements run that may have written: a savepoint remembers the count
         self.savepoints: list[tuple[str, int]] = []
         self.snapshot = None  # REPEATABLE READ: the transaction's, from its first statement
@@ -346,9 +363,9 @@ class EngineSession:
         if kind == "reset":
             (name,) = statement.setting
             if name == "all":
-                self.settings = dict(DEFAULT_SETTINGS)
+                self.settings = dict(DEFAULT_SETTINGS if not self.engine.read_only else READER_SETTINGS)
             elif name in DEFAULT_SETTINGS:
-                self.settings[name] = DEFAULT_SETTINGS[name]
+                self.settings[name] = (DEFAULT_SETTINGS if not self.engine.read_only else READER_SETTINGS)[name]
             else:
                 self.settings.pop(name, None)
             return Result("RESET")
@@ -361,6 +378,9 @@ class EngineSession:
             return Result(word)
         implicit = self.state is BlockState.IDLE
         autocommit = self._autocommit(statement, sync_follows)
+        if self.engine.read_only and (kind == "copy_in" or kind != "canned" and getattr(statement.plan, "writes", True)):
+            error = ReadOnlyTransaction(READ_ONLY_MESSAGE.format(command_name(statement.sql, kind)))
+            raise await self._statement_failed(error, implicit, statement.sql)
         if kind == "copy_in":
             return await self._start_copy_in(statement, implicit, autocommit)
         try:

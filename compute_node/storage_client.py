@@ -81,6 +81,7 @@ class NodeLink:
         self._resync_now = False
         self._generation = 0  # counts connections: a failure on an old one never drops a new one
         self.last_scls: dict[int, int] = {}
+        self.last_status: dict | None = None  # the node's status reply at the last handshake
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"link-{self.node_id}")
@@ -255,9 +256,14 @@ class NodeLink:
             epoch, truncations = self.client.epoch, list(self.client.truncations)
             reply = await self._send_request({"t": sp.STATUS}, STORAGE_REQUEST_TIMEOUT_MS)
             self.az = reply.get("az")
+            self.last_status = reply
+            if not self.client.is_writer:
+                break  # a reader only reads: it never raises an epoch or truncates
             if epoch is not None and reply["epoch"] < epoch:
                 try:
-                    reply = await self._send_request({"t": sp.SET_EPOCH, "epoch": epoch}, STORAGE_REQUEST_TIMEOUT_MS)
+                    reply = await self._send_request({"t": sp.SET_EPOCH, "epoch": epoch,
+                                                      "writer": self.client.writer_address},
+                                                     STORAGE_REQUEST_TIMEOUT_MS)
                 except RequestFailed as error:
                     if error.code != sp.ERROR_EPOCH_CLAIMED:  # raised meanwhile by our own requests: fine
                         raise
@@ -347,8 +353,11 @@ class StorageClient:
     """All six links, the writer's epoch, the recent-records buffer and the ack callback."""
 
     def __init__(self, peers: list[tuple[str, str, int]], *, on_ack: Callable[[int, str, int], None],
-                 on_forget: Callable[[str], None], on_fenced: Callable[[str], None]):
+                 on_forget: Callable[[str], None], on_fenced: Callable[[str], None], is_writer: bool = True,
+                 writer_address: str | None = None):
         self.links = {node_id: NodeLink(self, node_id, host, port) for node_id, host, port in peers}
+        self.is_writer = is_writer  # a reader's client only reads pages, at the epoch it was told
+        self.writer_address = writer_address  # named with every epoch this writer claims
         self.epoch: int | None = None
         self.truncations: list[tuple[int, int]] = []  # every (above_lsn, lsn_floor] range, this epoch's last
         self._on_ack = on_ack
@@ -384,17 +393,22 @@ class StorageClient:
         """After recovery: the durable tail of every PG, which every segment must reach."""
         self._sent_tail.update(pg_tails)
 
-    def ship(self, records: list[Record]) -> None:
-        """Send one MTR's records (or several) to every segment of their PGs, batched per PG."""
+    def ship(self, records: list[Record]) -> list[list]:
+        """Send one MTR's records (or several) to every segment of their PGs, batched per PG.
+        Returns each record's sealed form [crc, body], in the order given."""
         by_pg: dict[int, list] = {}
+        sealed_all = []
         for record in records:
             crc, body = record.sealed()
-            by_pg.setdefault(record.pg, []).append([crc, body])
-            self._recent[record.pg].append((record.lsn, record.prev_pg, [crc, body]))
+            pair = [crc, body]
+            sealed_all.append(pair)
+            by_pg.setdefault(record.pg, []).append(pair)
+            self._recent[record.pg].append((record.lsn, record.prev_pg, pair))
             self._sent_tail[record.pg] = record.lsn
         for pg, sealed in by_pg.items():
             for link in self.links.values():
                 link.enqueue(pg, sealed)
+        return sealed_all
 
     def sent_tails(self) -> dict[int, int]:
         return dict(self._sent_tail)
@@ -443,8 +457,10 @@ class StorageClient:
             candidates += [link for link in self._shuffled() if link not in candidates]
             for link in candidates:
                 try:
-                    reply = await link.request({"t": sp.GET_PAGE, "epoch": self.epoch, "pg": pg, "page_id": page_id,
-                                                "lsn": read_point})
+                    request = {"t": sp.GET_PAGE, "epoch": self.epoch, "pg": pg, "page_id": page_id, "lsn": read_point}
+                    if not self.is_writer:
+                        request["reader"] = True
+                    reply = await link.request(request)
                     return reply["page"]
                 except RequestFailed as error:
                     if error.code == sp.ERROR_STALE_EPOCH:

@@ -20,6 +20,7 @@ import asyncio
 import dataclasses
 import logging
 import threading
+from typing import Callable
 
 from aurora_db.pages import XID_ABORTED, XID_COMMITTED, XID_IN_PROGRESS, XIDS_PER_CLOG_PAGE
 from aurora_db.errors import DatabaseError, ProgramLimitExceeded
@@ -80,6 +81,7 @@ class Transactions:
         self._aborted_unlogged: set[int] = set()
         self._waits_for: dict[int, int] = {}  # waiter xid -> blocker xid: acyclic
         self._ended: dict[int, list[tuple[asyncio.AbstractEventLoop, asyncio.Future]]] = {}  # blocker -> waits
+        self.on_end: Callable[[], None] | None = None  # a transaction left the active set (the redo stream)
 
     def log_bootstrap(self) -> None:
         """Inside the bootstrap MTR: the first transaction status page and the id limit."""
@@ -147,7 +149,7 @@ class Transactions:
             self._aborted_unlogged.add(xid)
             self.active.discard(xid)
             waits = self._end_locked(xid)
-        _wake(waits)
+        self._ended_now(waits)
 
     def _log_late_aborts(self) -> None:
         """Make the abort records that could not be made when their transactions ended: those on
@@ -168,7 +170,12 @@ class Transactions:
         with self._lock:
             self.active.discard(xid)
             waits = self._end_locked(xid)
+        self._ended_now(waits)
+
+    def _ended_now(self, waits: list) -> None:
         _wake(waits)
+        if self.on_end is not None:
+            self.on_end()
 
     def _end_locked(self, xid: int) -> list:
         self._waits_for.pop(xid, None)

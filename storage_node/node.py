@@ -39,6 +39,7 @@ from aurora_db.constants import (
     PAGE_ID_MAX,
     READ_RECORDS_BYTES_MAX,
     READ_RECORDS_MAX,
+    WRITER_ADDRESS_BYTES_MAX,
 )
 from aurora_db.records import ChecksumMismatch, pg_of_page
 from storage_node.log_file import LogEntry, RecordEntry, TruncateEntry
@@ -58,6 +59,7 @@ class NodeMeta:
     epoch: int = 0
     lsn_floor: int = 0
     truncations: tuple[tuple[int, int], ...] = ()  # (above_lsn, lsn_floor] ranges, in the order told
+    writer: str | None = None  # "host:port" the epoch's writer named in set_epoch: where readers follow it
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -166,12 +168,22 @@ class Node:
             return self._answer(request)
         if kind not in (sp.SET_EPOCH, sp.APPEND, sp.APPEND_MANY, sp.GET_PAGE, sp.CHAIN, sp.READ_RECORDS, sp.TRUNCATE):
             raise BadRequest(f"unknown request type {kind!r}")
+        if kind == sp.GET_PAGE and request.get("reader") is True:  # a reader's read: epochs do not apply
+            self._validate_read(kind, request)
+            return self._answer(request)
         epoch = _int(request, "epoch")
         if epoch < self.accepted.epoch:
             return sp.error(request_id, sp.ERROR_STALE_EPOCH,
                             f"request epoch {epoch} is older than volume epoch {self.accepted.epoch}")
         if kind == sp.SET_EPOCH and epoch == self.accepted.epoch:
             return sp.error(request_id, sp.ERROR_EPOCH_CLAIMED, f"epoch {epoch} is already claimed")
+        if kind == sp.SET_EPOCH:
+            writer = request.get("writer")
+            if writer is not None and not (isinstance(writer, str) and len(writer) <= WRITER_ADDRESS_BYTES_MAX):
+                raise BadRequest(f"field 'writer' must be a HOST:PORT string, got {writer!r}")
+            self._raise_epoch(epoch, writer)
+            self._queued.append(_Deferred(token, request))
+            return None
         if kind in (sp.APPEND, sp.APPEND_MANY):
             many = kind == sp.APPEND_MANY
             batches = self._validate_appends(request, many)
@@ -209,10 +221,11 @@ class Node:
             return None
         return self._answer(request)
 
-    def _raise_epoch(self, epoch: int) -> None:
+    def _raise_epoch(self, epoch: int, writer: str | None = None) -> None:
+        """A newer epoch forgets the old epoch's writer address; set_epoch names the new one."""
         if epoch > self.accepted.epoch:
             log.info("volume epoch %d -> %d (durable before any reply of that request)", self.accepted.epoch, epoch)
-            self.accepted = dataclasses.replace(self.accepted, epoch=epoch)
+            self.accepted = dataclasses.replace(self.accepted, epoch=epoch, writer=writer)
 
     def _validate_appends(self, request: dict, many: bool) -> list[tuple[int, list[RecordEntry]]]:
         """(pg, records) of an append, or of each batch of an append_many: at most
@@ -296,10 +309,12 @@ class Node:
         if kind == sp.STATUS:
             return sp.ok(request_id, node_id=self.node_id, az=self.az, epoch=self.meta.epoch,
                          lsn_floor=self.meta.lsn_floor, pgs=self.scls(), vdl_hint=self.vdl_hint(),
-                         truncations=[list(r) for r in self.meta.truncations], stats=dict(self.stats))
+                         truncations=[list(r) for r in self.meta.truncations], writer=self.meta.writer,
+                         stats=dict(self.stats))
         if kind == sp.SET_EPOCH:
             return sp.ok(request_id, epoch=self.meta.epoch, lsn_floor=self.meta.lsn_floor, pgs=self.scls(),
-                         vdl_hint=self.vdl_hint(), truncations=[list(r) for r in self.meta.truncations])
+                         vdl_hint=self.vdl_hint(), truncations=[list(r) for r in self.meta.truncations],
+                         writer=self.meta.writer)
         pg = request["pg"]
         segment = self.segments.get(pg) or Segment(pg)
         if kind == sp.GET_PAGE:

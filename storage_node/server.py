@@ -2,8 +2,8 @@
 
 Responsibilities: accept connections and read frames (at most FRAME_BYTES_MAX; bad bytes close
 that connection only); keep at most IN_FLIGHT_REQUESTS_MAX requests outstanding per connection,
-answering them in the order received; run the group fsync; store the node's metadata (epoch and
-LSN floor) in DATA/epoch atomically; keep one log for all the node's segments in DATA/log; on
+answering them in the order received; run the group fsync; store the node's metadata (epoch, LSN floor,
+truncation ranges and the epoch's writer address) in DATA/epoch atomically; keep one log for all the node's segments in DATA/log; on
 start, scan that log and rebuild every segment from its entries.
 Invariants:
   - Persist before ack: a reply that depends on records, a truncation marker or a raised epoch is
@@ -52,7 +52,8 @@ def read_meta(data_dir: Path) -> NodeMeta:
         return NodeMeta()
     stored = json.loads(path.read_text())  # written atomically: a parse error is real damage, stop
     return NodeMeta(epoch=int(stored["epoch"]), lsn_floor=int(stored.get("lsn_floor", 0)),
-                    truncations=tuple((int(a), int(f)) for a, f in stored.get("truncations", [])))
+                    truncations=tuple((int(a), int(f)) for a, f in stored.get("truncations", [])),
+                    writer=stored.get("writer"))
 
 
 def write_meta(data_dir: Path, meta: NodeMeta) -> None:
@@ -62,7 +63,8 @@ def write_meta(data_dir: Path, meta: NodeMeta) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.write(fd, json.dumps({"epoch": meta.epoch, "lsn_floor": meta.lsn_floor,
-                                 "truncations": [list(r) for r in meta.truncations]}).encode() + b"\n")
+                                 "truncations": [list(r) for r in meta.truncations],
+                                 "writer": meta.writer}).encode() + b"\n")
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -70,6 +70,7 @@ class InMemoryClient:
         self.volume = volume
         self.epoch = None
         self.truncations = []
+        self.writer_address = "127.0.0.1:7020"
         self.links = {node_id: InMemoryLink(volume, node_id) for node_id in volume.nodes}
 
     async def wait_connected(self, count, timeout_ms):

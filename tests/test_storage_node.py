@@ -143,8 +143,9 @@ def append_all(client, records, epoch=1):
 def test_append_status_get_page_and_restart_after_sigkill(node):
     builder, records, page_a, page_b = two_pg_workload()
     client = node.client()
-    assert client.call({"t": sp.SET_EPOCH, "epoch": 1}) == {"id": 1, "ok": True, "epoch": 1, "lsn_floor": 0, "pgs": {},
-                                                               "vdl_hint": 0, "truncations": []}
+    assert client.call({"t": sp.SET_EPOCH, "epoch": 1, "writer": "127.0.0.1:7020"}) == {
+        "id": 1, "ok": True, "epoch": 1, "lsn_floor": 0, "pgs": {}, "vdl_hint": 0, "truncations": [],
+        "writer": "127.0.0.1:7020"}
     half = len(records) // 2
     append_all(client, records[half:])  # out of order: both PGs wait for the first half
     assert client.call({"t": sp.STATUS})["pgs"] == {0: 0, 1: 0}
@@ -172,7 +173,9 @@ def test_append_status_get_page_and_restart_after_sigkill(node):
     node.kill9()
     node.start()
     client = node.client()
-    assert client.call({"t": sp.STATUS})["pgs"] == {0: last_a, 1: last_b}  # the same SCLs
+    status = client.call({"t": sp.STATUS})
+    assert status["pgs"] == {0: last_a, 1: last_b}  # the same SCLs
+    assert status["writer"] == "127.0.0.1:7020"  # the epoch's writer, for readers to find
     check_pages(client)
 
 

@@ -133,3 +133,34 @@ def test_append_many_over_the_batch_limit_is_refused():
     records = sealed([builder.heap_init(0)] + [builder.heap_insert(0, [i]) for i in range(BATCH_RECORDS_MAX)])
     reply = node.step({"id": 1, "t": sp.APPEND_MANY, "epoch": 1, "batches": [[0, records]]}, "token")
     assert reply["error"] == sp.ERROR_BAD_REQUEST and "exceed" in reply["message"]
+
+
+def test_set_epoch_names_the_epochs_writer_and_a_newer_epoch_forgets_it():
+    """Readers find the writer to follow from storage: the writer of the newest epoch."""
+    node, disk = Node("a1", "a", NodeMeta(epoch=1), {}), []
+    assert node.step({"id": 1, "t": sp.SET_EPOCH, "epoch": 2, "writer": "127.0.0.1:7020"}, "t1") is None
+    assert node.step({"id": 2, "t": sp.STATUS}, "t2")["writer"] is None  # not durable yet
+    ready, replies = persist_and_advance(node, disk)
+    assert ready.meta == NodeMeta(epoch=2, writer="127.0.0.1:7020")
+    assert replies["t1"]["writer"] == "127.0.0.1:7020"
+    assert node.step({"id": 3, "t": sp.STATUS}, "t3")["writer"] == "127.0.0.1:7020"
+    node.step({"id": 4, "t": sp.GET_PAGE, "epoch": 3, "pg": 0, "page_id": 1, "lsn": 0}, "t4")
+    persist_and_advance(node, disk)
+    assert node.meta == NodeMeta(epoch=3, writer=None)  # epoch 3's writer has not named itself
+    bad = node.step({"id": 5, "t": sp.SET_EPOCH, "epoch": 4, "writer": 7020}, "t5")
+    assert bad["error"] == sp.ERROR_BAD_REQUEST and node.accepted.epoch == 3
+
+
+def test_a_readers_page_read_neither_checks_nor_raises_the_epoch():
+    """A read point at or below an old epoch's VDL stays valid under every later epoch."""
+    node, disk = Node("a1", "a", NodeMeta(epoch=5), {}), []
+    builder = RecordBuilder()
+    node.step({"id": 1, "t": sp.APPEND, "epoch": 5, "pg": 0, "records": sealed([builder.heap_init(1)])}, "t1")
+    persist_and_advance(node, disk)
+    for epoch in (4, 9):
+        reply = node.step({"id": 2, "t": sp.GET_PAGE, "epoch": epoch, "pg": 0, "page_id": 1, "lsn": 1,
+                           "reader": True}, "t2")
+        assert reply["ok"] and reply["page"] is not None
+    assert node.step({"id": 3, "t": sp.GET_PAGE, "epoch": 4, "pg": 0, "page_id": 1, "lsn": 1}, "t3")["error"] == \
+        sp.ERROR_STALE_EPOCH
+    assert not node.has_ready() and node.accepted.epoch == 5

@@ -1,0 +1,145 @@
+"""The writer's redo stream to its readers (DESIGN.md 5): every finished MTR, and the writer's VDL
+with its transaction snapshot each time either changes.
+
+A reader follows by sending {"t": "follow"} on the writer's admin port. From then on that
+connection only carries frames from the writer:
+  hello    {"t": "hello", "ok": True, "epoch", "vdl", "pg_points": {pg: lsn}, "xmax", "active", "at_ms"}
+           where to start: the reader reads a page of PG `pg` at read point pg_points[pg] (the PG's
+           last record at or below vdl), and sees rows through the snapshot (xmax, active).
+  records  {"t": "records", "records": [[crc, body], ...]}: whole MTRs, in LSN order, every record
+           above the hello's vdl exactly once.
+  state    {"t": "state", "vdl", "xmax", "active", "at_ms"}: the writer's VDL and snapshot at
+           `at_ms` (wall clock, milliseconds); the records it covers were sent before it.
+Invariants:
+  - The snapshot in a frame sees only commits at or below the frame's VDL: a transaction leaves
+    the writer's active set only once its commit is durable (or it aborted), so a reader that has
+    applied every record up to VDL and reads through that snapshot sees a state that existed on
+    the writer, never a torn transaction, and never goes back in time.
+  - Records shipped before a reader subscribed but not yet durable are retained (at most LAL of
+    them: the writer allocates no further above VDL) and sent right after its hello.
+  - A follower's unsent bytes are bounded (FOLLOWER_BUFFER_BYTES_MAX): a follower that falls
+    further behind is disconnected, and starts again from a new hello.
+Runs on the event loop's thread only; the engine thread reaches it through `notify`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from typing import Callable
+
+from aurora_db.constants import FOLLOWERS_MAX, FOLLOWER_BUFFER_BYTES_MAX, LSN_ALLOCATION_LIMIT
+from aurora_db.framing import encode_frame
+from aurora_db.quorum import DurabilityTracker
+from aurora_db.records import Record
+from compute_node.transactions import Snapshot
+
+log = logging.getLogger(__name__)
+
+FOLLOW = "follow"
+HELLO = "hello"
+RECORDS = "records"
+STATE = "state"
+
+
+def wall_clock_ms() -> float:
+    return time.time() * 1000
+
+
+class RedoStream:
+    def __init__(self, loop: asyncio.AbstractEventLoop, epoch: int, tracker: DurabilityTracker,
+                 snapshot: Callable[[], Snapshot], clock_ms: Callable[[], float] = wall_clock_ms):
+        self.loop = loop
+        self.epoch = epoch
+        self.tracker = tracker
+        self._snapshot = snapshot
+        self._clock_ms = clock_ms
+        self._followers: set[asyncio.WriteTransport] = set()
+        self._retained: collections.deque[tuple[int, list]] = collections.deque()  # (lsn, [crc, body]) above VDL
+        self._state_due = False
+        self._last_state: tuple | None = None
+        self.frames_sent = 0
+
+    @property
+    def followers(self) -> int:
+        return len(self._followers)
+
+    def subscribe(self, transport: asyncio.WriteTransport) -> bool:
+        """Start a follower: its hello, then every retained record above the hello's VDL. False if
+        there are FOLLOWERS_MAX already."""
+        if len(self._followers) >= FOLLOWERS_MAX:
+            return False
+        self._prune()
+        vdl, snapshot = self.tracker.vdl, self._snapshot()
+        hello = {"t": HELLO, "ok": True, "epoch": self.epoch, "vdl": vdl,
+                 "pg_points": {str(pg): lsn for pg, lsn in self.tracker.durable_pg_tail.items()},
+                 "xmax": snapshot.xmax, "active": sorted(snapshot.active), "at_ms": self._clock_ms()}
+        transport.write(encode_frame(hello))
+        if self._retained:
+            transport.write(encode_frame({"t": RECORDS, "records": [sealed for _, sealed in self._retained]}))
+        self._followers.add(transport)
+        log.info("a reader follows from VDL %d (%d records above it sent first)", vdl, len(self._retained))
+        return True
+
+    def unsubscribe(self, transport: asyncio.WriteTransport) -> None:
+        self._followers.discard(transport)
+
+    def publish(self, records: list[Record], sealed: list[list]) -> None:
+        """Records just shipped to storage (whole MTRs, in LSN order), with their sealed forms."""
+        for record, pair in zip(records, sealed):
+            self._retained.append((record.lsn, pair))
+        assert len(self._retained) <= 2 * LSN_ALLOCATION_LIMIT, "more records above VDL than LAL allows"
+        if self._followers:
+            self._send(encode_frame({"t": RECORDS, "records": sealed}))
+
+    def notify(self) -> None:
+        """VDL advanced or a transaction ended: send the new state once, at the end of this loop
+        turn (so a burst of acks and commits costs one frame). Thread-safe."""
+        if self._state_due or not self._followers:
+            return
+        self._state_due = True
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            self.loop.call_soon(self._send_state)
+        else:
+            self.loop.call_soon_threadsafe(self._send_state)
+
+    def _send_state(self) -> None:
+        self._state_due = False
+        self._prune()
+        vdl, snapshot = self.tracker.vdl, self._snapshot()
+        state = (vdl, snapshot.xmax, snapshot.active)
+        if state == self._last_state or not self._followers:
+            self._last_state = state if self._followers else None
+            return
+        self._last_state = state
+        self._send(encode_frame({"t": STATE, "vdl": vdl, "xmax": snapshot.xmax, "active": sorted(snapshot.active),
+                                 "at_ms": self._clock_ms()}))
+
+    def _prune(self) -> None:
+        vdl = self.tracker.vdl
+        while self._retained and self._retained[0][0] <= vdl:
+            self._retained.popleft()
+
+    def _send(self, frame: bytes) -> None:
+        self.frames_sent += 1
+        for transport in list(self._followers):
+            if transport.is_closing():
+                self._followers.discard(transport)
+                continue
+            transport.write(frame)
+            if transport.get_write_buffer_size() > FOLLOWER_BUFFER_BYTES_MAX:
+                log.warning("a reader is %d bytes behind the redo stream: disconnecting it (it starts again)",
+                            transport.get_write_buffer_size())
+                self._followers.discard(transport)
+                transport.abort()
+
+    def close(self) -> None:
+        for transport in self._followers:
+            transport.abort()
+        self._followers.clear()
