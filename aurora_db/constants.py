@@ -91,7 +91,9 @@ BOXCAR_DELAY_MS = 2  # longest a finished MTR waits to be shipped when no commit
 BOXCAR_RECORDS_MAX = BATCH_RECORDS_MAX  # records waiting to be shipped that make the writer ship at once
 APPENDS_IN_FLIGHT_MAX = 2  # unanswered appends to one storage node: one in its fsync, one next; the rest
 # waits in the queue and rides in the following request (fewer requests than 64 in flight: +20-30% pgbench TPS)
+STREAM_HEARTBEAT_MS = 250  # a writer sends its state to readers at least this often
 FOLLOW_IDLE_CHECK_MS = 1_000  # a reader that hears nothing this long asks storage whether a newer writer exists
+assert FOLLOW_IDLE_CHECK_MS > 2 * STREAM_HEARTBEAT_MS
 STARTUP_PROBE_MS = 2_000  # a node started as writer looks this long for a live writer already serving
 ROLE_CHANGE_GRACE_MS = 100  # a fenced writer lets sessions report their own errors before it ends them
 FOLLOWERS_MAX = 16  # readers following one writer's redo stream (Aurora: up to 15 replicas)

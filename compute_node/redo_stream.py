@@ -9,7 +9,8 @@ connection only carries frames from the writer:
   records  {"t": "records", "records": [[crc, body], ...]}: whole MTRs, in LSN order, every record
            above the hello's vdl exactly once.
   state    {"t": "state", "vdl", "xmax", "active", "at_ms"}: the writer's VDL and snapshot at
-           `at_ms` (wall clock, milliseconds); the records it covers were sent before it.
+           `at_ms` (wall clock, milliseconds); the records it covers were sent before it. Sent
+           when either changes, and at least every STREAM_HEARTBEAT_MS.
 Invariants:
   - The snapshot in a frame sees only commits at or below the frame's VDL: a transaction leaves
     the writer's active set only once its commit is durable (or it aborted), so a reader that has
@@ -108,6 +109,12 @@ class RedoStream:
             self.loop.call_soon(self._send_state)
         else:
             self.loop.call_soon_threadsafe(self._send_state)
+
+    def heartbeat(self) -> None:
+        """Every STREAM_HEARTBEAT_MS: the state again, changed or not, so a reader measures its lag
+        and knows its writer lives (a paused writer sends nothing, and its readers look for a newer one)."""
+        self._last_state = None
+        self._send_state()
 
     def _send_state(self) -> None:
         self._state_due = False

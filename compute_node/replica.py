@@ -40,7 +40,7 @@ def _snapshot_of(frame: dict) -> Snapshot:
 
 
 class ReplicaState:
-    def __init__(self, hello: dict):
+    def __init__(self, hello: dict, now_ms: float | None = None):
         self.epoch = int(hello["epoch"])
         self.applied_lsn = int(hello["vdl"])
         self.pg_points = {int(pg): int(lsn) for pg, lsn in hello["pg_points"].items()}
@@ -50,6 +50,8 @@ class ReplicaState:
         self._last_lsn = self.applied_lsn  # the highest LSN received
         self.lag_ms_samples: collections.deque[float] = collections.deque(maxlen=LAG_SAMPLES_MAX)
         self.last_lag_ms: float | None = None
+        if now_ms is not None:
+            self._note_lag(now_ms - float(hello["at_ms"]))
 
     def on_records(self, sealed: list) -> None:
         for crc, body in sealed:
@@ -83,10 +85,13 @@ class ReplicaState:
             ready.append(record)
         self.applied_lsn = vdl
         self.snapshot = _snapshot_of(frame)
-        lag_ms = max(0.0, now_ms - float(frame["at_ms"]))
-        self.last_lag_ms = lag_ms
-        self.lag_ms_samples.append(lag_ms)
+        self._note_lag(now_ms - float(frame["at_ms"]))
         return ready
+
+    def _note_lag(self, lag_ms: float) -> None:
+        """How old the writer's state was when this reader applied it (one host: one clock)."""
+        self.last_lag_ms = max(0.0, lag_ms)
+        self.lag_ms_samples.append(self.last_lag_ms)
 
     @property
     def lag_lsn(self) -> int:

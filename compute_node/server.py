@@ -31,6 +31,7 @@ from aurora_db.constants import (
     RECONNECT_INTERVAL_MS,
     ROLE_CHANGE_GRACE_MS,
     STARTUP_PROBE_MS,
+    STREAM_HEARTBEAT_MS,
 )
 from aurora_db.errors import CannotConnectNow, DatabaseError, StaleEpoch
 from aurora_db.framing import FrameError, encode_frame, read_frame
@@ -161,7 +162,7 @@ class ComputeNode:
         engine.transactions.on_end = stream.notify
         self.stream = stream
         self._transition("recovered")
-        self._epoch_watch = asyncio.get_running_loop().create_task(self._watch_epoch(client, volume.epoch))
+        self._epoch_watch = asyncio.get_running_loop().create_task(self._watch_epoch(client, volume.epoch, stream))
         host, port = self.args.listen
         log.info("writer ready on %s:%d (epoch %d, VDL %d)", host, port, volume.epoch, volume.vdl)
 
@@ -194,10 +195,14 @@ class ComputeNode:
             return True
         return False
 
-    async def _watch_epoch(self, client: StorageClient, epoch: int) -> None:
-        """A writer that has nothing to write never hears that a newer epoch took over: ask."""
+    async def _watch_epoch(self, client: StorageClient, epoch: int, stream: RedoStream) -> None:
+        """A writer's heartbeat to its readers; and, since a writer that has nothing to write
+        never hears that a newer epoch took over, a look at storage every FOLLOW_IDLE_CHECK_MS."""
+        beats_per_check = max(1, FOLLOW_IDLE_CHECK_MS // STREAM_HEARTBEAT_MS)
         while True:
-            await asyncio.sleep(FOLLOW_IDLE_CHECK_MS / 1000)
+            for _ in range(beats_per_check):
+                await asyncio.sleep(STREAM_HEARTBEAT_MS / 1000)
+                stream.heartbeat()
             _, newest = await self._find_writer(client)
             if newest > epoch:
                 self._on_fenced(f"storage holds epoch {newest}, newer than this writer's {epoch}")
@@ -322,7 +327,7 @@ class ComputeNode:
             if not hello.get("ok"):
                 log.info("%s does not stream redo: %s", address, hello.get("message"))
                 return
-            state = ReplicaState(hello)
+            state = ReplicaState(hello, wall_clock_ms())
             if self.engine is None:
                 client.epoch = state.epoch
                 self.engine = Engine(asyncio.get_running_loop(), client, None, self.args.cache_pages, replica=state)
