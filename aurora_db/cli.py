@@ -27,6 +27,21 @@ def storage_peer(text: str) -> tuple[str, str, int]:
     return node_id, host, port
 
 
+def proxy_node(text: str) -> tuple[str, str, int, int]:
+    node_id, sep, address = text.partition("=")
+    host, _, ports = address.partition(":")
+    port, _, admin_port = ports.partition(":")
+    if not sep or not node_id or not host or not port.isdigit() or not admin_port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected NODE_ID=HOST:PGPORT:ADMINPORT, got {text!r}")
+    return node_id, host, int(port), int(admin_port)
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aurora-db", description="An Aurora-style database speaking the PostgreSQL protocol.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -62,15 +77,45 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("--dbname", default=None)
     sql.add_argument("-c", "--command", dest="sql_command", action="append", help="run SQL and exit (repeatable)")
     sql.add_argument("-f", "--file", help="run the SQL in FILE and exit")
+    sql.add_argument("--reader", action="store_true",
+                     help="connect to the cluster's reader endpoint: the port after the writer endpoint's (P+1)")
 
-    up = commands.add_parser("up", help="start a local cluster (six storage nodes and a writer)")
+    proxy = commands.add_parser("proxy", help="run the proxy: a writer endpoint and a reader endpoint, "
+                                              "health checks and failover")
+    proxy.add_argument("--node-id", default="proxy", help="name in logs and status")
+    proxy.add_argument("--writer-listen", type=host_port, required=True,
+                       help="HOST:PORT of the writer endpoint (always the current writer)")
+    proxy.add_argument("--reader-listen", type=host_port, required=True,
+                       help="HOST:PORT of the reader endpoint (healthy readers, else the writer)")
+    proxy.add_argument("--admin", type=host_port, required=True,
+                       help="HOST:PORT for the admin protocol (status, failover)")
+    proxy.add_argument("--node", type=proxy_node, action="append", required=True,
+                       metavar="ID=HOST:PGPORT:ADMINPORT", help="a compute node (repeat for each)")
+    proxy.add_argument("--health-interval-ms", type=positive_int, default=None, metavar="MS",
+                       help="how often each node's admin status is asked for (default 300)")
+    proxy.add_argument("--health-timeout-ms", type=positive_int, default=None, metavar="MS",
+                       help="a status reply slower than this is a failed check (default 1000)")
+    proxy.add_argument("--failure-threshold", type=positive_int, default=None, metavar="N",
+                       help="consecutive failed checks that make a node down (default 3); one success makes "
+                            "it up again")
+    proxy.add_argument("--replica-lag-ms-max", type=float, default=None, metavar="MS",
+                       help="a reader lagging more than this gets no new reader-endpoint connection (default 1000)")
+    proxy.add_argument("--connections-max", type=positive_int, default=None, metavar="N",
+                       help="client connections on both endpoints together (default 1000)")
+    proxy.add_argument("--data", help="working directory (logs only: the proxy keeps no durable state)")
+
+    up = commands.add_parser("up", help="start a local cluster (six storage nodes, a writer, readers, the proxy)")
     up.add_argument("--data", required=True, help="cluster directory (data and logs of every process)")
     up.add_argument("--port", type=int, default=None,
-                    help="port clients connect to (default 5432 for a new cluster; an existing one keeps its own)")
+                    help="P, the writer endpoint clients connect to; the cluster uses P..P+26 (default 5432 for a "
+                         "new cluster; an existing one keeps its own)")
+    up.add_argument("--readers", type=int, default=None, choices=range(7), metavar="0-6",
+                    help="reader compute nodes (default 2 for a new cluster; an existing one keeps its count, "
+                         "which changes only while its compute nodes and proxy are stopped)")
     up.add_argument("--detach", action="store_true", help="return once the cluster is ready")
     up.add_argument("--cache-pages", type=int, default=CACHE_PAGES_DEFAULT)
     up.add_argument("--ready-timeout", type=float, default=None, metavar="SECONDS",
-                    help="how long to wait for the storage nodes, then for the writer (default 60)")
+                    help="how long to wait for each phase: storage nodes, writer, readers, proxy (default 60)")
 
     down = commands.add_parser("down", help="stop a local cluster")
     down.add_argument("--data", required=True)
@@ -78,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="show every process of a local cluster")
     status.add_argument("--data", required=True)
     status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    failover = commands.add_parser("failover", help="planned switchover: promote a reader, then demote the writer")
+    failover.add_argument("--data", required=True)
+    failover.add_argument("--target", default=None, metavar="NODE",
+                          help="the reader to promote (default: lowest promotion tier, then highest applied LSN)")
 
     slt = commands.add_parser("sqllogictest", help="run sqllogictest scripts against a PostgreSQL-protocol server")
     slt.add_argument("files", nargs="+", metavar="FILE", help="a .test script; files run one after another")
@@ -109,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         from aurora_db.cluster import run_down as run
     elif args.command == "sqllogictest":
         from aurora_db.sqllogictest import run
+    elif args.command == "proxy":
+        from proxy.server import run
+    elif args.command == "failover":
+        from aurora_db.cluster import run_failover as run
     else:
         from aurora_db.cluster import run_status as run
     return run(args) or 0

@@ -1,14 +1,18 @@
-"""`aurora-db up | down | status`: a local cluster of six storage nodes and a writer on 127.0.0.1.
+"""`aurora-db up | down | status | failover`: a local cluster on 127.0.0.1 of six storage nodes, a
+writer, readers and the proxy in front of them.
 
 Responsibilities: the layout (ports, directories, commands; pure functions, unit-tested), kept with
-every pid in DIR/cluster.json; starting the nodes (storage first, each until it answers the storage
-"status" request, then the writer until it answers SELECT 1); stopping them (writer first); and
-reporting each one's state, epoch and SCLs or VDL.
+every pid in DIR/cluster.json; starting the nodes in order (storage, each until it answers the
+storage "status" request; the writer, until it answers SELECT 1 on its own port; the readers, until
+each reports role reader; the proxy, until SELECT 1 works through the writer endpoint); stopping
+them (proxy, readers, writer, storage); reporting each one's role, health, epoch, SCLs or VDL and
+replica lag, and where the proxy's endpoints point; asking the proxy for a planned switchover.
 Invariants: a pid counts as a running node only if /proc/PID/cmdline names that node's id and data
 directory, so a recycled pid is never signalled; cluster.json is replaced atomically after every
 spawn and stop, so `down` finds whatever `up` started even if `up` died; children run in their own
 session, so a terminal's Ctrl-C reaches only `up`, which stops them in order; ports never change
-once a cluster exists.
+once a cluster exists; a compute node started while another compute node runs starts as a reader,
+so `up` never starts a second writer (the proxy promotes one if the writer is gone).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, TextIO
 
@@ -32,34 +37,56 @@ from aurora_db.storage_protocol import STATUS
 LISTEN_HOST = "127.0.0.1"
 CLIENT_PORT_DEFAULT = 5432
 STORAGE_NODES = (("a1", "a"), ("a2", "a"), ("b1", "b"), ("b2", "b"), ("c1", "c"), ("c2", "c"))
-STORAGE_PORT_OFFSET = 11  # a1 listens on P+11, ..., c2 on P+16
-RESERVED_PORT_OFFSETS = range(1, 10)  # P+1..P+9: the proxy and readers (a later issue)
-WRITER_ADMIN_PORT_OFFSET = 20
-WRITER_NODE_ID = "writer"
-WRITER_AZ = "a"
+# Ports: the proxy's writer endpoint is P itself, its reader endpoint P+1, its admin port P+2; compute
+# node dbN listens on P+2+N and its admin port is P+19+N; storage a1..c2 on P+11..P+16.
+READER_ENDPOINT_PORT_OFFSET = 1
+PROXY_ADMIN_PORT_OFFSET = 2
+COMPUTE_PORT_OFFSET = 3  # db1 on P+3, db2 on P+4, ...
+STORAGE_PORT_OFFSET = 11
+COMPUTE_ADMIN_PORT_OFFSET = 20  # db1's admin port P+20, db2's P+21, ...
+READERS_DEFAULT = 2
+READERS_MAX = 6
+COMPUTE_NODES_MAX = 1 + READERS_MAX
+PORT_SPAN = COMPUTE_ADMIN_PORT_OFFSET + COMPUTE_NODES_MAX  # P .. P+26: reserved whatever the reader count
+COMPUTE_NODE_PREFIX = "db"
+COMPUTE_AZS = ("a", "b", "c")  # db1 in a, db2 in b, db3 in c, db4 in a, ...
+PROXY_NODE_ID = "proxy"
 PORT_MIN = 1
 PORT_MAX = 65535
-assert STORAGE_PORT_OFFSET > RESERVED_PORT_OFFSETS[-1]
-assert STORAGE_PORT_OFFSET + len(STORAGE_NODES) <= WRITER_ADMIN_PORT_OFFSET
+assert READER_ENDPOINT_PORT_OFFSET < PROXY_ADMIN_PORT_OFFSET < COMPUTE_PORT_OFFSET
+assert COMPUTE_PORT_OFFSET + COMPUTE_NODES_MAX <= STORAGE_PORT_OFFSET  # P+3..P+9
+assert STORAGE_PORT_OFFSET + len(STORAGE_NODES) <= COMPUTE_ADMIN_PORT_OFFSET
+assert not ({f"{COMPUTE_NODE_PREFIX}{number}" for number in range(1, COMPUTE_NODES_MAX + 1)} | {PROXY_NODE_ID}
+            ) & {node_id for node_id, _ in STORAGE_NODES}
 
 ROLE_STORAGE = "storage"
-ROLE_WRITER = "writer"
+ROLE_WRITER = "writer"  # in the layout: the role a compute node is started in
+ROLE_READER = "reader"
+ROLE_PROXY = "proxy"
+COMPUTE_ROLES = (ROLE_WRITER, ROLE_READER)
+WRITER_ROLES_REPORTED = ("writer", "promoting", "recovering")  # a node that is, or is becoming, the writer
 STATE_RUNNING = "running"
 STATE_STOPPED = "stopped"
+HEALTH_ANSWERING = "running"
+HEALTH_SILENT = "not answering"
+HEALTH_STOPPED = "stopped"
 
 LAYOUT_FILE = "cluster.json"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
+LEGACY_LAYOUT_VERSION = 1  # one compute node "writer" on P, admin P+20: migrated on load
 LOCK_FILE = ".cluster.lock"
 LOGS_DIR = "logs"
 DEFAULT_PROGRAM = (sys.executable, "-m", "aurora_db.cli")
 
-READY_TIMEOUT_S = 60  # per phase: the storage nodes, then the writer (which runs recovery first)
+READY_TIMEOUT_S = 60  # per phase: storage nodes, the writer (recovery first), the readers, the proxy
 STOP_GRACE_S = 10  # SIGTERM, then this long, then SIGKILL
 KILL_WAIT_S = 5
 POLL_INTERVAL_S = 0.2
 PROGRESS_INTERVAL_S = 5
 STATUS_REQUEST_TIMEOUT_S = 2
+ROLE_REQUEST_TIMEOUT_S = 1  # asking running compute nodes their role before starting or stopping others
 SQL_CONNECT_TIMEOUT_S = 2
+FAILOVER_REPLY_MARGIN_S = 10  # beyond the proxy's own limit on a switchover
 LOG_TAIL_LINES = 30
 STATUS_PGS_SHOWN_MAX = 4
 
@@ -68,7 +95,7 @@ EXIT_FAILURE = 1
 
 
 class ClusterError(Exception):
-    """An expected failure of up/down/status; the message tells the user what to do."""
+    """An expected failure of up/down/status/failover; the message tells the user what to do."""
 
 
 class StopRequested(Exception):
@@ -81,22 +108,29 @@ class StopRequested(Exception):
 
 @dataclasses.dataclass
 class Node:
-    """One process of the cluster. data_dir and log_file are relative to the cluster directory."""
+    """One process of the cluster. data_dir and log_file are relative to the cluster directory.
+    For a compute node, `role` is the role it is started in (the node itself reports its role now)."""
 
     node_id: str
     role: str
-    az: str
+    az: str | None
     port: int
     admin_port: int | None
     data_dir: str
     log_file: str
     pid: int | None = None
+    reader_port: int | None = None  # the proxy's reader endpoint
+
+    @property
+    def is_compute(self) -> bool:
+        return self.role in COMPUTE_ROLES
 
 
 @dataclasses.dataclass
 class Layout:
-    port: int  # the writer's client port: the cluster's name on this machine
+    port: int  # the writer endpoint's port: the cluster's name on this machine
     nodes: list[Node]
+    retired: list[Node] = dataclasses.field(default_factory=list)  # an earlier layout's processes, to stop
 
     def node(self, node_id: str) -> Node:
         return next(node for node in self.nodes if node.node_id == node_id)
@@ -106,42 +140,100 @@ class Layout:
         return [node for node in self.nodes if node.role == ROLE_STORAGE]
 
     @property
+    def compute_nodes(self) -> list[Node]:
+        return [node for node in self.nodes if node.is_compute]
+
+    @property
     def writer(self) -> Node:
-        return next(node for node in self.nodes if node.role == ROLE_WRITER)
+        """The compute node started (or to be started) as the writer."""
+        return next((node for node in self.compute_nodes if node.role == ROLE_WRITER), self.compute_nodes[0])
+
+    @property
+    def readers(self) -> list[Node]:
+        return [node for node in self.compute_nodes if node is not self.writer]
+
+    @property
+    def proxy(self) -> Node:
+        return next(node for node in self.nodes if node.role == ROLE_PROXY)
 
     def start_order(self) -> list[Node]:
-        return self.storage_nodes + [self.writer]
+        return self.storage_nodes + [self.writer] + self.readers + [self.proxy]
 
     def stop_groups(self) -> list[list[Node]]:
-        """Writer first, so it never sees its storage vanish under it; then all storage nodes."""
-        return [[self.writer], self.storage_nodes]
+        """The proxy first (no new clients), then the readers, the writer (and any process of an earlier
+        layout), and last the storage nodes, so no compute node sees its storage vanish under it."""
+        return [[self.proxy], self.readers, [self.writer] + self.retired, self.storage_nodes]
 
 
-def plan_layout(client_port: int) -> Layout:
-    highest = client_port + WRITER_ADMIN_PORT_OFFSET
+def check_port(client_port: int) -> None:
+    highest = client_port + PORT_SPAN - 1
     if client_port < PORT_MIN or highest > PORT_MAX:
         raise ClusterError(f"--port {client_port} leaves no room: the cluster uses ports {client_port} to "
                            f"{highest}, which must lie within {PORT_MIN}..{PORT_MAX}")
+
+
+def plan_compute(client_port: int, readers: int) -> list[Node]:
+    """db1 (started as the writer) and `readers` readers, then the proxy in front of them."""
+    if not 0 <= readers <= READERS_MAX:
+        raise ClusterError(f"--readers {readers}: a cluster has 0 to {READERS_MAX} readers")
+    nodes = []
+    for index in range(1 + readers):
+        node_id = f"{COMPUTE_NODE_PREFIX}{index + 1}"
+        nodes.append(Node(node_id, ROLE_WRITER if index == 0 else ROLE_READER, COMPUTE_AZS[index % len(COMPUTE_AZS)],
+                          client_port + COMPUTE_PORT_OFFSET + index, client_port + COMPUTE_ADMIN_PORT_OFFSET + index,
+                          node_id, f"{LOGS_DIR}/{node_id}.log"))
+    nodes.append(Node(PROXY_NODE_ID, ROLE_PROXY, None, client_port, client_port + PROXY_ADMIN_PORT_OFFSET,
+                      PROXY_NODE_ID, f"{LOGS_DIR}/{PROXY_NODE_ID}.log",
+                      reader_port=client_port + READER_ENDPOINT_PORT_OFFSET))
+    return nodes
+
+
+def plan_layout(client_port: int, readers: int = READERS_DEFAULT) -> Layout:
+    check_port(client_port)
     nodes = [Node(node_id, ROLE_STORAGE, az, client_port + STORAGE_PORT_OFFSET + index, None,
                   f"storage-{node_id}", f"{LOGS_DIR}/{node_id}.log")
              for index, (node_id, az) in enumerate(STORAGE_NODES)]
-    nodes.append(Node(WRITER_NODE_ID, ROLE_WRITER, WRITER_AZ, client_port, client_port + WRITER_ADMIN_PORT_OFFSET,
-                      WRITER_NODE_ID, f"{LOGS_DIR}/{WRITER_NODE_ID}.log"))
-    return Layout(client_port, nodes)
+    return Layout(client_port, nodes + plan_compute(client_port, readers))
+
+
+def replan_compute(layout: Layout, readers: int) -> Layout:
+    """The same storage nodes (and their pids); compute nodes and proxy planned anew (none may be running)."""
+    return Layout(layout.port, layout.storage_nodes + plan_compute(layout.port, readers), layout.retired)
+
+
+def migrate_legacy_layout(document: dict) -> Layout:
+    """Version 1 (one compute node "writer" on P, admin P+20) to version 2: the storage nodes, their
+    data and pids are kept; the old writer is retired (stopped by the next up or down); compute nodes
+    keep no durable state, so the new ones simply start."""
+    port = int(document["port"])
+    old = [Node(**node) for node in document["nodes"]]
+    storage = [node for node in old if node.role == ROLE_STORAGE]
+    planned = plan_layout(port)
+    if [(node.node_id, node.port, node.data_dir) for node in storage] != [
+            (node.node_id, node.port, node.data_dir) for node in planned.storage_nodes]:
+        raise ClusterError(f"{LAYOUT_FILE} (version {LEGACY_LAYOUT_VERSION}) names storage nodes this aurora-db "
+                           "does not know how to migrate")
+    return Layout(port, storage + planned.compute_nodes + [planned.proxy],
+                  [node for node in old if node.role != ROLE_STORAGE])
 
 
 def layout_to_json(layout: Layout) -> dict:
     return {"version": LAYOUT_VERSION, "host": LISTEN_HOST, "port": layout.port,
-            "nodes": [dataclasses.asdict(node) for node in layout.nodes]}
+            "nodes": [dataclasses.asdict(node) for node in layout.nodes],
+            "retired": [dataclasses.asdict(node) for node in layout.retired]}
 
 
 def layout_from_json(document: dict) -> Layout:
-    if document.get("version") != LAYOUT_VERSION:
-        raise ClusterError(f"{LAYOUT_FILE} has version {document.get('version')!r}; this aurora-db reads "
-                           f"version {LAYOUT_VERSION}")
+    version = document.get("version")
     try:
-        return Layout(int(document["port"]), [Node(**node) for node in document["nodes"]])
-    except (KeyError, TypeError) as error:
+        if version == LEGACY_LAYOUT_VERSION:
+            return migrate_legacy_layout(document)
+        if version != LAYOUT_VERSION:
+            raise ClusterError(f"{LAYOUT_FILE} has version {version!r}; this aurora-db reads versions "
+                               f"{LEGACY_LAYOUT_VERSION} and {LAYOUT_VERSION}")
+        return Layout(int(document["port"]), [Node(**node) for node in document["nodes"]],
+                      [Node(**node) for node in document.get("retired", [])])
+    except (KeyError, TypeError, ValueError) as error:
         raise ClusterError(f"{LAYOUT_FILE} is malformed: {error}") from None
 
 
@@ -155,8 +247,38 @@ def choose_port(requested: int | None, existing: Layout | None) -> int:
     return existing.port
 
 
+def choose_readers(requested: int | None, existing: Layout | None) -> int:
+    """A new cluster takes --readers (default 2); an existing one keeps its count unless asked."""
+    if requested is not None:
+        return requested
+    return READERS_DEFAULT if existing is None else len(existing.readers)
+
+
+def record_roles(layout: Layout, replies: dict[str, dict]) -> None:
+    """Remember which compute node is the writer now (from the nodes' own status replies), so that the
+    next start with no compute node running starts that one as the writer."""
+    writers = [node for node in layout.compute_nodes
+               if (replies.get(node.node_id) or {}).get("role") in WRITER_ROLES_REPORTED]
+    if not writers:
+        return
+    newest = max(writers, key=lambda node: (replies[node.node_id].get("role") == ROLE_WRITER,
+                                            replies[node.node_id].get("epoch") or -1))
+    for node in layout.compute_nodes:
+        node.role = ROLE_WRITER if node is newest else ROLE_READER
+
+
+def assign_start_roles(layout: Layout, running: set[str]) -> None:
+    """While any compute node runs, every compute node started joins as a reader: the cluster has a
+    writer, or the proxy promotes one. With none running, the layout's writer starts as the writer."""
+    writer = layout.writer
+    any_running = any(node.node_id in running for node in layout.compute_nodes)
+    for node in layout.compute_nodes:
+        if node.node_id not in running:
+            node.role = ROLE_READER if any_running or node is not writer else ROLE_WRITER
+
+
 def node_ports(node: Node) -> list[int]:
-    return [node.port] + ([node.admin_port] if node.admin_port is not None else [])
+    return [port for port in (node.port, node.reader_port, node.admin_port) if port is not None]
 
 
 def node_command(node: Node, layout: Layout, cluster_dir: Path, cache_pages: int,
@@ -165,7 +287,14 @@ def node_command(node: Node, layout: Layout, cluster_dir: Path, cache_pages: int
     if node.role == ROLE_STORAGE:
         return [*program, "storage-node", "--node-id", node.node_id, "--az", node.az,
                 "--listen", f"{LISTEN_HOST}:{node.port}", "--data", data_dir]
-    command = [*program, "compute-node", "--role", "writer", "--node-id", node.node_id,
+    if node.role == ROLE_PROXY:
+        command = [*program, "proxy", "--node-id", node.node_id, "--writer-listen", f"{LISTEN_HOST}:{node.port}",
+                   "--reader-listen", f"{LISTEN_HOST}:{node.reader_port}",
+                   "--admin", f"{LISTEN_HOST}:{node.admin_port}", "--data", data_dir]
+        for compute in layout.compute_nodes:
+            command += ["--node", f"{compute.node_id}={LISTEN_HOST}:{compute.port}:{compute.admin_port}"]
+        return command
+    command = [*program, "compute-node", "--role", node.role, "--node-id", node.node_id, "--az", node.az,
                "--listen", f"{LISTEN_HOST}:{node.port}", "--admin", f"{LISTEN_HOST}:{node.admin_port}",
                "--cache-pages", str(cache_pages), "--data", data_dir]
     for storage in layout.storage_nodes:
@@ -196,24 +325,63 @@ def writer_url(port: int) -> str:
     return f"postgresql://postgres@{LISTEN_HOST}:{port}/postgres"
 
 
+def reader_url(port: int) -> str:
+    return writer_url(port + READER_ENDPOINT_PORT_OFFSET)
+
+
+def node_kind(node: Node) -> str:
+    return "compute" if node.is_compute else node.role
+
+
 def status_entry(node: Node, running: bool, reply: dict | None) -> dict:
-    """One line of `status`: the layout's facts, plus the node's own numbers if it answered."""
-    entry = {"node_id": node.node_id, "role": node.role, "az": node.az, "pid": node.pid if running else None,
-             "port": node.port, "admin_port": node.admin_port,
-             "state": STATE_RUNNING if running else STATE_STOPPED, "epoch": None}
-    entry["scl" if node.role == ROLE_STORAGE else "vdl"] = None
-    if reply is not None and reply.get("ok"):
-        entry["epoch"] = reply.get("epoch")
-        if node.role == ROLE_STORAGE:
-            entry["scl"] = {str(pg): scl for pg, scl in sorted((reply.get("pgs") or {}).items())}
-        else:
-            entry["vdl"] = reply.get("vdl")
+    """One line of `status`: the layout's facts, plus the node's own numbers if it answered.
+    A compute node's role is the one it reports (None when it does not answer)."""
+    answered = running and reply is not None and bool(reply.get("ok"))
+    entry = {"node_id": node.node_id, "kind": node_kind(node), "role": None if node.is_compute else node.role,
+             "az": node.az, "pid": node.pid if running else None, "port": node.port, "admin_port": node.admin_port,
+             "state": STATE_RUNNING if running else STATE_STOPPED,
+             "health": HEALTH_ANSWERING if answered else HEALTH_SILENT if running else HEALTH_STOPPED,
+             "epoch": None}
+    if node.role == ROLE_STORAGE:
+        entry["scl"] = None
+    elif node.is_compute:
+        entry.update({"vdl": None, "applied_lsn": None, "replica_lag_ms": None, "replica_lag_lsn": None,
+                      "promotion_tier": None})
+    else:
+        entry.update({"reader_port": node.reader_port, "writer_endpoint": None, "reader_endpoint": None,
+                      "connections": None})
+    if not answered:
+        return entry
+    entry["epoch"] = reply.get("epoch")
+    if node.role == ROLE_STORAGE:
+        entry["scl"] = {str(pg): scl for pg, scl in sorted((reply.get("pgs") or {}).items())}
+    elif node.is_compute:
+        entry["role"] = reply.get("role")
+        for name in ("vdl", "applied_lsn", "replica_lag_ms", "replica_lag_lsn", "promotion_tier"):
+            entry[name] = reply.get(name)
+    else:
+        entry.update({"writer_endpoint": reply.get("writer"), "reader_endpoint": reply.get("readers"),
+                      "connections": reply.get("connections")})
     return entry
 
 
+def endpoints_of(layout: Layout, entries: list[dict]) -> dict:
+    """Where the proxy's two endpoints point, from its status entry (None when it does not answer)."""
+    proxy = next(entry for entry in entries if entry["node_id"] == layout.proxy.node_id)
+    return {"writer": {"url": writer_url(layout.port), "port": layout.port, "node_id": proxy["writer_endpoint"]},
+            "reader": {"url": reader_url(layout.port), "port": layout.proxy.reader_port,
+                       "node_ids": proxy["reader_endpoint"]},
+            "proxy_health": proxy["health"]}
+
+
 def _progress_text(entry: dict) -> str:
-    if entry.get("vdl") is not None:
-        return f"vdl {entry['vdl']}"
+    if entry.get("vdl") is not None or entry.get("applied_lsn") is not None:
+        parts = [f"vdl {entry['vdl']}"] if entry.get("vdl") is not None else []
+        if entry.get("applied_lsn") is not None:
+            parts.append(f"applied {entry['applied_lsn']}")
+        return " ".join(parts)
+    if entry.get("connections") is not None:
+        return f"{entry['connections']} connections"
     scl = entry.get("scl")
     if not scl:
         return ""
@@ -222,13 +390,35 @@ def _progress_text(entry: dict) -> str:
     return "scl " + " ".join(shown) + (f" (+{more} PGs)" if more > 0 else "")
 
 
-def format_status(entries: list[dict]) -> str:
+def _lag_text(entry: dict) -> str | None:
+    lag_ms, lag_lsn = entry.get("replica_lag_ms"), entry.get("replica_lag_lsn")
+    if lag_ms is None and lag_lsn is None:
+        return None
+    return " / ".join(part for part in (None if lag_ms is None else f"{lag_ms:.1f} ms",
+                                        None if lag_lsn is None else f"{lag_lsn} LSNs") if part)
+
+
+def _endpoint_text(health: str, target: str | None) -> str:
+    if health != HEALTH_ANSWERING:
+        return f"? (proxy {health})"
+    return target or "none"
+
+
+def format_status(entries: list[dict], endpoints: dict | None = None) -> str:
     from aurora_db.shell import format_table
 
-    headers = ["node", "role", "az", "pid", "port", "state", "epoch", "progress"]
+    headers = ["node", "role", "az", "pid", "port", "health", "epoch", "progress", "replica lag"]
     rows = [[entry["node_id"], entry["role"], entry["az"], _text(entry["pid"]), str(entry["port"]),
-             entry["state"], _text(entry["epoch"]), _progress_text(entry)] for entry in entries]
-    return format_table(headers, rows, [False, False, False, True, True, False, True, False])
+             entry["health"], _text(entry["epoch"]), _progress_text(entry), _lag_text(entry)] for entry in entries]
+    text = format_table(headers, rows, [False, False, False, True, True, False, True, False, False])
+    if endpoints is not None:
+        health = endpoints["proxy_health"]
+        readers = endpoints["reader"]["node_ids"]
+        text += (f"\nwriter endpoint  {endpoints['writer']['url']}  -> "
+                 f"{_endpoint_text(health, endpoints['writer']['node_id'])}\n"
+                 f"reader endpoint  {endpoints['reader']['url']}  -> "
+                 f"{_endpoint_text(health, ', '.join(readers) if readers else None)}\n")
+    return text
 
 
 def _text(value) -> str | None:
@@ -382,14 +572,23 @@ def status_request() -> dict:
     return {"id": 1, "t": STATUS}
 
 
-def ask_status(node: Node) -> dict | None:
-    """The storage "status" request on a storage node's port; the admin "status" on the writer's."""
+def ask_status(node: Node, timeout_s: float = STATUS_REQUEST_TIMEOUT_S) -> dict | None:
+    """The storage "status" request on a storage node's port; the admin "status" on any other node's."""
     port = node.port if node.role == ROLE_STORAGE else node.admin_port
-    reply = request_frame(port, status_request())
+    reply = request_frame(port, status_request(), timeout_s)
     return reply if reply is not None and reply.get("ok") else None
 
 
-def writer_answers_sql(port: int) -> bool:
+def ask_statuses(nodes: list[Node], timeout_s: float = STATUS_REQUEST_TIMEOUT_S) -> dict[str, dict | None]:
+    """Every node's status at once, so a paused node costs one timeout, not one each."""
+    if not nodes:
+        return {}
+    with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
+        replies = pool.map(lambda node: ask_status(node, timeout_s), nodes)
+        return {node.node_id: reply for node, reply in zip(nodes, replies)}
+
+
+def answers_sql(port: int) -> bool:
     import psycopg
 
     try:
@@ -402,9 +601,20 @@ def writer_answers_sql(port: int) -> bool:
 
 
 def node_is_ready(node: Node) -> bool:
+    """Storage: answers status. Writer: SELECT 1 on its own port. Reader: reports role reader.
+    Proxy: answers status, and SELECT 1 works through the writer endpoint."""
     if node.role == ROLE_STORAGE:
         return ask_status(node) is not None
-    return writer_answers_sql(node.port)
+    if node.role == ROLE_WRITER:
+        return answers_sql(node.port)
+    if node.role == ROLE_READER:
+        reply = ask_status(node)
+        return reply is not None and reply.get("role") == ROLE_READER
+    return ask_status(node) is not None and answers_sql(node.port)
+
+
+def running_compute_replies(layout: Layout, processes: "Processes") -> dict[str, dict | None]:
+    return ask_statuses([node for node in layout.compute_nodes if processes.is_alive(node)], ROLE_REQUEST_TIMEOUT_S)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -451,8 +661,8 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 
 def start_cluster(cluster_dir: Path, requested_port: int | None, cache_pages: int, out: TextIO,
-                  ready_timeout_s: float = READY_TIMEOUT_S, program: Iterable[str] = DEFAULT_PROGRAM
-                  ) -> tuple[Layout, Processes]:
+                  ready_timeout_s: float = READY_TIMEOUT_S, program: Iterable[str] = DEFAULT_PROGRAM,
+                  requested_readers: int | None = None) -> tuple[Layout, Processes]:
     """Start whatever of the cluster is not running and wait until all of it is ready.
 
     Returns the layout and the children started here. On failure the children started here are
@@ -461,9 +671,19 @@ def start_cluster(cluster_dir: Path, requested_port: int | None, cache_pages: in
     with cluster_lock(cluster_dir):
         existing = load_layout(cluster_dir)
         port = choose_port(requested_port, existing)
-        layout = existing or plan_layout(port)
+        layout = existing or plan_layout(port, choose_readers(requested_readers, None))
         processes = Processes(cluster_dir)
+        _retire_earlier_layout(layout, processes, cluster_dir, out)
+        readers = choose_readers(requested_readers, layout)
+        if readers != len(layout.readers):
+            busy = [node.node_id for node in layout.compute_nodes + [layout.proxy] if processes.is_alive(node)]
+            if busy:
+                raise ClusterError(f"this cluster has {len(layout.readers)} readers and {' '.join(busy)} running; "
+                                   f"stop it (aurora-db down) before changing --readers")
+            layout = replan_compute(layout, readers)
         running = {node.node_id for node in layout.nodes if processes.is_alive(node)}
+        record_roles(layout, running_compute_replies(layout, processes))
+        assign_start_roles(layout, running)
         to_start = nodes_to_start(layout, running)
         _check_ports_free(to_start)
         for node in to_start:
@@ -471,13 +691,15 @@ def start_cluster(cluster_dir: Path, requested_port: int | None, cache_pages: in
         save_layout(cluster_dir, layout)
         if running:
             out.write(f"already running: {' '.join(sorted(running))}\n")
+        phases = [(ROLE_STORAGE, "storage nodes", layout.storage_nodes),
+                  (ROLE_WRITER, "the writer (recovery runs first)", None),
+                  (ROLE_READER, "the readers", None),
+                  (ROLE_PROXY, "the proxy (SELECT 1 through the writer endpoint)", [layout.proxy])]
         try:
-            _start_phase([node for node in to_start if node.role == ROLE_STORAGE], layout, processes,
-                         cluster_dir, cache_pages, program, "storage nodes", ready_timeout_s, out,
-                         wait_for=layout.storage_nodes)
-            _start_phase([node for node in to_start if node.role == ROLE_WRITER], layout, processes,
-                         cluster_dir, cache_pages, program, "the writer (recovery runs first)", ready_timeout_s,
-                         out, wait_for=[layout.writer])
+            for role, what, wait_for in phases:
+                starting = [node for node in to_start if node.role == role]
+                _start_phase(starting, layout, processes, cluster_dir, cache_pages, program, what, ready_timeout_s,
+                             out, wait_for=starting if wait_for is None else wait_for)
         except StartupFailed as failure:
             log = cluster_dir / failure.node.log_file
             out.write(f"\n{failure}. Last lines of {log}:\n{log_tail(log)}\n")
@@ -490,6 +712,19 @@ def start_cluster(cluster_dir: Path, requested_port: int | None, cache_pages: in
                 stop_started(layout, processes, cluster_dir, out)
             raise StopRequested from None
     return layout, processes
+
+
+def _retire_earlier_layout(layout: Layout, processes: Processes, cluster_dir: Path, out: TextIO) -> None:
+    """A cluster.json of an earlier version: write the new layout (the retired processes still listed,
+    so a `down` finds them if this `up` dies), stop those processes, then forget them."""
+    if not layout.retired:
+        return
+    out.write(f"{LAYOUT_FILE}: migrating to layout version {LAYOUT_VERSION} (storage data kept; the compute "
+              f"nodes become {' '.join(node.node_id for node in layout.compute_nodes)} behind the proxy)\n")
+    save_layout(cluster_dir, layout)
+    processes.stop(layout.retired, out)
+    layout.retired = []
+    save_layout(cluster_dir, layout)
 
 
 def _check_ports_free(nodes: list[Node]) -> None:
@@ -510,15 +745,24 @@ def _start_phase(to_start: list[Node], layout: Layout, processes: Processes, clu
         processes.children[node.node_id] = child
         save_layout(cluster_dir, layout)
         out.write(f"started {node.node_id} (pid {child.pid}, port {node.port})\n")
+    if not wait_for:
+        return
     out.write(f"waiting for {what} (up to {ready_timeout_s:g} s)\n")
     out.flush()
     wait_until_ready(wait_for, processes, what, ready_timeout_s, out)
 
 
-def stop_started(layout: Layout, processes: Processes, cluster_dir: Path, out: TextIO) -> None:
-    """Stop the children this `up` started, writer first, and forget their pids."""
+def stop_in_order(layout: Layout, processes: Processes, out: TextIO, only: set[str] | None = None,
+                  grace_s: float = STOP_GRACE_S) -> None:
+    """Proxy, readers, writer, storage; the writer is whichever compute node says so now."""
+    record_roles(layout, running_compute_replies(layout, processes))
     for group in layout.stop_groups():
-        processes.stop([node for node in group if node.node_id in processes.children], out)
+        processes.stop([node for node in group if only is None or node.node_id in only], out, grace_s)
+
+
+def stop_started(layout: Layout, processes: Processes, cluster_dir: Path, out: TextIO) -> None:
+    """Stop the children this `up` started, in order, and forget their pids."""
+    stop_in_order(layout, processes, out, only=set(processes.children))
     for node in layout.nodes:
         if node.node_id in processes.children:
             node.pid = None
@@ -529,7 +773,9 @@ def print_endpoints(layout: Layout, cluster_dir: Path, out: TextIO) -> None:
     url = writer_url(layout.port)
     out.write(f"\ncluster ready\n"
               f"  writer endpoint  {url}\n"
-              f"  connect with     aurora-db sql {url}\n"
+              f"  reader endpoint  {reader_url(layout.port)}\n"
+              f"  connect with     aurora-db sql {url}   (add --reader for the reader endpoint)\n"
+              f"  status           aurora-db status --data {cluster_dir}\n"
               f"  data directory   {cluster_dir}\n"
               f"  logs             {cluster_dir / LOGS_DIR}\n")
     out.flush()
@@ -578,7 +824,8 @@ def run_up(args) -> int:
     ready_timeout_s = getattr(args, "ready_timeout", None) or READY_TIMEOUT_S
     with stop_signals_handled_as(_raise_stop_requested):
         try:
-            layout, processes = start_cluster(cluster_dir, args.port, args.cache_pages, out, ready_timeout_s)
+            layout, processes = start_cluster(cluster_dir, args.port, args.cache_pages, out, ready_timeout_s,
+                                              requested_readers=getattr(args, "readers", None))
         except ClusterError as error:
             sys.stderr.write(f"aurora-db up: {error}\n")
             return EXIT_FAILURE
@@ -602,7 +849,7 @@ def run_up(args) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
-# down and status
+# down, status and failover
 # ----------------------------------------------------------------------------------------------
 
 def require_layout(cluster_dir: Path) -> Layout:
@@ -616,12 +863,12 @@ def stop_cluster(cluster_dir: Path, out: TextIO, grace_s: float = STOP_GRACE_S) 
     with cluster_lock(cluster_dir):
         layout = require_layout(cluster_dir)
         processes = Processes(cluster_dir)
-        if not any(processes.is_alive(node) for node in layout.nodes):
+        if not any(processes.is_alive(node) for node in layout.nodes + layout.retired):
             out.write("nothing was running\n")
-        for group in layout.stop_groups():
-            processes.stop(group, out, grace_s)
+        stop_in_order(layout, processes, out, grace_s=grace_s)
         for node in layout.nodes:
             node.pid = None
+        layout.retired = []
         save_layout(cluster_dir, layout)
 
 
@@ -635,27 +882,61 @@ def run_down(args) -> int:
 
 
 def cluster_status(cluster_dir: Path) -> list[dict]:
+    """A status entry per node of the layout (and per still-running process of an earlier one)."""
     layout = require_layout(cluster_dir)
     processes = Processes(cluster_dir)
-    entries = []
-    for node in layout.nodes:
-        running = processes.is_alive(node)
-        entries.append(status_entry(node, running, ask_status(node) if running else None))
+    running = [node for node in layout.nodes if processes.is_alive(node)]
+    replies = ask_statuses(running)
+    entries = [status_entry(node, node in running, replies.get(node.node_id)) for node in layout.nodes]
+    for node in layout.retired:
+        if processes.is_alive(node):
+            entries.append({**status_entry(node, True, None), "role": "retired"})
     return entries
 
 
 def run_status(args) -> int:
     cluster_dir = Path(args.data).resolve()
     try:
+        layout = require_layout(cluster_dir)
         entries = cluster_status(cluster_dir)
     except ClusterError as error:
         sys.stderr.write(f"aurora-db status: {error}\n")
         return EXIT_FAILURE
-    text = (json.dumps({"data": str(cluster_dir), "nodes": entries}, indent=2) + "\n" if args.json
-            else format_status(entries))
+    endpoints = endpoints_of(layout, entries)
+    text = (json.dumps({"data": str(cluster_dir), "nodes": entries, "endpoints": endpoints}, indent=2) + "\n"
+            if args.json else format_status(entries, endpoints))
     try:
         sys.stdout.write(text)
         sys.stdout.flush()
     except BrokenPipeError:  # `status | head`: the reader left, which is fine
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EXIT_OK
+
+
+def request_failover(cluster_dir: Path, target: str | None) -> dict:
+    """Ask the proxy for a planned switchover; its reply once the switchover is done."""
+    from proxy.server import SWITCHOVER_TIMEOUT_MS
+
+    layout = require_layout(cluster_dir)
+    proxy = layout.proxy
+    if not Processes(cluster_dir).is_alive(proxy):
+        raise ClusterError("the proxy is not running; start the cluster with aurora-db up")
+    reply = request_frame(proxy.admin_port, {"id": 1, "t": "failover", "target": target},
+                          SWITCHOVER_TIMEOUT_MS / 1000 + FAILOVER_REPLY_MARGIN_S)
+    if reply is None:
+        raise ClusterError(f"the proxy (admin port {proxy.admin_port}) did not answer")
+    if not reply.get("ok"):
+        raise ClusterError(f"failover not done: {reply.get('message') or reply.get('error')}")
+    return reply
+
+
+def run_failover(args) -> int:
+    try:
+        reply = request_failover(Path(args.data).resolve(), args.target)
+    except ClusterError as error:
+        sys.stderr.write(f"aurora-db failover: {error}\n")
+        return EXIT_FAILURE
+    demoted = {True: "", False: f" ({reply.get('old_writer')} did not confirm its demotion)", None: ""}
+    sys.stdout.write(f"writer {reply.get('old_writer') or 'none'} -> {reply.get('new_writer')} "
+                     f"in {reply.get('duration_ms') or 0:.0f} ms{demoted.get(reply.get('demote_ok'), '')}\n")
     return EXIT_OK

@@ -674,6 +674,8 @@ def _load_every_type_as_text(connection) -> None:
 def run(args) -> int:
     try:
         settings = resolve_settings(args.url, args.host, args.port, args.user, args.dbname, dict(os.environ))
+        if getattr(args, "reader", False):  # a local cluster's reader endpoint is the writer endpoint's P+1
+            settings = dataclasses.replace(settings, port=settings.port + 1)
     except ValueError as error:
         sys.stderr.write(f"aurora-db sql: {error}\n")
         return EXIT_FAILURE

@@ -16,7 +16,8 @@ machine, one commit costs at least one small synced append plus two loopback rou
    settings default), and the ratios ours / PostgreSQL.
 Both servers get the same table, the same statement text and the same client (psycopg 3 over TCP on
 127.0.0.1), so the client's own cost is the same on both sides. Run it on an otherwise idle machine:
-the clients, the cluster's seven processes and PostgreSQL all share its CPUs.
+the clients, the cluster's processes (six storage nodes, the writer, and the proxy, idle but for its
+health checks) and PostgreSQL all share its CPUs.
 """
 
 from __future__ import annotations
@@ -48,8 +49,7 @@ from typing import Iterator
 
 import psycopg
 
-from aurora_db.cluster import (LISTEN_HOST, STORAGE_NODES, STORAGE_PORT_OFFSET, WRITER_ADMIN_PORT_OFFSET,
-                               load_layout, port_is_free, request_frame)
+from aurora_db.cluster import LISTEN_HOST, PORT_SPAN, load_layout, port_is_free, request_frame
 
 # The physical floor
 FSYNC_WRITE_BYTES = 4096
@@ -307,12 +307,11 @@ def processes_cpu_s(pids: list[int]) -> float:
 # ----------------------------------------------------------------------------------------------
 
 def cluster_ports(client_port: int) -> list[int]:
-    storage = [client_port + STORAGE_PORT_OFFSET + index for index in range(len(STORAGE_NODES))]
-    return [client_port, *storage, client_port + WRITER_ADMIN_PORT_OFFSET]
+    return list(range(client_port, client_port + PORT_SPAN))
 
 
 def choose_cluster_port() -> int:
-    """A client port P such that P, the storage ports and the admin port are all free right now."""
+    """A client port P such that every port of a cluster on P is free right now."""
     for _ in range(CLUSTER_PORT_ATTEMPTS_MAX):
         port = random.randint(CLUSTER_PORT_LOWEST, CLUSTER_PORT_HIGHEST)
         if all(port_is_free(candidate) for candidate in cluster_ports(port)):
@@ -335,18 +334,21 @@ class Cluster:
 
 @contextlib.contextmanager
 def aurora_cluster(base_dir: Path, cache_pages: int | None = None) -> Iterator[Cluster]:
-    """`aurora-db up --detach` in base_dir/cluster, on free ports; always `aurora-db down` at the end."""
+    """`aurora-db up --readers 0 --detach` in base_dir/cluster, on free ports; always `aurora-db down`
+    at the end. The URL is the writer compute node's own port, past the proxy: the figures measure
+    the writer and storage, as a client beside the writer sees them."""
     data_dir = base_dir / "cluster"
     port = choose_cluster_port()
     try:
         cache = ["--cache-pages", str(cache_pages)] if cache_pages is not None else []
-        started = aurora_db("up", "--data", str(data_dir), "--port", str(port), "--detach", *cache,
+        started = aurora_db("up", "--data", str(data_dir), "--port", str(port), "--readers", "0", "--detach", *cache,
                             timeout_s=CLUSTER_UP_TIMEOUT_S)
         if started.returncode != 0:
             raise RuntimeError(f"aurora-db up failed ({started.returncode}):\n{started.stdout}{started.stderr}")
         layout = load_layout(data_dir)
-        yield Cluster(f"postgresql://postgres@{LISTEN_HOST}:{port}/postgres", port + WRITER_ADMIN_PORT_OFFSET,
-                      layout.writer.pid, [node.pid for node in layout.storage_nodes])
+        writer = layout.writer
+        yield Cluster(f"postgresql://postgres@{LISTEN_HOST}:{writer.port}/postgres", writer.admin_port,
+                      writer.pid, [node.pid for node in layout.storage_nodes])
     finally:
         if (data_dir / "cluster.json").exists():
             stopped = aurora_db("down", "--data", str(data_dir), timeout_s=CLUSTER_DOWN_TIMEOUT_S)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install, start a local six-storage-node cluster in ./data (port ${PORT:-5432}), open the SQL shell.
+# Install, start a local cluster in ./data (six storage nodes, a writer, two readers, the proxy;
+# writer endpoint ${PORT:-5432}, reader endpoint one above), open the SQL shell on the writer endpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh

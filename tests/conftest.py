@@ -10,15 +10,14 @@ import sys
 import psycopg
 import pytest
 
-from aurora_db.cluster import port_is_free
+from aurora_db.cluster import PORT_SPAN, port_is_free
 from tests.pg_oracle import postgres_server  # noqa: F401  (re-exported fixture)
 
-PORT_SPAN = 21  # P .. P+20
 CLUSTER_COMMAND_TIMEOUT_S = 180
 
 
 def free_port_range() -> int:
-    """A base port P such that P..P+20 are all free now."""
+    """A base port P such that P .. P+PORT_SPAN-1 are all free now."""
     for _ in range(200):
         base = random.randrange(20_000, 60_000)
         if all(port_is_free(base + offset) for offset in range(PORT_SPAN)):
@@ -33,7 +32,8 @@ def aurora_db(*arguments: str, check: bool = True) -> subprocess.CompletedProces
 
 
 class SqlCluster:
-    """A running local cluster: six storage nodes and a writer, started with `aurora-db up`."""
+    """A running local cluster, started with `aurora-db up --readers 0`: six storage nodes, a writer
+    and the proxy. Clients connect to the proxy's writer endpoint, P."""
 
     host = "127.0.0.1"
     user = "postgres"
@@ -45,7 +45,7 @@ class SqlCluster:
         self.cache_pages = cache_pages
 
     def up(self) -> None:
-        result = aurora_db("up", "--data", self.data_dir, "--port", str(self.port), "--detach",
+        result = aurora_db("up", "--data", self.data_dir, "--port", str(self.port), "--readers", "0", "--detach",
                            "--cache-pages", str(self.cache_pages), check=False)
         if result.returncode != 0:
             raise RuntimeError(f"aurora-db up failed:\n{result.stdout}\n{result.stderr}")

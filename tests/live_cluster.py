@@ -1,5 +1,6 @@
-"""A real local cluster for fault tests: six storage nodes and a writer, started and stopped with the
-real `aurora-db up | down | status` commands, and killed with real signals.
+"""A real local cluster for fault tests: six storage nodes, a writer, `readers` readers (none unless
+asked) and the proxy, started and stopped with the real `aurora-db up | down | status` commands, and
+killed with real signals. Clients connect through the proxy's writer endpoint, P.
 
 Invariants: every cluster gets a range of ports that was free when it was created; `close()` always
 runs `down` and then SIGKILLs any process of this cluster that is still alive (found by pid and
@@ -22,19 +23,20 @@ from typing import Callable, TypeVar
 
 import psycopg
 
-from aurora_db.cluster import LISTEN_HOST, load_layout, node_is_running, port_is_free, read_proc_cmdline
+from aurora_db.cluster import (LISTEN_HOST, PORT_SPAN, load_layout, node_is_running, port_is_free, reader_url,
+                               read_proc_cmdline, request_frame)
 
 AURORA_DB = str(Path(sys.executable).with_name("aurora-db"))
-PORT_SPAN = 21  # P .. P+20
 PORT_RANGE_TRIES_MAX = 200
-READY_TIMEOUT_S = 120  # per phase of `up`: storage nodes, then the writer (recovery first)
-COMMAND_TIMEOUT_S = 300  # `up` has two phases of READY_TIMEOUT_S plus stopping a failed start
+READY_TIMEOUT_S = 120  # per phase of `up`: storage nodes, the writer (recovery first), readers, proxy
+COMMAND_TIMEOUT_S = 600  # `up` has four phases of READY_TIMEOUT_S plus stopping a failed start
 STOP_TIMEOUT_S = 60
 CONDITION_TIMEOUT_S = 90  # how long a test waits for a condition it expects to become true
 POLL_INTERVAL_S = 0.1
 CONNECT_TIMEOUT_S = 10
 STORAGE_NODE_IDS = ("a1", "a2", "b1", "b2", "c1", "c2")
-WRITER = "writer"
+WRITER = "db1"  # the compute node `up` starts as the writer (its data directory has the same name)
+PROXY = "proxy"
 
 T = TypeVar("T")
 
@@ -44,7 +46,7 @@ class ClusterCommandFailed(Exception):
 
 
 def free_port_range() -> int:
-    """A base port P such that P..P+20 are all free now."""
+    """A base port P such that P .. P+PORT_SPAN-1 are all free now."""
     for _ in range(PORT_RANGE_TRIES_MAX):
         base = random.randrange(20_000, 60_000)
         if all(port_is_free(base + offset) for offset in range(PORT_SPAN)):
@@ -67,10 +69,12 @@ def wait_until(condition: Callable[[], T], what: str, timeout_s: float = CONDITI
 class LiveCluster:
     """One cluster directory, its ports, and the environment its processes start with."""
 
-    def __init__(self, directory: Path, *, cache_pages: int | None = None, env: dict[str, str] | None = None):
+    def __init__(self, directory: Path, *, cache_pages: int | None = None, env: dict[str, str] | None = None,
+                 readers: int = 0):
         self.directory = Path(directory).resolve()
         self.port = free_port_range()
         self.cache_pages = cache_pages
+        self.readers = readers
         self.env = {**os.environ, **(env or {})}
         self._pids_seen: set[int] = set()
 
@@ -82,8 +86,8 @@ class LiveCluster:
 
     def up(self) -> str:
         """`aurora-db up --detach`: starts whatever is not running and waits until all of it is ready."""
-        arguments = ["up", "--data", str(self.directory), "--port", str(self.port), "--detach",
-                     "--ready-timeout", str(READY_TIMEOUT_S)]
+        arguments = ["up", "--data", str(self.directory), "--port", str(self.port), "--readers", str(self.readers),
+                     "--detach", "--ready-timeout", str(READY_TIMEOUT_S)]
         if self.cache_pages is not None:
             arguments += ["--cache-pages", str(self.cache_pages)]
         done = self._run(*arguments)
@@ -100,12 +104,20 @@ class LiveCluster:
         if done.returncode != 0:
             raise ClusterCommandFailed(f"aurora-db down exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
 
-    def status(self) -> dict[str, dict]:
-        """`aurora-db status --json`, by node id."""
+    def status_document(self) -> dict:
+        """`aurora-db status --json`: {"data", "nodes": [...], "endpoints": {...}}."""
         done = self._run("status", "--data", str(self.directory), "--json")
         if done.returncode != 0:
             raise ClusterCommandFailed(f"aurora-db status exited {done.returncode}:\n{done.stderr}")
-        return {entry["node_id"]: entry for entry in json.loads(done.stdout)["nodes"]}
+        return json.loads(done.stdout)
+
+    def status(self) -> dict[str, dict]:
+        """`aurora-db status --json`, by node id."""
+        return {entry["node_id"]: entry for entry in self.status_document()["nodes"]}
+
+    def failover(self, target: str | None = None) -> subprocess.CompletedProcess:
+        """`aurora-db failover` (a planned switchover); the caller checks the exit code."""
+        return self._run("failover", "--data", str(self.directory), *(["--target", target] if target else []))
 
     # --- processes ----------------------------------------------------------------------------
 
@@ -155,8 +167,28 @@ class LiveCluster:
         return load_layout(self.directory).node(node_id).port
 
     @property
+    def reader_url(self) -> str:
+        return reader_url(self.port)
+
+    def connect_reader(self) -> psycopg.Connection:
+        return psycopg.connect(self.reader_url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+
+    def node_url(self, node_id: str) -> str:
+        """A compute node's own PostgreSQL port, past the proxy."""
+        return f"postgresql://postgres@{LISTEN_HOST}:{load_layout(self.directory).node(node_id).port}/postgres"
+
+    @property
     def admin_port(self) -> int:
+        """The admin port of the compute node started as the writer."""
         return load_layout(self.directory).writer.admin_port
+
+    def admin_port_of(self, node_id: str) -> int:
+        return load_layout(self.directory).node(node_id).admin_port
+
+    def proxy_status(self) -> dict:
+        reply = request_frame(load_layout(self.directory).proxy.admin_port, {"id": 1, "t": "status"})
+        assert reply is not None and reply.get("ok"), f"the proxy's admin port did not answer: {reply!r}"
+        return reply
 
     def log_text(self, node_id: str) -> str:
         path = self.directory / load_layout(self.directory).node(node_id).log_file

@@ -1,6 +1,7 @@
-"""The local cluster: the pure layout (ports, commands, cluster.json, the alive check), process
-management on real child processes, the whole up/status/down cycle on stand-in nodes
-(tests/fake_node.py), and, when the real servers exist, `aurora-db up` end to end."""
+"""The local cluster: the pure layout (ports, commands, cluster.json and its migration, the alive
+check, which role a compute node starts in), process management on real child processes, the whole
+up/status/down cycle on stand-in nodes (tests/fake_node.py), and, when the real servers exist,
+`aurora-db up` end to end."""
 
 from __future__ import annotations
 
@@ -21,24 +22,33 @@ import pytest
 from tests.conftest import free_port_range
 from aurora_db.cluster import (
     CLIENT_PORT_DEFAULT,
+    PORT_SPAN,
+    ROLE_PROXY,
+    ROLE_READER,
     ROLE_STORAGE,
     ROLE_WRITER,
     ClusterError,
     Layout,
     Node,
     Processes,
+    assign_start_roles,
     choose_port,
+    choose_readers,
     cluster_status,
     cmdline_names_node,
+    endpoints_of,
     format_status,
     layout_from_json,
     layout_to_json,
     load_layout,
     node_command,
     node_is_running,
+    node_ports,
     nodes_to_start,
     plan_layout,
     port_is_free,
+    record_roles,
+    replan_compute,
     spawn,
     start_cluster,
     status_entry,
@@ -59,25 +69,40 @@ COMMAND_TIMEOUT_S = 180
 
 def test_ports_follow_the_fixed_offsets():
     layout = plan_layout(6000)
-    assert [(node.node_id, node.role, node.az, node.port, node.admin_port) for node in layout.nodes] == [
-        ("a1", ROLE_STORAGE, "a", 6011, None), ("a2", ROLE_STORAGE, "a", 6012, None),
-        ("b1", ROLE_STORAGE, "b", 6013, None), ("b2", ROLE_STORAGE, "b", 6014, None),
-        ("c1", ROLE_STORAGE, "c", 6015, None), ("c2", ROLE_STORAGE, "c", 6016, None),
-        ("writer", ROLE_WRITER, "a", 6000, 6020)]
-    used = {port for node in layout.nodes for port in (node.port, node.admin_port) if port}
-    assert not used & set(range(6001, 6010)), "P+1..P+9 are reserved for the proxy and readers"
+    assert [(node.node_id, node.role, node.az, node_ports(node)) for node in layout.nodes] == [
+        ("a1", ROLE_STORAGE, "a", [6011]), ("a2", ROLE_STORAGE, "a", [6012]),
+        ("b1", ROLE_STORAGE, "b", [6013]), ("b2", ROLE_STORAGE, "b", [6014]),
+        ("c1", ROLE_STORAGE, "c", [6015]), ("c2", ROLE_STORAGE, "c", [6016]),
+        ("db1", ROLE_WRITER, "a", [6003, 6020]), ("db2", ROLE_READER, "b", [6004, 6021]),
+        ("db3", ROLE_READER, "c", [6005, 6022]),
+        ("proxy", ROLE_PROXY, None, [6000, 6001, 6002])]
+    used = [port for node in layout.nodes for port in node_ports(node)]
+    assert len(used) == len(set(used)), "no two processes share a port"
+
+
+def test_the_most_readers_still_fit_between_the_fixed_ports():
+    layout = plan_layout(6000, readers=6)
+    assert [node.node_id for node in layout.compute_nodes] == [f"db{number}" for number in range(1, 8)]
+    assert [node.az for node in layout.compute_nodes] == ["a", "b", "c", "a", "b", "c", "a"]
+    assert [node.port for node in layout.compute_nodes] == list(range(6003, 6010)), "below storage's P+11"
+    assert [node.admin_port for node in layout.compute_nodes] == list(range(6020, 6027))
+    assert max(port for node in layout.nodes for port in node_ports(node)) == 6000 + PORT_SPAN - 1
+    assert [node.node_id for node in plan_layout(6000, readers=0).compute_nodes] == ["db1"]
+    with pytest.raises(ClusterError, match="--readers 7"):
+        plan_layout(6000, readers=7)
 
 
 def test_every_node_has_its_own_data_dir_and_log():
     layout = plan_layout(6000)
     assert layout.node("b2").data_dir == "storage-b2" and layout.node("b2").log_file == "logs/b2.log"
-    assert layout.writer.data_dir == "writer" and layout.writer.log_file == "logs/writer.log"
+    assert layout.writer.data_dir == "db1" and layout.writer.log_file == "logs/db1.log"
+    assert layout.proxy.data_dir == "proxy" and layout.proxy.log_file == "logs/proxy.log"
 
 
 def test_a_port_too_close_to_the_top_is_refused():
-    with pytest.raises(ClusterError, match="65516"):
-        plan_layout(65516)
-    plan_layout(65515)
+    with pytest.raises(ClusterError, match="65536"):
+        plan_layout(65510)
+    plan_layout(65509)
 
 
 def test_storage_node_command():
@@ -87,14 +112,26 @@ def test_storage_node_command():
         "--listen", "127.0.0.1:6016", "--data", "/clusters/one/storage-c2"]
 
 
-def test_writer_command_names_all_six_storage_nodes():
+def test_compute_node_commands_name_all_six_storage_nodes_and_their_role():
     layout = plan_layout(6000)
+    storage = ["--storage", "a1=127.0.0.1:6011", "--storage", "a2=127.0.0.1:6012", "--storage", "b1=127.0.0.1:6013",
+               "--storage", "b2=127.0.0.1:6014", "--storage", "c1=127.0.0.1:6015", "--storage", "c2=127.0.0.1:6016"]
     assert node_command(layout.writer, layout, CLUSTER_DIR, 64, ["python", "-m", "aurora_db.cli"]) == [
-        "python", "-m", "aurora_db.cli", "compute-node", "--role", "writer", "--node-id", "writer",
-        "--listen", "127.0.0.1:6000", "--admin", "127.0.0.1:6020", "--cache-pages", "64",
-        "--data", "/clusters/one/writer",
-        "--storage", "a1=127.0.0.1:6011", "--storage", "a2=127.0.0.1:6012", "--storage", "b1=127.0.0.1:6013",
-        "--storage", "b2=127.0.0.1:6014", "--storage", "c1=127.0.0.1:6015", "--storage", "c2=127.0.0.1:6016"]
+        "python", "-m", "aurora_db.cli", "compute-node", "--role", "writer", "--node-id", "db1", "--az", "a",
+        "--listen", "127.0.0.1:6003", "--admin", "127.0.0.1:6020", "--cache-pages", "64",
+        "--data", "/clusters/one/db1", *storage]
+    assert node_command(layout.node("db3"), layout, CLUSTER_DIR, 64, ["aurora-db"]) == [
+        "aurora-db", "compute-node", "--role", "reader", "--node-id", "db3", "--az", "c",
+        "--listen", "127.0.0.1:6005", "--admin", "127.0.0.1:6022", "--cache-pages", "64",
+        "--data", "/clusters/one/db3", *storage]
+
+
+def test_the_proxy_command_names_every_compute_node():
+    layout = plan_layout(6000, readers=1)
+    assert node_command(layout.proxy, layout, CLUSTER_DIR, 64, ["aurora-db"]) == [
+        "aurora-db", "proxy", "--node-id", "proxy", "--writer-listen", "127.0.0.1:6000",
+        "--reader-listen", "127.0.0.1:6001", "--admin", "127.0.0.1:6002", "--data", "/clusters/one/proxy",
+        "--node", "db1=127.0.0.1:6003:6020", "--node", "db2=127.0.0.1:6004:6021"]
 
 
 def test_the_commands_parse_with_the_real_cli():
@@ -104,6 +141,18 @@ def test_the_commands_parse_with_the_real_cli():
     for node in layout.nodes:
         args = build_parser().parse_args(node_command(node, layout, CLUSTER_DIR, 64, []))
         assert args.node_id == node.node_id
+
+
+def test_a_new_cluster_takes_the_reader_count_asked_for_and_an_old_one_keeps_its_own():
+    assert choose_readers(None, None) == 2
+    assert choose_readers(0, None) == 0
+    assert choose_readers(None, plan_layout(7000, readers=4)) == 4
+    assert choose_readers(1, plan_layout(7000, readers=4)) == 1
+    layout = plan_layout(7000, readers=4)
+    layout.node("a1").pid = 77
+    fewer = replan_compute(layout, 1)
+    assert [node.node_id for node in fewer.nodes] == ["a1", "a2", "b1", "b2", "c1", "c2", "db1", "db2", "proxy"]
+    assert fewer.node("a1").pid == 77, "storage nodes keep running through a change of readers"
 
 
 def test_a_new_cluster_takes_the_port_asked_for_and_an_old_one_keeps_its_own():
@@ -121,10 +170,36 @@ def test_the_layout_survives_json():
     layout.node("a2").pid = 4242
     document = json.loads(json.dumps(layout_to_json(layout)))
     assert layout_from_json(document) == layout
+    assert document["version"] == 2 and document["retired"] == []
     assert document["nodes"][1] == {"node_id": "a2", "role": "storage", "az": "a", "port": 6012, "admin_port": None,
-                                    "data_dir": "storage-a2", "log_file": "logs/a2.log", "pid": 4242}
+                                    "data_dir": "storage-a2", "log_file": "logs/a2.log", "pid": 4242,
+                                    "reader_port": None}
     with pytest.raises(ClusterError, match="version"):
         layout_from_json({**document, "version": 99})
+
+
+def version_1_document(port: int) -> dict:
+    """cluster.json as the previous aurora-db wrote it: six storage nodes and one compute node "writer"."""
+    storage = [{"node_id": node_id, "role": "storage", "az": node_id[0], "port": port + 11 + index,
+                "admin_port": None, "data_dir": f"storage-{node_id}", "log_file": f"logs/{node_id}.log",
+                "pid": 1000 + index} for index, node_id in enumerate(("a1", "a2", "b1", "b2", "c1", "c2"))]
+    writer = {"node_id": "writer", "role": "writer", "az": "a", "port": port, "admin_port": port + 20,
+              "data_dir": "writer", "log_file": "logs/writer.log", "pid": 2000}
+    return {"version": 1, "host": "127.0.0.1", "port": port, "nodes": storage + [writer]}
+
+
+def test_a_version_1_layout_keeps_its_storage_and_retires_its_writer():
+    layout = layout_from_json(version_1_document(6000))
+    assert layout.port == 6000
+    assert [(node.node_id, node.port, node.data_dir, node.pid) for node in layout.storage_nodes] == [
+        (node_id, 6011 + index, f"storage-{node_id}", 1000 + index)
+        for index, node_id in enumerate(("a1", "a2", "b1", "b2", "c1", "c2"))], "storage data and pids kept"
+    assert [node.node_id for node in layout.compute_nodes] == ["db1", "db2", "db3"]
+    assert layout.proxy.port == 6000, "clients keep connecting to P, now the writer endpoint"
+    assert [(node.node_id, node.pid) for node in layout.retired] == [("writer", 2000)]
+    assert layout.stop_groups()[2] == [layout.writer, layout.retired[0]], "down stops the old writer too"
+    again = layout_from_json(json.loads(json.dumps(layout_to_json(layout))))
+    assert again == layout and json.loads(json.dumps(layout_to_json(layout)))["version"] == 2
 
 
 def test_a_pid_counts_only_if_its_cmdline_names_the_node_and_its_data_dir():
@@ -152,36 +227,94 @@ def test_the_alive_check_reads_proc_through_the_given_reader():
     assert not node_is_running(a1, CLUSTER_DIR, proc.get)
 
 
-def test_up_starts_storage_before_the_writer_and_skips_what_runs():
+def test_up_starts_storage_then_writer_readers_proxy_and_skips_what_runs():
     layout = plan_layout(6000)
-    assert [node.node_id for node in nodes_to_start(layout, set())] == ["a1", "a2", "b1", "b2", "c1", "c2", "writer"]
-    assert [node.node_id for node in nodes_to_start(layout, {"a2", "b1", "b2", "c1", "c2"})] == ["a1", "writer"]
+    assert [node.node_id for node in nodes_to_start(layout, set())] == [
+        "a1", "a2", "b1", "b2", "c1", "c2", "db1", "db2", "db3", "proxy"]
+    running = {"a2", "b1", "b2", "c1", "c2", "db1", "db3", "proxy"}
+    assert [node.node_id for node in nodes_to_start(layout, running)] == ["a1", "db2"]
     assert [[node.node_id for node in group] for group in layout.stop_groups()] == [
-        ["writer"], ["a1", "a2", "b1", "b2", "c1", "c2"]]
+        ["proxy"], ["db2", "db3"], ["db1"], ["a1", "a2", "b1", "b2", "c1", "c2"]]
+
+
+def test_a_compute_node_started_beside_a_running_one_is_a_reader():
+    """`up` never starts a second writer: with any compute node running, the cluster has a writer
+    or the proxy promotes one, so whatever starts joins as a reader."""
+    layout = plan_layout(6000)
+    assign_start_roles(layout, {"db2"})
+    assert [node.role for node in layout.compute_nodes] == [ROLE_READER, ROLE_READER, ROLE_READER]
+
+    layout = plan_layout(6000)
+    assign_start_roles(layout, set())
+    assert [node.role for node in layout.compute_nodes] == [ROLE_WRITER, ROLE_READER, ROLE_READER]
+
+
+def test_the_writer_a_cluster_last_had_starts_as_the_writer_next_time():
+    layout = plan_layout(6000)
+    record_roles(layout, {"db1": {"role": "reader", "epoch": 4}, "db3": {"role": "writer", "epoch": 5}})
+    assert layout.writer.node_id == "db3"
+    assert [[node.node_id for node in group] for group in layout.stop_groups()][:3] == [
+        ["proxy"], ["db1", "db2"], ["db3"]], "the real writer stops after the readers"
+    assign_start_roles(layout, set())
+    assert [node.role for node in layout.compute_nodes] == [ROLE_READER, ROLE_READER, ROLE_WRITER]
+
+    record_roles(layout, {"db1": {"role": "writer", "epoch": 5}, "db3": {"role": "writer", "epoch": 6}})
+    assert layout.writer.node_id == "db3", "a stale writer (older epoch) is not the writer"
+    record_roles(layout, {"db2": None, "db3": None})
+    assert layout.writer.node_id == "db3", "no answer: nothing learned"
 
 
 def test_status_entries_show_numbers_only_for_nodes_that_answered():
     layout = plan_layout(6000)
-    a1, writer = layout.node("a1"), layout.writer
-    a1.pid, writer.pid = 11, 12
+    a1, writer, reader = layout.node("a1"), layout.writer, layout.node("db2")
+    a1.pid, writer.pid, reader.pid = 11, 12, 13
     assert status_entry(a1, True, {"ok": True, "epoch": 3, "pgs": {1: 20, 0: 19}}) == {
-        "node_id": "a1", "role": "storage", "az": "a", "pid": 11, "port": 6011, "admin_port": None,
-        "state": "running", "epoch": 3, "scl": {"0": 19, "1": 20}}
-    assert status_entry(writer, True, {"ok": True, "epoch": 3, "vdl": 20})["vdl"] == 20
+        "node_id": "a1", "kind": "storage", "role": "storage", "az": "a", "pid": 11, "port": 6011,
+        "admin_port": None, "state": "running", "health": "running", "epoch": 3, "scl": {"0": 19, "1": 20}}
+    assert status_entry(writer, True, {"ok": True, "role": "writer", "epoch": 3, "vdl": 20})["vdl"] == 20
+    assert status_entry(reader, True, {"ok": True, "role": "reader", "epoch": 3, "vdl": 20, "applied_lsn": 18,
+                                       "replica_lag_ms": 4.5, "replica_lag_lsn": 2, "promotion_tier": 1}) == {
+        "node_id": "db2", "kind": "compute", "role": "reader", "az": "b", "pid": 13, "port": 6004,
+        "admin_port": 6021, "state": "running", "health": "running", "epoch": 3, "vdl": 20, "applied_lsn": 18,
+        "replica_lag_ms": 4.5, "replica_lag_lsn": 2, "promotion_tier": 1}
+    assert status_entry(reader, True, {"ok": True, "role": "writer", "epoch": 4})["role"] == "writer", \
+        "a compute node's role is the one it reports, not the one it was started in"
     unreachable = status_entry(writer, True, None)
-    assert unreachable["state"] == "running" and unreachable["epoch"] is None and unreachable["vdl"] is None
+    assert unreachable["state"] == "running" and unreachable["health"] == "not answering"
+    assert unreachable["epoch"] is None and unreachable["vdl"] is None and unreachable["role"] is None
     stopped = status_entry(a1, False, None)
-    assert stopped["state"] == "stopped" and stopped["pid"] is None and stopped["scl"] is None
+    assert stopped["state"] == "stopped" and stopped["health"] == "stopped"
+    assert stopped["pid"] is None and stopped["scl"] is None
+
+
+def test_status_names_where_each_endpoint_points():
+    layout = plan_layout(6000)
+    layout.proxy.pid = 20
+    entries = [status_entry(node, False, None) for node in layout.nodes[:-1]]
+    entries.append(status_entry(layout.proxy, True, {"ok": True, "writer": "db1", "readers": ["db2", "db3"],
+                                                     "connections": 4}))
+    endpoints = endpoints_of(layout, entries)
+    assert endpoints["writer"] == {"url": "postgresql://postgres@127.0.0.1:6000/postgres", "port": 6000,
+                                   "node_id": "db1"}
+    assert endpoints["reader"] == {"url": "postgresql://postgres@127.0.0.1:6001/postgres", "port": 6001,
+                                   "node_ids": ["db2", "db3"]}
+    text = format_status(entries, endpoints)
+    assert "writer endpoint  postgresql://postgres@127.0.0.1:6000/postgres  -> db1" in text
+    assert "reader endpoint  postgresql://postgres@127.0.0.1:6001/postgres  -> db2, db3" in text
+    silent = [status_entry(node, False, None) for node in layout.nodes]
+    assert "-> ? (proxy stopped)" in format_status(silent, endpoints_of(layout, silent))
 
 
 def test_the_status_table_has_a_line_per_process():
     layout = plan_layout(6000)
     entries = [status_entry(node, False, None) for node in layout.nodes]
     entries[0] = status_entry(layout.node("a1"), True, {"ok": True, "epoch": 2, "pgs": {0: 5}})
+    entries[7] = status_entry(layout.node("db2"), True, {"ok": True, "role": "reader", "applied_lsn": 9,
+                                                         "replica_lag_ms": 12.25, "replica_lag_lsn": 3})
     text = format_status(entries)
     assert text.splitlines()[0].split("|")[0].strip() == "node"
     assert len(text.splitlines()) == 2 + len(layout.nodes)
-    assert "scl 0:5" in text
+    assert "scl 0:5" in text and "applied 9" in text and "12.2 ms / 3 LSNs" in text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,8 +373,9 @@ def test_a_port_with_a_listener_is_not_free():
 # up / status / down on stand-in nodes
 # ---------------------------------------------------------------------------------------------
 
-def fake_up(cluster_dir: Path, port: int | None, out: io.StringIO | None = None):
-    return start_cluster(cluster_dir, port, 64, out or io.StringIO(), FAKE_READY_TIMEOUT_S, FAKE_PROGRAM)
+def fake_up(cluster_dir: Path, port: int | None, out: io.StringIO | None = None, readers: int | None = None):
+    return start_cluster(cluster_dir, port, 64, out or io.StringIO(), FAKE_READY_TIMEOUT_S, FAKE_PROGRAM,
+                         requested_readers=readers)
 
 
 @pytest.fixture
@@ -254,32 +388,85 @@ def cluster_dir(tmp_path):
 
 def test_up_status_down_and_a_partial_restart(cluster_dir):
     port = free_port_range()
-    _, first = fake_up(cluster_dir, port)
+    out = io.StringIO()
+    _, first = fake_up(cluster_dir, port, out)
     stored = load_layout(cluster_dir)
     assert stored.port == port and all(node.pid for node in stored.nodes)
-    assert "fake writer listening" in (cluster_dir / "logs" / "writer.log").read_text()
+    assert "fake db1 listening" in (cluster_dir / "logs" / "db1.log").read_text()
+    started = [line.split()[1] for line in out.getvalue().splitlines() if line.startswith("started ")]
+    assert started == ["a1", "a2", "b1", "b2", "c1", "c2", "db1", "db2", "db3", "proxy"]
 
     status = {entry["node_id"]: entry for entry in cluster_status(cluster_dir)}
-    assert all(entry["state"] == "running" and entry["epoch"] == 1 for entry in status.values())
-    assert status["c2"]["scl"] == {"0": 7} and status["writer"]["vdl"] == 7
+    assert all(entry["state"] == "running" and entry["health"] == "running" for entry in status.values())
+    assert all(status[node_id]["epoch"] == 1 for node_id in ("a1", "c2", "db1", "db2", "db3"))
+    assert status["c2"]["scl"] == {"0": 7} and status["db1"]["vdl"] == 7 and status["db1"]["role"] == "writer"
+    assert status["db2"]["role"] == "reader" and status["db2"]["replica_lag_ms"] == 0.0
+    assert status["proxy"]["writer_endpoint"] == "db1" and status["proxy"]["reader_endpoint"] == ["db2", "db3"]
 
-    # Kill a storage node and the writer: up starts exactly those two again, on the same ports.
-    for node_id in ("b1", "writer"):
+    # Kill a storage node and the writer: up starts exactly those two again, on the same ports; the
+    # readers still run, so the old writer comes back as a reader (the proxy promotes one of them).
+    for node_id in ("b1", "db1"):
         os.kill(stored.node(node_id).pid, signal.SIGKILL)
         first.children[node_id].wait()  # reap it: `up` ran in this process
     out = io.StringIO()
     _, processes = fake_up(cluster_dir, None, out)
-    assert sorted(processes.children) == ["b1", "writer"]
-    assert "already running: a1 a2 b2 c1 c2" in out.getvalue()
+    assert sorted(processes.children) == ["b1", "db1"]
+    assert "already running: a1 a2 b2 c1 c2 db2 db3 proxy" in out.getvalue()
     again = load_layout(cluster_dir)
     assert again.node("a1").pid == stored.node("a1").pid and again.node("b1").pid != stored.node("b1").pid
     assert [node.port for node in again.nodes] == [node.port for node in stored.nodes]
+    assert again.node("db1").role == ROLE_READER
+    assert {entry["node_id"]: entry for entry in cluster_status(cluster_dir)}["db1"]["role"] == "reader"
 
     out = io.StringIO()
     stop_cluster(cluster_dir, out)
-    assert out.getvalue().index("stopping writer") < out.getvalue().index("stopping a1")
+    order = [line.split()[1] for line in out.getvalue().splitlines() if line.startswith("stopping ")]
+    assert order.index("proxy") < order.index("db2") < order.index("a1")
     assert all(entry["state"] == "stopped" and entry["epoch"] is None for entry in cluster_status(cluster_dir))
     assert all(node.pid is None for node in load_layout(cluster_dir).nodes)
+
+
+def test_up_migrates_a_version_1_cluster_and_stops_its_old_writer(cluster_dir):
+    """Storage nodes of the old layout keep running (same ids, ports, data); the old writer, which
+    holds the client port, is stopped; db1 and the proxy take over, clients still connect to P."""
+    port = free_port_range()
+    old = layout_from_json(version_1_document(port))
+    cluster_dir.mkdir()
+    old_writer = old.retired[0]
+    command = [*FAKE_PROGRAM, "compute-node", "--role", "writer", "--node-id", "writer",
+               "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{port + 20}", "--data",
+               str(cluster_dir / "writer"), "--storage", "a1=127.0.0.1:1"]
+    child = spawn(command, cluster_dir / old_writer.log_file, cluster_dir)
+    document = version_1_document(port)
+    for node in document["nodes"]:
+        node["pid"] = child.pid if node["node_id"] == "writer" else None
+    (cluster_dir / "cluster.json").write_text(json.dumps(document))
+    deadline = time.monotonic() + FAKE_READY_TIMEOUT_S
+    while "listening" not in (cluster_dir / old_writer.log_file).read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    out = io.StringIO()
+    try:
+        fake_up(cluster_dir, None, out, readers=0)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+    assert "migrating to layout version 2" in out.getvalue() and "stopping writer" in out.getvalue()
+    assert child.returncode is not None
+    layout = load_layout(cluster_dir)
+    assert json.loads((cluster_dir / "cluster.json").read_text())["version"] == 2
+    assert [node.node_id for node in layout.nodes] == ["a1", "a2", "b1", "b2", "c1", "c2", "db1", "proxy"]
+    assert layout.retired == [] and layout.proxy.port == port
+
+
+def test_changing_the_reader_count_needs_the_compute_nodes_stopped(cluster_dir):
+    port = free_port_range()
+    fake_up(cluster_dir, port, readers=1)
+    with pytest.raises(ClusterError, match="before changing --readers"):
+        fake_up(cluster_dir, None, readers=2)
+    stop_cluster(cluster_dir, io.StringIO())
+    fake_up(cluster_dir, None, readers=0)
+    assert [node.node_id for node in load_layout(cluster_dir).compute_nodes] == ["db1"]
 
 
 def test_an_existing_cluster_refuses_another_port(cluster_dir):
@@ -299,11 +486,11 @@ def test_a_busy_port_is_named(cluster_dir):
 
 
 def test_a_node_that_dies_while_starting_fails_up_and_shows_its_log(cluster_dir, monkeypatch):
-    monkeypatch.setenv("FAKE_NODE_FAIL", "writer")
+    monkeypatch.setenv("FAKE_NODE_FAIL", "db1")
     out = io.StringIO()
-    with pytest.raises(ClusterError, match="writer exited before it was ready"):
+    with pytest.raises(ClusterError, match="db1 exited before it was ready"):
         fake_up(cluster_dir, free_port_range(), out)
-    assert "fake writer: failing on purpose" in out.getvalue()
+    assert "fake db1: failing on purpose" in out.getvalue()
     assert "stopping a1" in out.getvalue()
     assert all(entry["state"] == "stopped" for entry in cluster_status(cluster_dir))
 
@@ -328,10 +515,11 @@ def test_real_cluster_up_status_down_and_restart(tmp_path):
 
     data, port = str(tmp_path / "cluster"), free_port_range()
     try:
-        started = aurora_db("up", "--data", data, "--port", str(port), "--detach",
+        started = aurora_db("up", "--data", data, "--port", str(port), "--readers", "0", "--detach",
                             "--ready-timeout", str(REAL_READY_TIMEOUT_S))
         assert started.returncode == 0, started.stdout + started.stderr
         assert f"postgresql://postgres@127.0.0.1:{port}/postgres" in started.stdout
+        assert f"postgresql://postgres@127.0.0.1:{port + 1}/postgres" in started.stdout
         url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
         with psycopg.connect(url, autocommit=True) as connection:
             connection.execute("CREATE TABLE kept (id int PRIMARY KEY, note text)")
@@ -339,11 +527,16 @@ def test_real_cluster_up_status_down_and_restart(tmp_path):
 
         status = json.loads(aurora_db("status", "--data", data, "--json").stdout)
         by_id = {entry["node_id"]: entry for entry in status["nodes"]}
-        assert all(entry["state"] == "running" for entry in by_id.values())
-        assert by_id["writer"]["vdl"] is not None and by_id["a1"]["scl"]
+        assert all(entry["state"] == "running" and entry["health"] == "running" for entry in by_id.values())
+        assert by_id["db1"]["vdl"] is not None and by_id["db1"]["role"] == "writer" and by_id["a1"]["scl"]
+        assert by_id["db1"]["port"] == port + 3 and by_id["db1"]["admin_port"] == port + 20
+        assert status["endpoints"]["writer"]["node_id"] == "db1"
+        assert status["endpoints"]["reader"]["node_ids"] == ["db1"], "no readers: the writer serves reads"
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port + 3}/postgres", autocommit=True) as direct:
+            assert direct.execute("SELECT note FROM kept").fetchall() == [("survives",)], "db1's own port"
 
         layout = load_layout(Path(data).resolve())
-        for node_id in ("c1", "writer"):
+        for node_id in ("c1", "db1"):
             os.kill(layout.node(node_id).pid, signal.SIGKILL)
         restarted = aurora_db("up", "--data", data, "--detach", "--ready-timeout", str(REAL_READY_TIMEOUT_S))
         assert restarted.returncode == 0, restarted.stdout + restarted.stderr
@@ -366,7 +559,7 @@ def test_real_cluster_up_status_down_and_restart(tmp_path):
 @pytest.mark.skipif(bool(REAL_SERVERS_MISSING), reason=f"not written yet: {', '.join(REAL_SERVERS_MISSING)}")
 def test_real_cluster_in_the_foreground_stops_everything_on_sigint(tmp_path):
     data, port = str(tmp_path / "cluster"), free_port_range()
-    up = subprocess.Popen([AURORA_DB, "up", "--data", data, "--port", str(port),
+    up = subprocess.Popen([AURORA_DB, "up", "--data", data, "--port", str(port), "--readers", "0",
                            "--ready-timeout", str(REAL_READY_TIMEOUT_S)],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:

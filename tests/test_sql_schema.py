@@ -311,7 +311,7 @@ def test_sequences_and_indexes_survive_a_writer_crash(tmp_path):
     """A sequence hands out values from a batch reserved by a redo record: after kill -9 of the
     writer (a 16-page cache, so pages come back from storage) no value is given twice, and the
     indexes, rebuilt only from the log, still enforce uniqueness."""
-    from tests.live_cluster import LiveCluster
+    from tests.live_cluster import WRITER, LiveCluster
 
     with LiveCluster(tmp_path / "crash", cache_pages=16) as cluster:
         cluster.up()
@@ -321,7 +321,7 @@ def test_sequences_and_indexes_survive_a_writer_crash(tmp_path):
             before = []
             for code in range(40):
                 before.append(connection.execute(f"INSERT INTO crash_seq (code) VALUES ({code}) RETURNING id").fetchone()[0])
-        cluster.kill("writer")
+        cluster.kill(WRITER)
         cluster.restart()
         with cluster.connect() as connection:
             after = connection.execute("INSERT INTO crash_seq (code) VALUES (1000) RETURNING id, g").fetchone()
