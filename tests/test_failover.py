@@ -128,6 +128,9 @@ def test_kill_9_of_the_writer_under_writes_loses_no_acknowledged_commit_and_a_pa
         old.execute("INSERT INTO acked VALUES (-1)")
         cluster.kill(new_writer, signal.SIGSTOP)
         try:
+            reader = next(node for node in ("db1", "db2", "db3") if node != new_writer)
+            wait_until(lambda: holds(cluster.node_url(reader), "acked", load.acknowledged | {-1}),
+                       "a reader to serve every acknowledged row while the writer is paused")
             wait_until(lambda: cluster.proxy_status()["writer"] not in (None, new_writer),
                        "the proxy to promote a reader while the writer is paused", FAILOVER_BOUND_S)
             with cluster.connect() as connection:
