@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     compute.add_argument("--admin", type=host_port,
                          help="HOST:PORT for the admin protocol (status, promote, demote) and, on the writer, "
                               "the redo stream readers follow")
+    compute.add_argument("--advertise-admin", type=host_port, metavar="HOST:PORT",
+                         help="the admin address other nodes reach this node at, when it differs from --admin "
+                              "(a container listening on 0.0.0.0, say); a writer names it on storage for readers")
     compute.add_argument("--storage", type=storage_peer, action="append", required=True, metavar="ID=HOST:PORT",
                          help="a storage node; give all six")
     compute.add_argument("--cache-pages", type=int, default=CACHE_PAGES_DEFAULT, help="buffer cache size in pages")

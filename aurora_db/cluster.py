@@ -601,15 +601,16 @@ def answers_sql(port: int) -> bool:
 
 
 def node_is_ready(node: Node) -> bool:
-    """Storage: answers status. Writer: SELECT 1 on its own port. Reader: reports role reader.
-    Proxy: answers status, and SELECT 1 works through the writer endpoint."""
+    """Storage: answers status. Writer: SELECT 1 on its own port. Reader: reports role reader and
+    answers SELECT 1 on its own port (it has attached to the writer's redo stream). Proxy: answers
+    status, and SELECT 1 works through the writer endpoint."""
     if node.role == ROLE_STORAGE:
         return ask_status(node) is not None
     if node.role == ROLE_WRITER:
         return answers_sql(node.port)
     if node.role == ROLE_READER:
         reply = ask_status(node)
-        return reply is not None and reply.get("role") == ROLE_READER
+        return reply is not None and reply.get("role") == ROLE_READER and answers_sql(node.port)
     return ask_status(node) is not None and answers_sql(node.port)
 
 

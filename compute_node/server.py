@@ -74,7 +74,8 @@ class ComputeNode:
         self.client: StorageClient | None = None
         self.stream: RedoStream | None = None  # a writer's redo stream to its readers
         self.following: str | None = None  # a reader: the writer's admin address it follows now
-        self.admin_address = f"{args.admin[0]}:{args.admin[1]}" if args.admin else None
+        advertised = args.advertise_admin or args.admin
+        self.admin_address = f"{advertised[0]}:{advertised[1]}" if advertised else None  # named on storage
         self.pg_context = pg_server.ServerContext(self._new_session, pg_server.SERVER_VERSION,
                                                   pg_server.PGWIRE_CONNECTIONS_MAX)
         self._follower: asyncio.Task | None = None  # a reader's stream

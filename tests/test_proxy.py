@@ -386,7 +386,8 @@ def test_a_cluster_with_readers_switches_over_and_fails_over_through_the_proxy(t
         document = cluster.status_document()
         roles = {entry["node_id"]: entry["role"] for entry in document["nodes"]}
         assert (roles["db1"], roles["db2"], roles["db3"]) == ("writer", "reader", "reader")
-        assert document["endpoints"]["reader"]["node_ids"] == ["db2", "db3"]
+        wait_until(lambda: cluster.status_document()["endpoints"]["reader"]["node_ids"] == ["db2", "db3"],
+                   "the proxy to send reader-endpoint sessions to both readers")
         with cluster.connect() as connection:
             connection.execute("CREATE TABLE failover_rows (id int PRIMARY KEY)")
             connection.execute("INSERT INTO failover_rows VALUES (1)")
