@@ -94,6 +94,7 @@ APPENDS_IN_FLIGHT_MAX = 2  # unanswered appends to one storage node: one in its 
 STREAM_HEARTBEAT_MS = 250  # a writer sends its state to readers at least this often
 FOLLOW_IDLE_CHECK_MS = 1_000  # a reader that hears nothing this long asks storage whether a newer writer exists
 assert FOLLOW_IDLE_CHECK_MS > 2 * STREAM_HEARTBEAT_MS
+STORAGE_STATUS_TIMEOUT_MS = 500  # asking every storage node which epoch and writer it knows, at once
 STARTUP_PROBE_MS = 2_000  # a node started as writer looks this long for a live writer already serving
 ROLE_CHANGE_GRACE_MS = 100  # a fenced writer lets sessions report their own errors before it ends them
 FOLLOWERS_MAX = 16  # readers following one writer's redo stream (Aurora: up to 15 replicas)

@@ -188,6 +188,11 @@ class Catalog:
             self._settled = settled
         return tables
 
+    def forget(self) -> None:
+        """Drop everything remembered of the catalog's pages (a reader starting again elsewhere)."""
+        self._rows = self._settled = None
+        self._decoded = {}
+
     def _current_rows(self) -> _CatalogRows:
         """Every catalog row version, decoded; rebuilt only when a catalog page's LSN moved."""
         store = self.store

@@ -176,6 +176,8 @@ class Engine:
         """A reader attached (again) to a writer: start from its hello, with an empty cache."""
         async with self._turn:
             self.store.forget_all()
+            self.transactions.forget_statuses()  # a new writer may have decided differently (recovery)
+            self.catalog.forget()
             self.replica = self.log_writer.state = self.transactions.state = replica
 
     async def apply_stream(self, frame: dict, now_ms: float) -> None:

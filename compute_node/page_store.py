@@ -6,6 +6,9 @@ its last record marked as the CPL. Invariants: an MTR's pages are fetched and pi
 first record is made, so nothing inside it waits on storage; LSN room for the whole MTR is
 reserved up front (MTR_RECORDS_MAX); an exception after the first record of an MTR is a broken
 invariant (a half-applied MTR) and stops the process.
+On a reader nothing is made here: the writer's records are applied to the pages it holds
+(apply_replicated), and a record for a page being read meanwhile is kept with that read and
+applied when the page is installed, if the copy read does not have it yet.
 """
 
 from __future__ import annotations

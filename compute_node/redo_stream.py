@@ -17,7 +17,8 @@ Invariants:
     applied every record up to VDL and reads through that snapshot sees a state that existed on
     the writer, never a torn transaction, and never goes back in time.
   - Records shipped before a reader subscribed but not yet durable are retained (at most LAL of
-    them: the writer allocates no further above VDL) and sent right after its hello.
+    them: the writer allocates no further above VDL) and sent right after its hello. Every record
+    names the one allocated before it (prev_volume), so a reader checks that it misses none.
   - A follower's unsent bytes are bounded (FOLLOWER_BUFFER_BYTES_MAX): a follower that falls
     further behind is disconnected, and starts again from a new hello.
 Runs on the event loop's thread only; the engine thread reaches it through `notify`.
@@ -31,7 +32,7 @@ import logging
 import time
 from typing import Callable
 
-from aurora_db.constants import FOLLOWERS_MAX, FOLLOWER_BUFFER_BYTES_MAX, LSN_ALLOCATION_LIMIT
+from aurora_db.constants import BATCH_RECORDS_MAX, FOLLOWERS_MAX, FOLLOWER_BUFFER_BYTES_MAX, LSN_ALLOCATION_LIMIT
 from aurora_db.framing import encode_frame
 from aurora_db.quorum import DurabilityTracker
 from aurora_db.records import Record
@@ -47,6 +48,13 @@ STATE = "state"
 
 def wall_clock_ms() -> float:
     return time.time() * 1000
+
+
+def _record_frames(sealed: list[list]) -> list[bytes]:
+    """Records frames of at most BATCH_RECORDS_MAX records each: a boxcar has no size limit of
+    its own, a frame has (a record is at most a page, so such a frame always fits)."""
+    return [encode_frame({"t": RECORDS, "records": sealed[start:start + BATCH_RECORDS_MAX]})
+            for start in range(0, len(sealed), BATCH_RECORDS_MAX)]
 
 
 class RedoStream:
@@ -78,8 +86,8 @@ class RedoStream:
                  "pg_points": {str(pg): lsn for pg, lsn in self.tracker.durable_pg_tail.items()},
                  "xmax": snapshot.xmax, "active": sorted(snapshot.active), "at_ms": self._clock_ms()}
         transport.write(encode_frame(hello))
-        if self._retained:
-            transport.write(encode_frame({"t": RECORDS, "records": [sealed for _, sealed in self._retained]}))
+        for frame in _record_frames([sealed for _, sealed in self._retained]):
+            transport.write(frame)
         self._followers.add(transport)
         log.info("a reader follows from VDL %d (%d records above it sent first)", vdl, len(self._retained))
         return True
@@ -89,11 +97,13 @@ class RedoStream:
 
     def publish(self, records: list[Record], sealed: list[list]) -> None:
         """Records just shipped to storage (whole MTRs, in LSN order), with their sealed forms."""
+        self._prune()
         for record, pair in zip(records, sealed):
             self._retained.append((record.lsn, pair))
-        assert len(self._retained) <= 2 * LSN_ALLOCATION_LIMIT, "more records above VDL than LAL allows"
+        assert len(self._retained) <= LSN_ALLOCATION_LIMIT, "more records above VDL than LAL allows"
         if self._followers:
-            self._send(encode_frame({"t": RECORDS, "records": sealed}))
+            for frame in _record_frames(sealed):
+                self._send(frame)
 
     def notify(self) -> None:
         """VDL advanced or a transaction ended: send the new state once, at the end of this loop

@@ -6,9 +6,11 @@ ReplicaState is the sans-I/O core: records in (whole MTRs, in LSN order), state 
 out the records to apply, which are exactly those at or below the frame's VDL. Invariants:
   - Nothing above VDL is ever applied, and an MTR is applied whole or not at all (VDL is always
     an MTR's last record).
-  - `applied_lsn` and the snapshot never move back; the snapshot read with a VDL sees only
-    commits at or below it (the writer's own rule), so a query on a reader sees a state that
-    existed on the writer.
+  - The records received form one chain: each names the one before it (prev_volume), starting at
+    the hello's VDL, so a gap is noticed, never skipped; a VDL is always an MTR's last record.
+  - While it follows one writer, `applied_lsn` and the snapshot never move back; the snapshot read
+    with a VDL sees only commits at or below it (the writer's own rule), so a query on a reader
+    sees a state that existed on the writer.
   - A PG's read point is its last record at or below `applied_lsn`: a segment can serve it as
     soon as it is complete to that record.
   - At most REPLICA_PENDING_RECORDS_MAX records wait above the applied VDL (the writer never
@@ -55,9 +57,13 @@ class ReplicaState:
 
     def on_records(self, sealed: list) -> None:
         for crc, body in sealed:
-            record = open_sealed(crc, body)
-            if record.lsn <= self._last_lsn:
-                raise StreamBroken(f"record {record.lsn} arrived after record {self._last_lsn}")
+            try:
+                record = open_sealed(crc, body)
+            except Exception as error:  # a checksum mismatch or a body that does not decode
+                raise StreamBroken(f"a record that does not verify: {error}") from None
+            if record.prev_volume != self._last_lsn or record.lsn <= self._last_lsn:
+                raise StreamBroken(f"record {record.lsn} follows {record.prev_volume}, but the last one "
+                                   f"received is {self._last_lsn}: a gap in the stream")
             self._last_lsn = record.lsn
             self._pending.append((record, len(body)))
             self._pending_bytes += len(body)
@@ -67,7 +73,7 @@ class ReplicaState:
     def on_state(self, frame: dict, now_ms: float) -> list[Record]:
         """A state frame: returns the records to apply now (at or below its VDL), in LSN order,
         and takes its snapshot. Apply them and adopt the snapshot in the same engine turn."""
-        vdl = int(frame["vdl"])
+        vdl, snapshot, at_ms = int(frame["vdl"]), _snapshot_of(frame), float(frame["at_ms"])  # all before any change
         if vdl < self.applied_lsn:
             raise StreamBroken(f"VDL {vdl} is below the applied {self.applied_lsn}")
         count = 0
@@ -75,8 +81,9 @@ class ReplicaState:
             if record.lsn > vdl:
                 break
             count += 1
-        if count and not self._pending[count - 1][0].cpl:
-            raise StreamBroken(f"VDL {vdl} ends inside an MTR (record {self._pending[count - 1][0].lsn} is not its last)")
+        if vdl > self.applied_lsn and not (count and self._pending[count - 1][0].lsn == vdl
+                                            and self._pending[count - 1][0].cpl):
+            raise StreamBroken(f"VDL {vdl} is not the last record of an MTR received")
         ready = []
         for _ in range(count):
             record, size = self._pending.popleft()
@@ -84,8 +91,8 @@ class ReplicaState:
             self.pg_points[record.pg] = record.lsn
             ready.append(record)
         self.applied_lsn = vdl
-        self.snapshot = _snapshot_of(frame)
-        self._note_lag(now_ms - float(frame["at_ms"]))
+        self.snapshot = snapshot
+        self._note_lag(now_ms - at_ms)
         return ready
 
     def _note_lag(self, lag_ms: float) -> None:

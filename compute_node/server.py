@@ -31,6 +31,7 @@ from aurora_db.constants import (
     RECONNECT_INTERVAL_MS,
     ROLE_CHANGE_GRACE_MS,
     STARTUP_PROBE_MS,
+    STORAGE_STATUS_TIMEOUT_MS,
     STREAM_HEARTBEAT_MS,
 )
 from aurora_db.errors import CannotConnectNow, DatabaseError, StaleEpoch
@@ -44,6 +45,10 @@ from compute_node.session import EngineSession
 from compute_node.storage_client import NodeUnreachable, RequestFailed, StorageClient
 
 log = logging.getLogger("compute_node")
+
+ADMIN_STATUS = "status"
+ADMIN_PROMOTE = "promote"
+ADMIN_DEMOTE = "demote"
 
 
 class Role(enum.Enum):
@@ -79,7 +84,7 @@ class ComputeNode:
         self.pg_context = pg_server.ServerContext(self._new_session, pg_server.SERVER_VERSION,
                                                   pg_server.PGWIRE_CONNECTIONS_MAX)
         self._follower: asyncio.Task | None = None  # a reader's stream
-        self._epoch_watch: asyncio.Task | None = None  # a writer's check for a newer epoch
+        self._writer_tasks: list[asyncio.Task] = []  # a writer's heartbeats and check for a newer epoch
         self._role_change: asyncio.Lock | None = None  # one role change at a time (made on the loop)
         self._tasks: set[asyncio.Task] = set()
 
@@ -155,15 +160,17 @@ class ComputeNode:
             if link.connected.is_set():
                 for pg, scl in link.last_scls.items():
                     engine.log_writer.on_ack(pg, link.node_id, scl)
-        await engine.call(engine.open_volume)
         stream = RedoStream(asyncio.get_running_loop(), volume.epoch, engine.log_writer.tracker,
                             engine.transactions.snapshot)
-        engine.log_writer.on_shipped = stream.publish
+        engine.log_writer.on_shipped = stream.publish  # before the first MTR: readers miss no record
         engine.log_writer.on_vdl_advanced = stream.notify
         engine.transactions.on_end = stream.notify
         self.stream = stream
+        await engine.call(engine.open_volume)
         self._transition("recovered")
-        self._epoch_watch = asyncio.get_running_loop().create_task(self._watch_epoch(client, volume.epoch, stream))
+        loop = asyncio.get_running_loop()
+        self._writer_tasks = [loop.create_task(self._heartbeats(stream)),
+                              loop.create_task(self._watch_epoch(client, volume.epoch))]
         host, port = self.args.listen
         log.info("writer ready on %s:%d (epoch %d, VDL %d)", host, port, volume.epoch, volume.vdl)
 
@@ -185,7 +192,7 @@ class ComputeNode:
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), STARTUP_PROBE_MS / 1000)
             try:
-                writer.write(encode_frame({"t": "status", "id": 1}))
+                writer.write(encode_frame({"t": ADMIN_STATUS, "id": 1}))
                 reply = await asyncio.wait_for(read_frame(reader), STARTUP_PROBE_MS / 1000)
             finally:
                 writer.close()
@@ -196,14 +203,17 @@ class ComputeNode:
             return True
         return False
 
-    async def _watch_epoch(self, client: StorageClient, epoch: int, stream: RedoStream) -> None:
-        """A writer's heartbeat to its readers; and, since a writer that has nothing to write
-        never hears that a newer epoch took over, a look at storage every FOLLOW_IDLE_CHECK_MS."""
-        beats_per_check = max(1, FOLLOW_IDLE_CHECK_MS // STREAM_HEARTBEAT_MS)
+    @staticmethod
+    async def _heartbeats(stream: RedoStream) -> None:
+        """A writer's state to its readers at least every STREAM_HEARTBEAT_MS."""
         while True:
-            for _ in range(beats_per_check):
-                await asyncio.sleep(STREAM_HEARTBEAT_MS / 1000)
-                stream.heartbeat()
+            await asyncio.sleep(STREAM_HEARTBEAT_MS / 1000)
+            stream.heartbeat()
+
+    async def _watch_epoch(self, client: StorageClient, epoch: int) -> None:
+        """A writer that has nothing to write never hears that a newer epoch took over: ask."""
+        while True:
+            await asyncio.sleep(FOLLOW_IDLE_CHECK_MS / 1000)
             _, newest = await self._find_writer(client)
             if newest > epoch:
                 self._on_fenced(f"storage holds epoch {newest}, newer than this writer's {epoch}")
@@ -211,11 +221,11 @@ class ComputeNode:
 
     async def _stop_engine(self) -> None:
         """Drop the engine, the redo stream and the storage client (a role change, or the end)."""
-        for task in (self._follower, self._epoch_watch):
+        for task in [self._follower, *self._writer_tasks]:
             if task is not None and task is not asyncio.current_task():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        self._follower = self._epoch_watch = None
+        self._follower, self._writer_tasks = None, []
         self.following = None
         if self.stream is not None:
             self.stream.close()
@@ -245,8 +255,8 @@ class ComputeNode:
             await self._stop_engine()
             try:
                 await self._become_writer()
-            except (DatabaseError, OSError) as error:
-                log.error("promotion failed: %s", error)
+            except Exception as error:  # whatever recovery met: go back to following, never stay stuck
+                log.error("promotion failed: %r", error)
                 await self._stop_engine()
                 self._transition("promotion_failed")
                 self._start_following()
@@ -294,8 +304,7 @@ class ComputeNode:
                 try:
                     await self._follow(client, address)
                     last_failure = None
-                except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, FrameError, StreamBroken,
-                        KeyError, TypeError, ValueError) as error:
+                except Exception as error:  # the stream ends; reads go on at what was applied
                     failure = f"redo stream from {address}: {error!r}"
                     log.log(logging.INFO if failure != last_failure else logging.DEBUG, "%s", failure)
                     last_failure = failure  # the same failure every RECONNECT_INTERVAL_MS is logged once
@@ -305,13 +314,16 @@ class ComputeNode:
 
     async def _find_writer(self, client: StorageClient) -> tuple[str | None, int]:
         """The admin address of the writer of the newest epoch any reachable storage node knows."""
-        best: tuple[int, str | None] = (-1, None)
-        for link in client.links.values():
-            if not link.connected.is_set():
-                continue
+        async def ask(link):
             try:
-                reply = await link.request({"t": "status"})
+                return await link.request({"t": "status"}, STORAGE_STATUS_TIMEOUT_MS)
             except (NodeUnreachable, RequestFailed):
+                return None
+
+        replies = await asyncio.gather(*(ask(link) for link in client.links.values() if link.connected.is_set()))
+        best: tuple[int, str | None] = (-1, None)
+        for reply in replies:
+            if reply is None:
                 continue
             epoch, writer = reply.get("epoch", 0), reply.get("writer")
             if epoch > best[0] or (epoch == best[0] and best[1] is None):
@@ -326,37 +338,50 @@ class ComputeNode:
             writer.write(encode_frame({"t": FOLLOW, "id": 1}))
             hello = await asyncio.wait_for(read_frame(reader), FOLLOW_IDLE_CHECK_MS / 1000)
             if not hello.get("ok"):
-                log.info("%s does not stream redo: %s", address, hello.get("message"))
-                return
+                raise StreamBroken(f"it does not stream redo: {hello.get('message')}")
             state = ReplicaState(hello, wall_clock_ms())
             if self.engine is None:
                 client.epoch = state.epoch
                 self.engine = Engine(asyncio.get_running_loop(), client, None, self.args.cache_pages, replica=state)
             else:
                 if state.applied_lsn < self.engine.replica.applied_lsn:  # never go back in time
-                    log.warning("%s starts at VDL %d, below the applied %d: not following it", address,
-                                state.applied_lsn, self.engine.replica.applied_lsn)
-                    return
+                    raise StreamBroken(f"it starts at VDL {state.applied_lsn}, below the applied "
+                                       f"{self.engine.replica.applied_lsn}")
                 client.epoch = state.epoch
                 await self.engine.restart_stream(state)
             self.following = address
             log.info("following the writer at %s (epoch %d) from VDL %d", address, state.epoch, state.applied_lsn)
+            await self._apply_frames(client, reader, state, address)
+        finally:
+            writer.close()
+
+    async def _apply_frames(self, client: StorageClient, reader: asyncio.StreamReader, state: ReplicaState,
+                            address: str) -> None:
+        """Until the stream ends, or storage holds a newer epoch than the writer followed (asked
+        every FOLLOW_IDLE_CHECK_MS, frames or not: a writer cut off from storage may still send)."""
+        loop = asyncio.get_running_loop()
+        next_check = loop.time() + FOLLOW_IDLE_CHECK_MS / 1000
+        frame_read = loop.create_task(read_frame(reader))  # never cancelled mid-frame: one read at a time
+        try:
             while True:
-                try:
-                    frame = await asyncio.wait_for(read_frame(reader), FOLLOW_IDLE_CHECK_MS / 1000)
-                except asyncio.TimeoutError:
-                    _, epoch = await self._find_writer(client)  # a quiet writer, or a paused one?
+                done, _ = await asyncio.wait({frame_read}, timeout=max(0.0, next_check - loop.time()))
+                if loop.time() >= next_check:
+                    next_check = loop.time() + FOLLOW_IDLE_CHECK_MS / 1000
+                    _, epoch = await self._find_writer(client)
                     if epoch > state.epoch:
                         log.info("epoch %d has a newer writer than %s: leaving it", epoch, address)
                         return
+                if not done:
                     continue
+                frame = frame_read.result()
+                frame_read = loop.create_task(read_frame(reader))
                 kind = frame.get("t")
                 if kind == RECORDS:
                     state.on_records(frame["records"])
                 elif kind == STATE:
                     await self.engine.apply_stream(frame, wall_clock_ms())
         finally:
-            writer.close()
+            frame_read.cancel()
 
     # --- admin port ----------------------------------------------------------------------------
 
@@ -380,11 +405,11 @@ class ComputeNode:
                         await self._serve_follower(reader, writer, self.stream)
                         return
                     reply = {"ok": False, "error": "not_writer", "message": f"this node is {self.role.value}"}
-                elif kind == "status":
+                elif kind == ADMIN_STATUS:
                     reply = {"ok": True, **self.status()}
-                elif kind == "promote":
+                elif kind == ADMIN_PROMOTE:
                     reply = await self.promote()
-                elif kind == "demote":
+                elif kind == ADMIN_DEMOTE:
                     reply = await self.demote()
                 else:
                     reply = {"ok": False, "error": "bad_request", "message": f"unknown request type {kind!r}"}

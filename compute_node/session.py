@@ -202,12 +202,16 @@ class EngineSession:
         self.engine = engine
         self.state = BlockState.IDLE
         self.xid: int | None = None
-        self.settings = dict(DEFAULT_SETTINGS if not engine.read_only else READER_SETTINGS)
+        self.settings = dict(self._defaults)
         self.writes = 0  # statements run that may have written: a savepoint remembers the count
         self.savepoints: list[tuple[str, int]] = []
         self.snapshot = None  # REPEATABLE READ: the transaction's, from its first statement
         self.queried = False  # a statement of the transaction took its snapshot
         self.statement_undo: list | None = None  # the engine's, while a statement runs (write_plans.py)
+
+    @property
+    def _defaults(self) -> dict[str, str]:
+        return READER_SETTINGS if self.engine.read_only else DEFAULT_SETTINGS
 
     @property
     def transaction_status(self) -> str:
@@ -363,9 +367,9 @@ class EngineSession:
         if kind == "reset":
             (name,) = statement.setting
             if name == "all":
-                self.settings = dict(DEFAULT_SETTINGS if not self.engine.read_only else READER_SETTINGS)
-            elif name in DEFAULT_SETTINGS:
-                self.settings[name] = (DEFAULT_SETTINGS if not self.engine.read_only else READER_SETTINGS)[name]
+                self.settings = dict(self._defaults)
+            elif name in self._defaults:
+                self.settings[name] = self._defaults[name]
             else:
                 self.settings.pop(name, None)
             return Result("RESET")

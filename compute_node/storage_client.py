@@ -259,6 +259,11 @@ class NodeLink:
             self.last_status = reply
             if not self.client.is_writer:
                 break  # a reader only reads: it never raises an epoch or truncates
+            if epoch is not None and reply["epoch"] > epoch:
+                # Its SCLs count a newer writer's records: never let them into this writer's VDL.
+                message = f"the node holds epoch {reply['epoch']}, newer than this writer's {epoch}"
+                self.client.on_fenced(self.node_id, message)
+                raise RequestFailed(self.node_id, sp.ERROR_STALE_EPOCH, message)
             if epoch is not None and reply["epoch"] < epoch:
                 try:
                     reply = await self._send_request({"t": sp.SET_EPOCH, "epoch": epoch,

@@ -217,6 +217,10 @@ class Transactions:
                 if not waits:
                     del self._ended[blocker]
 
+    def forget_statuses(self) -> None:
+        """Drop the remembered final statuses (a reader attaching to a new writer reads them again)."""
+        self._final.clear()
+
     def status(self, xid: int) -> int:
         if xid == BOOTSTRAP_XID:
             return XID_COMMITTED

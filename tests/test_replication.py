@@ -119,11 +119,19 @@ async def test_a_broken_stream_is_refused_not_applied():
     writer.stream.subscribe(follower)
     writer.mtr(1)
     writer.mtr(2)
-    hello, first, second = follower.frames
-    replica = ReplicaState(hello)
-    replica.on_records(second["records"])
-    with pytest.raises(StreamBroken):  # out of order
-        replica.on_records(first["records"])
+    writer.mtr(3)
+    hello, first, second, third = follower.frames
+    with pytest.raises(StreamBroken):  # a gap: record 2 names record 1, which never came
+        ReplicaState(hello).on_records(second["records"])
+    skipped = ReplicaState(hello)
+    skipped.on_records(first["records"])
+    with pytest.raises(StreamBroken):  # record 2 lost in between
+        skipped.on_records(third["records"])
+    early = ReplicaState(hello)
+    early.on_records(first["records"])
+    with pytest.raises(StreamBroken):  # a VDL at a record that has not arrived
+        early.on_state({"vdl": 2, "xmax": 1030, "active": [], "at_ms": 0}, 0)
+    assert early.applied_lsn == 0 and early.lag_lsn == 1  # nothing taken from a refused frame
     replica = ReplicaState(hello)
     replica.on_records(first["records"] + second["records"])
     replica.on_state({"vdl": 2, "xmax": 1030, "active": [], "at_ms": 0}, 0)

@@ -1,6 +1,8 @@
 """A real storage-node process over TCP: appends of two PGs, GetPage@LSN, the epoch fence,
-SIGKILL and restart on the same data, bad bytes on one connection, concurrent group-fsynced appends."""
+SIGKILL and restart on the same data, bad bytes on one connection, concurrent group-fsynced appends,
+and a writer link meeting a newer epoch."""
 
+import asyncio
 import os
 import signal
 import socket
@@ -16,6 +18,7 @@ from aurora_db import pages
 from aurora_db import storage_protocol as sp
 from aurora_db.constants import FRAME_BYTES_MAX, PAGES_PER_PG
 from aurora_db.framing import FrameDecoder, encode_frame
+from compute_node.storage_client import StorageClient
 from tests.record_builder import RecordBuilder
 
 START_TIMEOUT_S = 15
@@ -333,3 +336,26 @@ def test_every_acked_scl_survives_sigkill_in_the_middle_of_appends(node):
     scls = node.client().call({"t": sp.STATUS})["pgs"]
     for pg, scl in acked_at_kill.items():
         assert scls.get(pg, 0) >= scl, (pg, scls, acked_at_kill)
+
+
+async def test_a_writer_whose_epoch_is_older_than_a_nodes_is_fenced_and_never_counts_its_scls(node):
+    """A replaced writer whose link reconnects must not take the new writer's SCLs for its own
+    records' durability: that would acknowledge commits the new writer's recovery threw away."""
+    client = node.client()
+    client.call({"t": sp.SET_EPOCH, "epoch": 5, "writer": "127.0.0.1:7021"})
+    append_all(client, two_pg_workload()[1], epoch=5)
+    acks, fenced = [], []
+    old_writer = StorageClient([("a1", "127.0.0.1", node.port)], on_ack=lambda *ack: acks.append(ack),
+                               on_forget=lambda node_id: None, on_fenced=fenced.append, is_writer=True,
+                               writer_address="127.0.0.1:7020")
+    old_writer.epoch = 3
+    old_writer.start()
+    try:
+        deadline = time.monotonic() + REPLY_TIMEOUT_S
+        while not fenced and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    finally:
+        await old_writer.stop()
+    assert fenced and "epoch 5" in fenced[0]
+    assert acks == []
+    assert client.call({"t": sp.STATUS})["writer"] == "127.0.0.1:7021"  # the old writer changed nothing
