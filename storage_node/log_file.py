@@ -45,9 +45,10 @@ assert HEADER_BYTES == 16
 LOG_SUFFIX = ".log"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)
 class RecordEntry:
-    """A redo record as it travels and rests: its decoded form, the sender's checksum and body."""
+    """A redo record as it travels and rests: its decoded form, the sender's checksum and body.
+    Never changed once made (not frozen only because that costs more per record)."""
 
     record: Record
     crc: int

@@ -37,6 +37,7 @@ from aurora_db.constants import (
     BATCH_RECORDS_MAX,
     CHAIN_RECORDS_MAX,
     PAGE_ID_MAX,
+    PAGES_PER_PG,
     READ_RECORDS_BYTES_MAX,
     READ_RECORDS_MAX,
     WRITER_ADDRESS_BYTES_MAX,
@@ -251,6 +252,7 @@ class Node:
         if len(sealed) > BATCH_RECORDS_MAX:
             raise BadRequest(f"{len(sealed)} records in one append exceed the limit of {BATCH_RECORDS_MAX}")
         entries = []
+        ops = pages.OPS
         for item in sealed:
             if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], int) and isinstance(item[1], bytes)):
                 raise BadRequest("each record must be [crc, body] with an integer crc and a binary body")
@@ -261,15 +263,18 @@ class Node:
             except Exception as error:
                 raise BadRequest(f"record body does not decode: {error!r}") from None
             record = entry.record
-            if record.pg != pg:
-                raise BadRequest(f"record {record.lsn} is for page {record.page_id} of PG {record.pg}, not PG {pg}")
-            if not (0 <= record.page_id < PAGE_ID_MAX):
-                raise BadRequest(f"record {record.lsn} names page {record.page_id}, outside 0..{PAGE_ID_MAX}")
-            if not all(isinstance(v, int) and 0 <= v < record.lsn
-                       for v in (record.prev_volume, record.prev_pg, record.prev_page)):
-                raise BadRequest(f"record {record.lsn} has backlinks that do not point below it")
-            if record.op not in pages.OPS:
-                raise BadRequest(f"record {record.lsn} has unknown op {record.op!r}")
+            lsn, page_id = record.lsn, record.page_id
+            if not (isinstance(page_id, int) and 0 <= page_id < PAGE_ID_MAX):
+                raise BadRequest(f"record {lsn} names page {page_id}, outside 0..{PAGE_ID_MAX}")
+            if page_id // PAGES_PER_PG != pg:
+                raise BadRequest(f"record {lsn} is for page {page_id} of PG {record.pg}, not PG {pg}")
+            prev_volume, prev_pg, prev_page = record.prev_volume, record.prev_pg, record.prev_page
+            if not (type(lsn) is int and type(prev_volume) is int and type(prev_pg) is int  # noqa: E721 (no bool)
+                    and type(prev_page) is int and 0 <= prev_volume < lsn and 0 <= prev_pg < lsn
+                    and 0 <= prev_page < lsn):
+                raise BadRequest(f"record {lsn} has backlinks that do not point below it")
+            if record.op not in ops:
+                raise BadRequest(f"record {lsn} has unknown op {record.op!r}")
             entries.append(entry)
         entries.sort(key=lambda e: e.lsn)  # written and applied in LSN order: fewer pending records
         return entries

@@ -83,6 +83,7 @@ class Segment:
         self._page_inits: dict[int, list[int]] = {}  # page_id -> chain LSNs of its init records
         self._cache: collections.OrderedDict[int, _CachedPage] = collections.OrderedDict()
         self.truncation_ranges: list[tuple[int, int]] = []  # (above_lsn, lsn_floor]: refused forever
+        self._highest_floor = 0  # the highest lsn_floor of those ranges
         self.vdl_hint = 0  # highest writer VDL named by a chain record: a known durable point
 
     # --- state --------------------------------------------------------------------------------
@@ -101,6 +102,8 @@ class Segment:
         return held is not None and held.body == entry.body
 
     def in_truncated_range(self, lsn: int) -> bool:
+        if lsn > self._highest_floor:  # every record of the current epoch: no range to scan
+            return False
         return any(above < lsn <= floor for above, floor in self.truncation_ranges)
 
     # --- input --------------------------------------------------------------------------------
@@ -222,6 +225,7 @@ class Segment:
         heapq.heapify(self._pending_heap)
         if lsn_floor is not None and lsn_floor > above_lsn and (above_lsn, lsn_floor) not in self.truncation_ranges:
             self.truncation_ranges.append((above_lsn, lsn_floor))
+            self._highest_floor = max(self._highest_floor, lsn_floor)
         self._drain_pending()
         result = self.add(sorted(survivors, key=lambda e: e.lsn))
         unchained = sum(1 for entry in survivors if entry.lsn > self.scl)
