@@ -4,10 +4,10 @@ its engine uses.
 
 ReplicaState is the sans-I/O core: records in (whole MTRs, in LSN order), state frames in, and
 out the records to apply, which are exactly those at or below the frame's VDL. Invariants:
-  - Nothing above VDL is ever applied, and an MTR is applied whole or not at all (VDL is always
-    an MTR's last record).
+  - Nothing above VDL is ever applied, and an MTR is applied whole or not at all (a VDL must be
+    the last record of an MTR received).
   - The records received form one chain: each names the one before it (prev_volume), starting at
-    the hello's VDL, so a gap is noticed, never skipped; a VDL is always an MTR's last record.
+    the hello's VDL, so a gap is noticed, never skipped.
   - While it follows one writer, `applied_lsn` and the snapshot never move back; the snapshot read
     with a VDL sees only commits at or below it (the writer's own rule), so a query on a reader
     sees a state that existed on the writer.
