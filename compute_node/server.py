@@ -23,7 +23,6 @@ import asyncio
 import enum
 import logging
 import os
-import signal
 
 from aurora_db.constants import (
     FOLLOW_IDLE_CHECK_MS,
@@ -36,6 +35,7 @@ from aurora_db.constants import (
 )
 from aurora_db.errors import CannotConnectNow, DatabaseError, StaleEpoch
 from aurora_db.framing import FrameError, encode_frame, read_frame
+from aurora_db.process import run_until_stopped
 from compute_node import pg_server
 from compute_node.engine import Engine
 from compute_node.recovery import recover
@@ -437,22 +437,4 @@ def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.node_id} %(name)s %(levelname)s %(message)s")
     if args.data:
         os.makedirs(args.data, exist_ok=True)
-    try:
-        import uvloop
-        uvloop.install()
-    except ImportError:
-        pass
-
-    async def main():
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            await ComputeNode(args).serve(stop)
-        except DatabaseError as error:
-            log.error("cannot start: %s", error)
-            return 1
-        return 0
-
-    return asyncio.run(main())
+    return run_until_stopped(lambda stop: ComputeNode(args).serve(stop), (DatabaseError,), log)

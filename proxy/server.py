@@ -16,12 +16,12 @@ import asyncio
 import dataclasses
 import logging
 import os
-import signal
 import struct
 import time
 
 from aurora_db.constants import PGWIRE_CLOSE_TIMEOUT_MS, PGWIRE_STARTUP_TIMEOUT_MS, RECOVERY_TIMEOUT_MS
 from aurora_db.framing import FrameError, encode_frame, read_frame
+from aurora_db.process import run_until_stopped
 from aurora_db.pgwire import (CANCEL_REQUEST_CODE, SSL_REFUSED, FrontendDecoder, GSSENCRequest, ProtocolError,
                               SSLRequest, StartupMessage, encode_error_response)
 from proxy.routing import (FAILURE_THRESHOLD_DEFAULT, HEALTH_INTERVAL_MS_DEFAULT, REPLICA_LAG_MS_MAX_DEFAULT,
@@ -495,22 +495,4 @@ def run(args) -> int:
         return 1
     if args.data:
         os.makedirs(args.data, exist_ok=True)
-    try:
-        import uvloop
-        uvloop.install()
-    except ImportError:
-        pass
-
-    async def main() -> int:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        try:
-            await Proxy(config).serve(stop)
-        except OSError as error:
-            log.error("cannot start: %s", error)
-            return 1
-        return 0
-
-    return asyncio.run(main())
+    return run_until_stopped(lambda stop: Proxy(config).serve(stop), (OSError,), log)
