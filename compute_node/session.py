@@ -30,8 +30,8 @@ from compute_node import introspection
 from compute_node import sql_types as t
 from compute_node.backend import Column, CopyOut, Result, TEXT_OID
 from compute_node.engine import Engine, StalePlan
-from compute_node.replica import READ_ONLY_MESSAGE
 from compute_node.executor import Plan
+from compute_node.replica import READ_ONLY_MESSAGE
 from compute_node.transactions import ROW_LOCK_WAIT_MS_MAX, SNAPSHOT_PER_TRANSACTION, LockNotAvailable, RowLockWait
 
 log = logging.getLogger(__name__)
