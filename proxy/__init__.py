@@ -1,1 +1,2 @@
-"""Proxy: writer and reader endpoints with health checks and failover (a later issue)."""
+"""The proxy: a writer endpoint and a reader endpoint in front of the compute nodes, with health
+checks and failover (routing.py decides, server.py carries it out)."""
