@@ -50,6 +50,15 @@ log = logging.getLogger(__name__)
 PARSE_CACHE_ENTRIES_MAX = 1024
 
 
+def check_result_type(plan: Plan, described: list) -> None:
+    """A plan made again for a described statement must return the columns the client was told
+    (names, types, type modifiers), or the statement fails before it runs: PostgreSQL's rule for
+    a prepared statement whose tables changed."""
+    shape = [(c.name, c.type_oid, c.type_modifier) for c in plan.columns or []]
+    if shape != [(c.name, c.type_oid, c.type_modifier) for c in described]:
+        raise FeatureNotSupported("cached plan must not change result type")
+
+
 class StalePlan(Exception):
     """A reshaped statement's tables changed since it was prepared: prepare it again."""
 
@@ -252,7 +261,8 @@ class Engine:
         return plan, is_current
 
     def run(self, node: exp.Expression, plan: Plan, param_types: list[str], params: list, session,
-            autocommit: bool, reshaped: bool = False) -> tuple[Plan, object, int | None]:
+            autocommit: bool, reshaped: bool = False, described: list | None = None
+            ) -> tuple[Plan, object, int | None]:
         """Run a statement; replan first if a table it was planned against changed.
 
         With `autocommit`, a statement that wrote also logs its commit record here, so the
@@ -260,13 +270,17 @@ class Engine:
         (plan, result, commit LSN or None). A `reshaped` statement (a cached template with its
         literals bound) whose plan went stale raises StalePlan: its literals were typed for the
         old tables, so the session prepares it again from its text, as written (a cached plan is
-        checked against a fresh snapshot, which under REPEATABLE READ may not be the session's)."""
+        checked against a fresh snapshot, which under REPEATABLE READ may not be the session's).
+        `described`: the result columns a client was told (an extended-protocol statement); a new
+        plan must give the same ones (check_result_type)."""
         snapshot = session.statement_snapshot(self.transactions)
         replan, is_current = self._planner_for(self.catalog.tables(snapshot, session.xid))
         if not is_current(plan):
             if reshaped:
                 raise StalePlan()
             plan, _ = replan(node, param_types)
+            if described is not None:
+                check_result_type(plan, described)
         context = Context(self.store, self.transactions, self.catalog, snapshot, session, params, session.settings)
         result, commit_lsn = self._undoable(session, self._run_and_commit, plan, context, autocommit)
         return plan, result, commit_lsn

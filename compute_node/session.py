@@ -29,7 +29,7 @@ from compute_node import copy as copy_text
 from compute_node import introspection
 from compute_node import sql_types as t
 from compute_node.backend import Column, CopyOut, Result, TEXT_OID
-from compute_node.engine import Engine, StalePlan
+from compute_node.engine import Engine, StalePlan, check_result_type
 from compute_node.executor import Plan
 from compute_node.replica import READ_ONLY_MESSAGE
 from compute_node.transactions import ROW_LOCK_WAIT_MS_MAX, SNAPSHOT_PER_TRANSACTION, LockNotAvailable, RowLockWait
@@ -398,6 +398,8 @@ class EngineSession:
             except StalePlan:  # prepared again as written, then planned against this session's tables
                 statement.node, statement.plan, statement.param_types, statement.bound_values = \
                     await self.engine.call_restartable(self.engine.prepare, statement.sql, [], self.xid, False)
+                if statement.extended:
+                    check_result_type(statement.plan, statement.columns or [])
                 statement.plan, result, commit_lsn = await self._run(statement, params, autocommit)
         except Exception as error:
             raise await self._statement_failed(error, implicit, statement.sql) from None
@@ -412,8 +414,10 @@ class EngineSession:
 
     async def _run(self, statement: Statement, params: list, autocommit: bool):
         params = statement.bound_values + params if statement.bound_values else params
+        described = (statement.columns or []) if statement.extended else None  # what Describe told the client
         return await self.call_waiting(statement.plan.restartable, self.engine.run, statement.node, statement.plan,
-                                       statement.param_types, params, self, autocommit, bool(statement.bound_values))
+                                       statement.param_types, params, self, autocommit, bool(statement.bound_values),
+                                       described)
 
     def _set_isolation(self, name: str, level: str) -> Result:
         """SET [SESSION CHARACTERISTICS AS] TRANSACTION ISOLATION LEVEL, or the settings themselves."""

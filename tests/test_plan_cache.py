@@ -143,3 +143,33 @@ def test_a_template_made_stale_inside_a_repeatable_read_transaction_runs_as_writ
         assert session.execute("SELECT count(*) FROM shapes_rr WHERE id > 0").fetchone() == (2,)
         session.execute("COMMIT")
         other.execute("DROP TABLE shapes_rr")
+
+
+def test_a_prepared_statement_whose_result_columns_changed_fails_with_0A000(sql_cluster, postgres_server):
+    """A prepared statement's row description was sent when it was described: after ALTER TABLE
+    adds a column, `SELECT *` would return other columns, so PostgreSQL refuses to run it
+    ("cached plan must not change result type") and nothing happens; a plan that still gives
+    the same columns runs."""
+    outcomes = []
+    for server in (sql_cluster, postgres_server):
+        with psycopg.connect(server.url, autocommit=True) as session, \
+                psycopg.connect(server.url, autocommit=True) as other:
+            other.execute("DROP TABLE IF EXISTS result_shape")
+            other.execute("CREATE TABLE result_shape (id int PRIMARY KEY, v text)")
+            other.execute("INSERT INTO result_shape VALUES (1, 'a')")
+            star = "SELECT * FROM result_shape WHERE id = %s"
+            named = "SELECT v FROM result_shape WHERE id = %s"
+            returning = "UPDATE result_shape SET v = v || 'x' WHERE id = %s RETURNING *"
+            first = [session.execute(sql, (1,), prepare=True).fetchall() for sql in (star, named, returning)]
+            other.execute("ALTER TABLE result_shape ADD COLUMN w int DEFAULT 5")
+            outcome = [first]
+            for sql in (star, named, returning):
+                try:
+                    outcome.append(session.execute(sql, (1,), prepare=True).fetchall())
+                except psycopg.Error as error:
+                    outcome.append((error.sqlstate, str(error).splitlines()[0]))
+            outcome.append(other.execute("SELECT * FROM result_shape").fetchall())
+            outcomes.append(outcome)
+            other.execute("DROP TABLE result_shape")
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[1][1][0] == "0A000"
