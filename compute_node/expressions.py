@@ -314,6 +314,15 @@ def _comparable(left_fn, left, right_fn, right):
     return left_fn, right_fn
 
 
+def _common_numeric(fns_types: list[tuple]) -> list:
+    """Values compared with one another (IN, BETWEEN, CASE): where a numeric meets a float, every
+    numeric becomes float8, PostgreSQL's common type for the two. Returns the functions."""
+    types = {type_name for _, type_name in fns_types}
+    if "numeric" in types and types & set(t.FLOATS):
+        return [_as_float(fn) if type_name == "numeric" else fn for fn, type_name in fns_types]
+    return [fn for fn, _ in fns_types]
+
+
 def _as_float(fn):
     return lambda row, params: None if (v := fn(row, params)) is None else float(v)
 
@@ -531,8 +540,9 @@ def _is(node: exp.Is, scope, expected):
 
 def _between(node: exp.Between, scope, expected):
     value_fn, value_type = compile_expr(node.this, scope)
-    low_fn, _ = compile_expr(node.args["low"], scope, value_type)
-    high_fn, _ = compile_expr(node.args["high"], scope, value_type)
+    value_fn, low_fn, high_fn = _common_numeric([
+        (value_fn, value_type), compile_expr(node.args["low"], scope, value_type),
+        compile_expr(node.args["high"], scope, value_type)])
 
     def between(row, params):
         value, low, high = value_fn(row, params), low_fn(row, params), high_fn(row, params)
@@ -552,7 +562,8 @@ def _in(node: exp.In, scope, expected):
     if node.args.get("unnest") or node.args.get("field"):
         raise FeatureNotSupported("IN with UNNEST is not supported")
     value_fn, value_type = compile_expr(node.this, scope)
-    item_fns = [compile_expr(item, scope, value_type)[0] for item in node.expressions]
+    value_fn, *item_fns = _common_numeric(
+        [(value_fn, value_type)] + [compile_expr(item, scope, value_type) for item in node.expressions])
     if value_type == "bpchar":
         value_fn, item_fns = _unpadded(value_fn), [_unpadded(item_fn) for item_fn in item_fns]
     if all(isinstance(item, (exp.Literal, exp.Null)) for item in node.expressions):
@@ -629,13 +640,18 @@ def _abs(node, scope, expected):
 def _case(node: exp.Case, scope, expected):
     subject = node.this
     subject_fn, subject_type = compile_expr(subject, scope) if subject is not None else (None, None)
-    branches = []
+    conditions, values = [], []
     result_type = "unknown"
     for branch in node.args.get("ifs", []):
-        cond_fn, _ = compile_expr(branch.this, scope, subject_type or "bool")
+        conditions.append(compile_expr(branch.this, scope, subject_type or "bool"))
         value_fn, value_type = compile_expr(branch.args["true"], scope, expected)
         result_type = value_type if result_type == "unknown" else result_type
-        branches.append((cond_fn, value_fn))
+        values.append(value_fn)
+    if subject_fn is not None:  # CASE x WHEN a ...: x = a, in the common type of x and every a
+        subject_fn, *condition_fns = _common_numeric([(subject_fn, subject_type)] + conditions)
+    else:
+        condition_fns = [fn for fn, _ in conditions]
+    branches = list(zip(condition_fns, values))
     default = node.args.get("default")
     default_fn = compile_expr(default, scope, result_type)[0] if default is not None else (lambda row, params: None)
 
@@ -655,6 +671,7 @@ def _null_safe(equal: bool):
         left_fn, left, right_fn, right = _operands(node, scope)
         if _type_class(left) != _type_class(right) and "unknown" not in (left, right):
             raise UndefinedFunction(f"operator does not exist: {t.DISPLAY[left]} = {t.DISPLAY[right]}")
+        left_fn, right_fn = _comparable(left_fn, left, right_fn, right)
 
         def same(row, params):
             a, b = left_fn(row, params), right_fn(row, params)
@@ -666,9 +683,14 @@ def _null_safe(equal: bool):
 
 
 def _nullif(node, scope, expected):
+    """NULLIF(a, b): a unless a = b. What is returned is the first argument of that `=`, so a
+    numeric beside a float comes back as float8, as in PostgreSQL."""
     left_fn, left, right_fn, right = _operands(node, scope)
     if _type_class(left) != _type_class(right) and "unknown" not in (left, right):
         raise UndefinedFunction(f"operator does not exist: {t.DISPLAY[left]} = {t.DISPLAY[right]}")
+    promoted = left == "numeric" and right in t.FLOATS
+    if promoted or (right == "numeric" and left in t.FLOATS):
+        left_fn, right_fn = _comparable(left_fn, left, right_fn, right)
 
     def nullif(row, params):
         a = left_fn(row, params)
@@ -676,7 +698,7 @@ def _nullif(node, scope, expected):
             return None
         b = right_fn(row, params)
         return None if b is not None and a == b else a
-    return nullif, left if left != "unknown" else right
+    return nullif, "float8" if promoted else left if left != "unknown" else right
 
 
 def _subquery_handler(name):
