@@ -99,6 +99,9 @@ def compile_any(node: exp.Expression, scope, compare, symbol: str):
         left_fn, left = _compile(node.this, scope, element)
     if _type_class(left) != _type_class(element):
         raise UndefinedFunction(f"operator does not exist: {t.DISPLAY[left]} {symbol} {t.DISPLAY[element]}")
+    # a numeric beside a float compares as float8, as the scalar operators do
+    value_key = float if left == "numeric" and element in t.FLOATS else None
+    item_key = float if element == "numeric" and left in t.FLOATS else None
 
     def any_matches(row, params):
         value = left_fn(row, params)
@@ -107,11 +110,13 @@ def compile_any(node: exp.Expression, scope, compare, symbol: str):
             return None
         if value is None:
             return None if array else False
+        if value_key is not None:
+            value = value_key(value)
         saw_null = False
         for item in array:
             if item is None:
                 saw_null = True
-            elif compare(value, item):
+            elif compare(value, item if item_key is None else item_key(item)):
                 return True
         return None if saw_null else False
     return any_matches, "bool"

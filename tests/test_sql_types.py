@@ -30,6 +30,7 @@ SELECT 1.5 + 2::float8 AS a, 0.1::numeric * 3::float8 AS b, 2::float4 - 0.5 AS c
 SELECT 0.1::numeric IN (0.1::float8) AS a, 0.1::numeric IN (0.2, 0.1::float8) AS b, 0.1::numeric BETWEEN 0.1::float8 AND 1 AS c
 SELECT NULLIF(0.1::numeric, 0.1::float8) AS a, NULLIF(0.2::numeric, 0.1::float8) AS b, 0.1::numeric IS DISTINCT FROM 0.1::float8 AS c
 SELECT CASE 0.1::numeric WHEN 0.1::float8 THEN 'eq' ELSE 'ne' END AS a, CASE 0.1::float8 WHEN 0.3 THEN 'x' WHEN 0.1 THEN 'y' END AS b
+SELECT 0.1::numeric = ANY(ARRAY[0.1::float8]) AS a, 0.1::float8 = ANY(ARRAY[0.3, 0.1]) AS b, 0.2::numeric < ANY(ARRAY[0.1::float8]) AS c
 SELECT ' 12.340 '::numeric AS a, '1e3'::numeric AS b, 123.456::numeric(5,0) AS c
 CREATE TABLE {p}money (id numeric(6,1) PRIMARY KEY, amount numeric(10,2) NOT NULL, ratio decimal)
 INSERT INTO {p}money VALUES (2.06, 10, 1.5), (1, 2.345, 0.333), (-3.3, 99999999.99, NULL)
