@@ -66,3 +66,20 @@ async def read_frame(reader: asyncio.StreamReader, frame_bytes_max: int = FRAME_
     if length > frame_bytes_max:
         raise FrameError(f"frame of {length} bytes exceeds the limit of {frame_bytes_max}")
     return decode_body(await reader.readexactly(length))
+
+
+async def request_once(host: str, port: int, message: dict, timeout_ms: float) -> dict:
+    """One request on a fresh connection (an admin port's); an error reply of our own if there is
+    no answer within `timeout_ms`: {"ok": False, "error": "timeout" or "unreachable", "message"}."""
+    try:
+        async with asyncio.timeout(timeout_ms / 1000):
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                writer.write(encode_frame({"id": 1, **message}))
+                return await read_frame(reader)
+            finally:
+                writer.transport.abort()
+    except TimeoutError:
+        return {"ok": False, "error": "timeout", "message": f"no reply within {timeout_ms:g} ms"}
+    except (OSError, asyncio.IncompleteReadError, FrameError) as error:
+        return {"ok": False, "error": "unreachable", "message": str(error) or type(error).__name__}

@@ -147,8 +147,8 @@ class PageStore:
                 continue
             if record.op.endswith("_init"):
                 cache.put(pages.apply(None, record))
-            elif record.lsn > page.lsn:
-                pages.apply(page, record)
+            else:
+                pages.apply(page, record)  # a cached page is never ahead of VDL: apply asserts it
 
     def forget_all(self) -> None:
         """Inside the engine's turn, on a reader starting again from a new hello: no cached page

@@ -69,7 +69,6 @@ class RedoStream:
         self._retained: collections.deque[tuple[int, list]] = collections.deque()  # (lsn, [crc, body]) above VDL
         self._state_due = False
         self._last_state: tuple | None = None
-        self.frames_sent = 0
 
     @property
     def followers(self) -> int:
@@ -144,7 +143,6 @@ class RedoStream:
             self._retained.popleft()
 
     def _send(self, frame: bytes) -> None:
-        self.frames_sent += 1
         for transport in list(self._followers):
             if transport.is_closing():
                 self._followers.discard(transport)

@@ -119,10 +119,6 @@ class ReplicaState:
 class ReplicaLog:
     """The LogWriter of a reader's engine: read points from the stream, and no writes at all."""
 
-    tracker = None
-    client = None
-    fenced_reason = None
-
     def __init__(self, state: ReplicaState):
         self.state = state
         self._loop_thread = threading.get_ident()  # made on the loop's thread

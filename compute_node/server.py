@@ -34,7 +34,7 @@ from aurora_db.constants import (
     STREAM_HEARTBEAT_MS,
 )
 from aurora_db.errors import CannotConnectNow, DatabaseError, StaleEpoch
-from aurora_db.framing import FrameError, encode_frame, read_frame
+from aurora_db.framing import FrameError, encode_frame, read_frame, request_once
 from aurora_db.process import run_until_stopped
 from compute_node import pg_server
 from compute_node.engine import Engine
@@ -189,15 +189,7 @@ class ComputeNode:
         if address is None or address == self.admin_address:
             return False
         host, _, port = address.rpartition(":")
-        try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), STARTUP_PROBE_MS / 1000)
-            try:
-                writer.write(encode_frame({"t": ADMIN_STATUS, "id": 1}))
-                reply = await asyncio.wait_for(read_frame(reader), STARTUP_PROBE_MS / 1000)
-            finally:
-                writer.close()
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, FrameError):
-            return False
+        reply = await request_once(host, int(port), {"t": ADMIN_STATUS}, STARTUP_PROBE_MS)
         if reply.get("role") == Role.WRITER.value and reply.get("epoch") == epoch:
             log.warning("%s is the writer of epoch %d and answers: starting as a reader", address, epoch)
             return True

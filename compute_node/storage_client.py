@@ -81,7 +81,6 @@ class NodeLink:
         self._resync_now = False
         self._generation = 0  # counts connections: a failure on an old one never drops a new one
         self.last_scls: dict[int, int] = {}
-        self.last_status: dict | None = None  # the node's status reply at the last handshake
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"link-{self.node_id}")
@@ -256,7 +255,6 @@ class NodeLink:
             epoch, truncations = self.client.epoch, list(self.client.truncations)
             reply = await self._send_request({"t": sp.STATUS}, STORAGE_REQUEST_TIMEOUT_MS)
             self.az = reply.get("az")
-            self.last_status = reply
             if not self.client.is_writer:
                 break  # a reader only reads: it never raises an epoch or truncates
             if epoch is not None and reply["epoch"] > epoch:

@@ -20,7 +20,7 @@ import struct
 import time
 
 from aurora_db.constants import PGWIRE_CLOSE_TIMEOUT_MS, PGWIRE_STARTUP_TIMEOUT_MS, RECOVERY_TIMEOUT_MS
-from aurora_db.framing import FrameError, encode_frame, read_frame
+from aurora_db.framing import FrameError, encode_frame, read_frame, request_once
 from aurora_db.process import run_until_stopped
 from aurora_db.pgwire import (CANCEL_REQUEST_CODE, SSL_REFUSED, FrontendDecoder, GSSENCRequest, ProtocolError,
                               SSLRequest, StartupMessage, encode_error_response)
@@ -95,22 +95,6 @@ async def close_writer(writer: asyncio.StreamWriter) -> None:
         await asyncio.wait_for(writer.wait_closed(), PGWIRE_CLOSE_TIMEOUT_MS / MS_PER_S)
     except (TimeoutError, OSError):
         writer.transport.abort()
-
-
-async def admin_request(host: str, port: int, message: dict, timeout_ms: float) -> dict:
-    """One request on a fresh admin connection; an error reply of our own if there is no answer."""
-    try:
-        async with asyncio.timeout(timeout_ms / MS_PER_S):
-            reader, writer = await asyncio.open_connection(host, port)
-            try:
-                writer.write(encode_frame({"id": 1, **message}))
-                return await read_frame(reader)
-            finally:
-                writer.transport.abort()
-    except TimeoutError:
-        return {"ok": False, "error": "timeout", "message": f"no reply within {timeout_ms:g} ms"}
-    except (OSError, asyncio.IncompleteReadError, FrameError) as error:
-        return {"ok": False, "error": "unreachable", "message": str(error) or type(error).__name__}
 
 
 class AdminLink:
@@ -275,12 +259,12 @@ class Proxy:
 
     async def _promote(self, node_id: str) -> None:
         address = self.addresses[node_id]
-        reply = await admin_request(address.host, address.admin_port, {"t": "promote"}, PROMOTE_TIMEOUT_MS)
+        reply = await request_once(address.host, address.admin_port, {"t": "promote"}, PROMOTE_TIMEOUT_MS)
         self._apply(self.router.on_promoted(node_id, reply, monotonic_ms()))
 
     async def _demote(self, node_id: str) -> None:
         address = self.addresses[node_id]
-        reply = await admin_request(address.host, address.admin_port, {"t": "demote"}, DEMOTE_TIMEOUT_MS)
+        reply = await request_once(address.host, address.admin_port, {"t": "demote"}, DEMOTE_TIMEOUT_MS)
         if not reply.get("ok"):
             log.warning("demoting %s failed: %s %s", node_id, reply.get("error"), reply.get("message", ""))
         self._apply(self.router.on_demoted(node_id, reply, monotonic_ms()))

@@ -78,19 +78,21 @@ def servers(sql_cluster, postgres_server):
         pytest.skip("psql is not installed")
     for server in (sql_cluster, postgres_server):
         with server.connect() as connection:
-            for view in VIEWS:
-                connection.execute(f"DROP VIEW IF EXISTS {view}")
-            for table in reversed(TABLES):
-                connection.execute(f"DROP TABLE IF EXISTS {table}")
+            _drop_relations(connection)
             for statement in SCHEMA:
                 connection.execute(statement)
     yield sql_cluster, postgres_server
     for server in (sql_cluster, postgres_server):
         with server.connect() as connection:
-            for view in VIEWS:
-                connection.execute(f"DROP VIEW IF EXISTS {view}")
-            for table in reversed(TABLES):
-                connection.execute(f"DROP TABLE IF EXISTS {table}")
+            _drop_relations(connection)
+
+
+def _drop_relations(connection) -> None:
+    """This module's views and tables, dependents first."""
+    for view in VIEWS:
+        connection.execute(f"DROP VIEW IF EXISTS {view}")
+    for table in reversed(TABLES):
+        connection.execute(f"DROP TABLE IF EXISTS {table}")
 
 
 @pytest.mark.parametrize("command", ["\\l", "\\dn"])

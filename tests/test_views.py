@@ -9,18 +9,9 @@ import itertools
 
 import pytest
 
-from tests.test_sql_schema import outcome, run_script
+from tests.test_sql_schema import both, outcome, run_script  # noqa: F401 (both is a fixture)
 
 _prefixes = itertools.count()
-
-
-@pytest.fixture
-def both(sql_cluster, postgres_server):
-    prefix = f"vw{next(_prefixes)}_"
-    ours, theirs = sql_cluster.connect(), postgres_server.connect()
-    yield ours, theirs, prefix
-    for connection in (ours, theirs):
-        connection.close()
 
 
 READING = """
