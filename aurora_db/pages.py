@@ -26,7 +26,7 @@ after a page crosses the wire.
 from __future__ import annotations
 
 from aurora_db.constants import BATCH_RECORDS_MAX, FRAME_BYTES_MAX, PAGE_BYTES_MAX
-from aurora_db.records import Record
+from aurora_db.records import LazyArgs, Record
 from aurora_db.values import packb
 
 XIDS_PER_CLOG_PAGE = 8192
@@ -179,13 +179,14 @@ def apply(page: Page | None, record: Record) -> Page:
     Mutates `page` in place. Init records ("*_init") create the page and ignore what was there.
     """
     op = record.op
+    args = record.args.decoded() if isinstance(record.args, LazyArgs) else record.args  # decoded once
     if op.endswith("_init"):
-        page = _INITS[op](record.page_id, record.lsn, *record.args)
+        page = _INITS[op](record.page_id, record.lsn, *args)
     else:
         assert page is not None, f"record {record.lsn} ({op}) applied to missing page {record.page_id}"
         assert page.page_id == record.page_id, (page.page_id, record.page_id)
         assert record.lsn > page.lsn, f"record {record.lsn} applied to page {page.page_id} already at {page.lsn}"
-        _OPS[op](page, *record.args)
+        _OPS[op](page, *args)
     page.lsn = record.lsn
     return page
 

@@ -49,17 +49,18 @@ class LazyArgs(collections.abc.Sequence):
         """The args' own encoding, as the body carries it."""
         return values.unpackb(self.body, use_list=True)[_ARGS_FIELD]
 
-    def _decoded(self) -> list:
+    def decoded(self) -> list:
+        """Every arg, decoded now: take them once where several are needed (pages.apply)."""
         return values.unpackb(self.blob, use_list=True)
 
     def __iter__(self):
-        return iter(self._decoded())
+        return iter(self.decoded())
 
     def __len__(self) -> int:
-        return len(self._decoded())
+        return len(self.decoded())
 
     def __getitem__(self, index):
-        return self._decoded()[index]
+        return self.decoded()[index]
 
     def __eq__(self, other) -> bool:
         return isinstance(other, collections.abc.Sequence) and tuple(self) == tuple(other)

@@ -37,7 +37,6 @@ from aurora_db.constants import (
     BATCH_RECORDS_MAX,
     CHAIN_RECORDS_MAX,
     PAGE_ID_MAX,
-    PAGES_PER_PG,
     READ_RECORDS_BYTES_MAX,
     READ_RECORDS_MAX,
     WRITER_ADDRESS_BYTES_MAX,
@@ -266,7 +265,7 @@ class Node:
             lsn, page_id = record.lsn, record.page_id
             if not (isinstance(page_id, int) and 0 <= page_id < PAGE_ID_MAX):
                 raise BadRequest(f"record {lsn} names page {page_id}, outside 0..{PAGE_ID_MAX}")
-            if page_id // PAGES_PER_PG != pg:
+            if pg_of_page(page_id) != pg:
                 raise BadRequest(f"record {lsn} is for page {page_id} of PG {record.pg}, not PG {pg}")
             prev_volume, prev_pg, prev_page = record.prev_volume, record.prev_pg, record.prev_page
             if not (type(lsn) is int and type(prev_volume) is int and type(prev_pg) is int  # noqa: E721 (no bool)
