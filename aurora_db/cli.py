@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     storage.add_argument("--az", required=True, help="availability zone: a, b or c")
     storage.add_argument("--listen", type=host_port, required=True, help="HOST:PORT for the storage protocol")
     storage.add_argument("--data", required=True, help="directory for the node's log files and epoch")
+    storage.add_argument("--peer", dest="peers", type=storage_peer, action="append", default=[],
+                         metavar="ID=HOST:PORT",
+                         help="another storage node of the volume, for gossip and rebuild (repeat for each)")
 
     compute = commands.add_parser("compute-node", help="run a compute node (a writer or a reader)")
     compute.add_argument("--role", choices=["writer", "reader"], default="writer",

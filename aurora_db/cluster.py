@@ -6,7 +6,8 @@ every pid in DIR/cluster.json; starting the nodes in order (storage, each until 
 storage "status" request; the writer, until it answers SELECT 1 on its own port; the readers, until
 each reports role reader; the proxy, until SELECT 1 works through the writer endpoint); stopping
 them (proxy, readers, writer, storage); reporting each one's role, health, epoch, SCLs or VDL and
-replica lag, and where the proxy's endpoints point; asking the proxy for a planned switchover.
+replica lag, each protection group's size and SCL on every storage node, and where the proxy's
+endpoints point; asking the proxy for a planned switchover.
 Invariants: a pid counts as a running node only if /proc/PID/cmdline names that node's id and data
 directory, so a recycled pid is never signalled; cluster.json is replaced atomically after every
 spawn and stop, so `down` finds whatever `up` started even if `up` died; children run in their own
@@ -70,6 +71,7 @@ STATE_STOPPED = "stopped"
 HEALTH_ANSWERING = "running"
 HEALTH_SILENT = "not answering"
 HEALTH_STOPPED = "stopped"
+HEALTH_REBUILDING = "rebuilding"  # shown for a running storage node that rebuilds its segments from peers
 
 LAYOUT_FILE = "cluster.json"
 LAYOUT_VERSION = 2
@@ -89,6 +91,8 @@ SQL_CONNECT_TIMEOUT_S = 2
 FAILOVER_REPLY_MARGIN_S = 10  # beyond the proxy's own limit on a switchover
 LOG_TAIL_LINES = 30
 STATUS_PGS_SHOWN_MAX = 4
+SIZE_UNITS = ("B", "kB", "MB", "GB", "TB")
+SIZE_UNIT_BYTES = 1024  # as PostgreSQL's pg_size_pretty counts: 1 kB = 1024 B
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -285,8 +289,12 @@ def node_command(node: Node, layout: Layout, cluster_dir: Path, cache_pages: int
                  program: Iterable[str] = DEFAULT_PROGRAM) -> list[str]:
     data_dir = str(cluster_dir / node.data_dir)
     if node.role == ROLE_STORAGE:
-        return [*program, "storage-node", "--node-id", node.node_id, "--az", node.az,
-                "--listen", f"{LISTEN_HOST}:{node.port}", "--data", data_dir]
+        command = [*program, "storage-node", "--node-id", node.node_id, "--az", node.az,
+                   "--listen", f"{LISTEN_HOST}:{node.port}", "--data", data_dir]
+        for peer in layout.storage_nodes:
+            if peer.node_id != node.node_id:
+                command += ["--peer", f"{peer.node_id}={LISTEN_HOST}:{peer.port}"]
+        return command
     if node.role == ROLE_PROXY:
         command = [*program, "proxy", "--node-id", node.node_id, "--writer-listen", f"{LISTEN_HOST}:{node.port}",
                    "--reader-listen", f"{LISTEN_HOST}:{node.reader_port}",
@@ -335,7 +343,9 @@ def node_kind(node: Node) -> str:
 
 def status_entry(node: Node, running: bool, reply: dict | None) -> dict:
     """One line of `status`: the layout's facts, plus the node's own numbers if it answered.
-    A compute node's role is the one it reports (None when it does not answer)."""
+    A compute node's role is the one it reports (None when it does not answer). A storage node's
+    `segments` (PG, as a string, -> scl, base, records, log_bytes, image_bytes, pages), `rebuilding`
+    and `horizon` are None when its reply lacks them (a storage node older than these fields)."""
     answered = running and reply is not None and bool(reply.get("ok"))
     entry = {"node_id": node.node_id, "kind": node_kind(node), "role": None if node.is_compute else node.role,
              "az": node.az, "pid": node.pid if running else None, "port": node.port, "admin_port": node.admin_port,
@@ -343,7 +353,7 @@ def status_entry(node: Node, running: bool, reply: dict | None) -> dict:
              "health": HEALTH_ANSWERING if answered else HEALTH_SILENT if running else HEALTH_STOPPED,
              "epoch": None}
     if node.role == ROLE_STORAGE:
-        entry["scl"] = None
+        entry.update({"scl": None, "segments": None, "rebuilding": None, "horizon": None})
     elif node.is_compute:
         entry.update({"vdl": None, "applied_lsn": None, "replica_lag_ms": None, "replica_lag_lsn": None,
                       "promotion_tier": None})
@@ -355,6 +365,11 @@ def status_entry(node: Node, running: bool, reply: dict | None) -> dict:
     entry["epoch"] = reply.get("epoch")
     if node.role == ROLE_STORAGE:
         entry["scl"] = {str(pg): scl for pg, scl in sorted((reply.get("pgs") or {}).items())}
+        segments = reply.get("segments")
+        if segments is not None:  # msgpack keys a map by int or str: PG numbers become strings, in order
+            entry["segments"] = {str(pg): dict(segment)
+                                 for pg, segment in sorted(segments.items(), key=lambda item: int(item[0]))}
+        entry.update({"rebuilding": reply.get("rebuilding"), "horizon": reply.get("horizon")})
     elif node.is_compute:
         entry["role"] = reply.get("role")
         for name in ("vdl", "applied_lsn", "replica_lag_ms", "replica_lag_lsn", "promotion_tier"):
@@ -398,6 +413,44 @@ def _lag_text(entry: dict) -> str | None:
                                         None if lag_lsn is None else f"{lag_lsn} LSNs") if part)
 
 
+def _health_text(entry: dict) -> str:
+    return HEALTH_REBUILDING if entry["health"] == HEALTH_ANSWERING and entry.get("rebuilding") else entry["health"]
+
+
+def _size_text(size_bytes: int) -> str:
+    """512 B, 1.0 kB, 1.2 MB: one decimal in the largest unit that keeps the number below 1024."""
+    value, unit = float(size_bytes), 0
+    while round(value, 1) >= SIZE_UNIT_BYTES and unit < len(SIZE_UNITS) - 1:
+        value /= SIZE_UNIT_BYTES
+        unit += 1
+    return f"{size_bytes} B" if unit == 0 else f"{value:.1f} {SIZE_UNITS[unit]}"
+
+
+def _scl_text(entry: dict, pg: str) -> str:
+    segment = (entry["segments"] or {}).get(pg)
+    return "-" if segment is None else str(segment["scl"])
+
+
+def format_protection_groups(entries: list[dict]) -> str:
+    """A row per PG that any storage node reports a segment of: the most pages and the largest size
+    (image plus log) among its segments, then each storage node's SCL ("-" where the node is down or
+    holds no segment of the PG). Empty when no storage node reports segments."""
+    from aurora_db.shell import format_table
+
+    storage = [entry for entry in entries if entry["kind"] == ROLE_STORAGE]
+    pgs = sorted({pg for entry in storage for pg in entry["segments"] or {}}, key=int)
+    if not pgs:
+        return ""
+    rows = []
+    for pg in pgs:
+        segments = [entry["segments"][pg] for entry in storage if pg in (entry["segments"] or {})]
+        rows.append([pg, str(max(segment["pages"] for segment in segments)),
+                     _size_text(max(segment["image_bytes"] + segment["log_bytes"] for segment in segments)),
+                     *(_scl_text(entry, pg) for entry in storage)])
+    headers = ["PG", "pages", "size"] + [entry["node_id"] for entry in storage]
+    return format_table(headers, rows, [True] * len(headers), title="protection groups")
+
+
 def _endpoint_text(health: str, target: str | None) -> str:
     if health != HEALTH_ANSWERING:
         return f"? (proxy {health})"
@@ -409,8 +462,12 @@ def format_status(entries: list[dict], endpoints: dict | None = None) -> str:
 
     headers = ["node", "role", "az", "pid", "port", "health", "epoch", "progress", "replica lag"]
     rows = [[entry["node_id"], entry["role"], entry["az"], _text(entry["pid"]), str(entry["port"]),
-             entry["health"], _text(entry["epoch"]), _progress_text(entry), _lag_text(entry)] for entry in entries]
+             _health_text(entry), _text(entry["epoch"]), _progress_text(entry), _lag_text(entry)]
+            for entry in entries]
     text = format_table(headers, rows, [False, False, False, True, True, False, True, False, False])
+    protection_groups = format_protection_groups(entries)
+    if protection_groups:
+        text += "\n" + protection_groups
     if endpoints is not None:
         health = endpoints["proxy_health"]
         readers = endpoints["reader"]["node_ids"]

@@ -110,7 +110,9 @@ assert CATCH_UP_RECORDS_PER_REQUEST <= BATCH_RECORDS_MAX  # a catch-up append is
 assert RECENT_RECORDS_PER_PG_MAX >= LSN_ALLOCATION_LIMIT  # every record not yet durable can be resent
 
 # Storage node.
-LOG_FILE_BYTES_MAX = 64 * 1024 * 1024  # a PG's log file is closed and a new one started past this size
+# A node's log file is closed and a new one started past this size. Override:
+# AURORA_DB_LOG_FILE_BYTES_MAX (tests use small files to see them collected and scrubbed).
+LOG_FILE_BYTES_MAX = _positive_int_from_env("AURORA_DB_LOG_FILE_BYTES_MAX", 64 * 1024 * 1024)
 LOG_ENTRY_BYTES_MAX = FRAME_BYTES_MAX  # one log entry's payload: a record never exceeds a frame
 SEGMENT_CACHE_PAGES_MAX = 1024  # materialized latest page versions one segment keeps (LRU)
 CHAIN_RECORDS_MAX = 200_000  # entries in one `chain` reply; the rest is asked for with "more"
@@ -119,7 +121,23 @@ READ_RECORDS_MAX = 4096  # records in one `read_records` reply, whatever the cal
 READ_RECORDS_BYTES_MAX = FRAME_BYTES_MAX // 2  # record bodies in one `read_records` reply
 WRITER_ADDRESS_BYTES_MAX = 256  # the "host:port" a writer names in set_epoch
 STORAGE_CONNECTIONS_MAX = 256  # open connections to one storage node; more are closed at once
+# Storage healing (DESIGN.md 7): leases on read points, coalescing, gossip, scrubbing.
+READ_POINT_LEASE_MS = 10_000  # a compute node's reported read point holds collection back this long
+READ_POINT_RENEW_MS = 1_000  # how often a compute node reports its read point to every storage node
+READ_POINT_CLIENTS_MAX = 64  # leases one storage node keeps (compute nodes, and their restarts)
+assert READ_POINT_LEASE_MS >= 5 * READ_POINT_RENEW_MS  # a few lost reports never expire a live lease
+COALESCE_INTERVAL_MS = 500  # how often a storage node looks for segments to coalesce
+# Records above a segment's base that make it write a new image (as does holding back the removal
+# of a log file older than the newest LOG_FILES_RETAINED). Override: AURORA_DB_COALESCE_RECORDS_MIN.
+COALESCE_RECORDS_MIN = _positive_int_from_env("AURORA_DB_COALESCE_RECORDS_MIN", 20_000)
+COALESCE_PAGES_PER_TURN = 64  # pages materialized per event-loop turn while coalescing
+LOG_FILES_RETAINED = 2
+IMAGE_CHUNK_BYTES_MAX = FRAME_BYTES_MAX // 4  # page payloads in one get_image reply
+GOSSIP_INTERVAL_MS = 1_000  # how often a storage node compares its segments with its peers'
+GOSSIP_RECORDS_PER_REQUEST = READ_RECORDS_MAX  # records pulled from a peer per request
+PEER_REQUEST_TIMEOUT_MS = 5_000
+SCRUB_INTERVAL_MS = 5_000  # pause between the scrubber's passes over the node's files
+SCRUB_BYTES_PER_TURN = 4 * 1024 * 1024  # bytes verified before the scrubber yields to requests
 assert CHAIN_RECORDS_MAX * CHAIN_ENTRY_BYTES_MAX < FRAME_BYTES_MAX  # a full chain reply fits a frame
 assert READ_RECORDS_BYTES_MAX + READ_RECORDS_MAX * 16 < FRAME_BYTES_MAX  # bodies plus [crc, ...] framing
-assert LOG_ENTRY_BYTES_MAX < LOG_FILE_BYTES_MAX  # any entry fits in a fresh log file
 assert BATCH_RECORDS_MAX <= PENDING_RECORDS_MAX  # one append never overflows an empty pending map by itself

@@ -67,9 +67,27 @@ Requests and their successful replies ({"id", "ok": True, ...}):
                                               above_lsn as prev_pg. The range, the epoch and the highest
                                               lsn_floor are durable before the reply.
 
+  read_point  client, lsn                  -> horizon
+                                              A compute node's lowest read point (PGMRPL): a lease of
+                                              READ_POINT_LEASE_MS, renewed every READ_POINT_RENEW_MS.
+                                              No epoch: a stale node's lease only holds collection back.
+                                              horizon: the LSN up to which this node may collect.
+  get_image   pg, base_lsn, after_page_id, peer: True
+                                           -> base_lsn, vdl_hint, page_count, epoch, more,
+                                              pages: [[crc, payload], ...] (page_image.PagePayload)
+                                              A peer copying this segment's page image, in chunks of
+                                              about IMAGE_CHUNK_BYTES_MAX: first with base_lsn 0, then
+                                              with the base the first reply named.
+  "peer": True on read_records or get_image marks another storage node's read (gossip, rebuild):
+  no epoch is checked or raised.
+  status also answers segments: {pg: {scl, base, records, log_bytes, image_bytes, pages, damaged}},
+  horizon, and rebuilding (the node started empty and is learning the volume from its peers).
+
 Failed replies: {"id", "ok": False, "error": code, "message": text}. Codes: stale_epoch,
 not_complete, bad_request (malformed, or records that contradict the segment's chain), checksum
-(a received record did not match its checksum: nothing of that append was stored), internal.
+(a received record did not match its checksum: nothing of that append was stored), internal,
+below_horizon (with base_lsn: a read point or records below the segment's page image, collected),
+image_changed (with base_lsn), joining (an emptied node still learning the volume from its peers).
 Bytes that are not a frame, or a frame over FRAME_BYTES_MAX, close that connection only.
 """
 
@@ -81,6 +99,8 @@ GET_PAGE = "get_page"
 CHAIN = "chain"
 READ_RECORDS = "read_records"
 TRUNCATE = "truncate"
+READ_POINT = "read_point"
+GET_IMAGE = "get_image"
 
 ERROR_STALE_EPOCH = "stale_epoch"
 ERROR_EPOCH_CLAIMED = "epoch_claimed"  # set_epoch for an epoch the node already accepted
@@ -88,11 +108,14 @@ ERROR_NOT_COMPLETE = "not_complete"
 ERROR_BAD_REQUEST = "bad_request"
 ERROR_CHECKSUM = "checksum"
 ERROR_INTERNAL = "internal"
+ERROR_BELOW_HORIZON = "below_horizon"  # the versions or records asked for were garbage-collected
+ERROR_IMAGE_CHANGED = "image_changed"  # a rebuilding peer's image copy must start again
+ERROR_JOINING = "joining"  # an emptied node has not yet learned the volume from its peers
 
 
 def ok(request_id, **fields) -> dict:
     return {"id": request_id, "ok": True, **fields}
 
 
-def error(request_id, code: str, message: str) -> dict:
-    return {"id": request_id, "ok": False, "error": code, "message": message}
+def error(request_id, code: str, message: str, **fields) -> dict:
+    return {"id": request_id, "ok": False, "error": code, "message": message, **fields}

@@ -156,6 +156,7 @@ class ComputeNode:
         volume = await recover(client)
         engine = Engine(asyncio.get_running_loop(), client, volume, self.args.cache_pages)
         self.engine = engine
+        client.read_point_source = lambda: engine.log_writer.vdl
         for link in client.links.values():  # SCLs heard during recovery, before the tracker
             if link.connected.is_set():
                 for pg, scl in link.last_scls.items():
@@ -341,6 +342,8 @@ class ComputeNode:
                                        f"{self.engine.replica.applied_lsn}")
                 client.epoch = state.epoch
                 await self.engine.restart_stream(state)
+            engine = self.engine
+            client.read_point_source = lambda: engine.log_writer.vdl  # a reader reads at what it applied
             self.following = address
             log.info("following the writer at %s (epoch %d) from VDL %d", address, state.epoch, state.applied_lsn)
             await self._apply_frames(client, reader, state, address)

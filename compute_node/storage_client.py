@@ -9,6 +9,10 @@ storage node catches up until gossip exists); while no connected peer has them, 
 and reconnects every RECONNECT_INTERVAL_MS until one does.
 Invariants: acks feed the DurabilityTracker only; a node's queue is bounded (a node too far
 behind is disconnected and caught up on reconnect); a "stale_epoch" reply fences this writer.
+Read points (PGMRPL, DESIGN.md 2): every READ_POINT_RENEW_MS the client tells every connected
+storage node the lowest LSN it may still read at: the lowest read point of a page read under way,
+or else the engine's (`read_point_source`: the writer's VDL, a reader's applied VDL; read points
+only grow). Storage collects page versions only below every such lease.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from aurora_db.constants import (
     CATCH_UP_RECORDS_PER_REQUEST,
     FRAME_BYTES_MAX,
     RECENT_RECORDS_PER_PG_MAX,
+    READ_POINT_RENEW_MS,
     RECONNECT_INTERVAL_MS,
     SEND_QUEUE_RECORDS_MAX,
     STORAGE_REQUEST_TIMEOUT_MS,
@@ -372,13 +377,43 @@ class StorageClient:
         self._rng = random.Random()
         self.bytes_sent = 0  # frames written to all storage nodes, for the benchmarks
         self.requests_sent = 0
+        self.read_point_source: Callable[[], int] | None = None  # set once an engine reads
+        self._reads_in_flight: collections.Counter[int] = collections.Counter()  # read point -> page reads
+        self._lease_name = f"compute-{os.getpid()}-{id(self):x}"
+        self._lease_task: asyncio.Task | None = None
 
     def start(self) -> None:
         for link in self.links.values():
             link.start()
+        self._lease_task = asyncio.get_running_loop().create_task(self._report_read_points(), name="read-points")
 
     async def stop(self) -> None:
+        if self._lease_task is not None:
+            self._lease_task.cancel()
         await asyncio.gather(*(link.stop() for link in self.links.values()))
+
+    def lowest_read_point(self) -> int | None:
+        """The lease to report: no page read of this client will ask below it."""
+        if self.read_point_source is None:
+            return None
+        lowest = self.read_point_source()
+        if self._reads_in_flight:
+            lowest = min(lowest, min(self._reads_in_flight))
+        return lowest
+
+    async def _report_read_points(self) -> None:
+        while True:
+            await asyncio.sleep(READ_POINT_RENEW_MS / 1000)
+            lsn = self.lowest_read_point()
+            if lsn is None:
+                continue
+            message = {"t": sp.READ_POINT, "client": self._lease_name, "lsn": lsn}
+            results = await asyncio.gather(*(link.request(message) for link in self.links.values()
+                                             if link.connected.is_set()), return_exceptions=True)
+            for result in results:
+                if isinstance(result, Exception) and not isinstance(result, (NodeUnreachable, RequestFailed,
+                                                                                 TimeoutError, ConnectionError)):
+                    raise result
 
     # callbacks from links
     def on_ack(self, pg: int, node_id: str, scl: int) -> None:
@@ -451,6 +486,15 @@ class StorageClient:
 
         Segments known complete are tried first, then any connected one (it refuses with
         not_complete if it is behind); with none connected, wait for one until the deadline."""
+        self._reads_in_flight[read_point] += 1
+        try:
+            return await self._get_page(pg, page_id, read_point, complete, timeout_ms)
+        finally:
+            self._reads_in_flight[read_point] -= 1
+            if not self._reads_in_flight[read_point]:
+                del self._reads_in_flight[read_point]
+
+    async def _get_page(self, pg: int, page_id: int, read_point: int, complete: list[str], timeout_ms: int) -> list | None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_ms / 1000
         errors: list[str] = []
@@ -468,6 +512,8 @@ class StorageClient:
                 except RequestFailed as error:
                     if error.code == sp.ERROR_STALE_EPOCH:
                         raise StaleEpoch(str(error)) from None
+                    if error.code == sp.ERROR_BELOW_HORIZON:  # only if this node's lease lapsed (paused > 10 s)
+                        raise StorageUnavailable(f"page {page_id} at LSN {read_point}: {error}") from None
                     errors.append(str(error))
                 except NodeUnreachable as error:
                     errors.append(str(error))

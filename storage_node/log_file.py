@@ -3,8 +3,12 @@ at LOG_FILE_BYTES_MAX. A record names its page, and so its PG; a truncation mark
 
 Responsibilities: append entries (one call, returns once written), fsync on a separate call so the
 server can cover many appends with one fsync, and on open scan every file, verify every checksum
-and hand back the entries in the order they were written.
-Invariants: entries are only ever appended, never rewritten; every entry served was verified
+and hand back the entries in the order they were written. It knows which record LSNs each file
+holds, so it can remove a file all of whose records are covered by their segments' page images
+(garbage collection), and a scrubber can tell which records a damaged file lost and rewrite it.
+Invariants: entries are only ever appended, never changed, except that a scrubbed file whose
+entries do not verify is rewritten whole and atomically with good copies in the same order (or
+without a record no segment needs any more); every entry served was verified
 (a record's checksum is the writer's own CRC of its body: records.open_sealed, end to end); a
 torn tail (a partial entry or a bad checksum at the very end of the last file) is cut off with
 ftruncate; a bad entry anywhere else is reported with logging.error and skipped, never served;
@@ -21,6 +25,7 @@ next entry after a damaged header. Kinds:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -179,6 +184,10 @@ def scan(data: bytes, *, is_last_file: bool, name: str, report: ScanReport) -> t
     return entries, len(data)
 
 
+def _seq_of(path: Path) -> int:
+    return int(path.name.removesuffix(LOG_SUFFIX))
+
+
 def fsync_directory(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -194,6 +203,21 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+@dataclasses.dataclass(slots=True)
+class FileContents:
+    """What one log file holds: each PG's record LSNs, in the order written."""
+
+    lsns_by_pg: dict[int, list[int]] = dataclasses.field(default_factory=dict)
+
+    def add(self, entry: LogEntry) -> None:
+        if isinstance(entry, RecordEntry):
+            self.lsns_by_pg.setdefault(entry.record.pg, []).append(entry.lsn)
+
+    def covered(self, bases: dict[int, int]) -> bool:
+        """Every record is at or below its PG's base (in a durable page image): the file is garbage."""
+        return all(max(lsns) <= bases.get(pg, 0) for pg, lsns in self.lsns_by_pg.items())
+
+
 class LogFile:
     """A node's log. Not thread-safe: the server calls it from the event loop's thread only."""
 
@@ -204,6 +228,7 @@ class LogFile:
         self._seq = 0
         self._size = 0
         self._dirty = False
+        self.contents: dict[int, FileContents] = {}  # seq -> what the file holds
 
     @classmethod
     def open(cls, directory: Path, *, file_bytes_max: int = LOG_FILE_BYTES_MAX) -> tuple["LogFile", list[LogEntry], ScanReport]:
@@ -221,6 +246,9 @@ class LogFile:
             is_last = index == len(paths) - 1
             found, keep = scan(data, is_last_file=is_last, name=str(path.relative_to(directory.parent)), report=report)
             entries.extend(found)
+            contents = log_file.contents[_seq_of(path)] = FileContents()
+            for entry in found:
+                contents.add(entry)
             if keep < len(data):
                 assert is_last
                 os.truncate(path, keep)
@@ -230,7 +258,7 @@ class LogFile:
                 finally:
                     os.close(fd)
         if paths:
-            log_file._seq = int(paths[-1].name.removesuffix(LOG_SUFFIX))
+            log_file._seq = _seq_of(paths[-1])
             log_file._open_current()
         else:
             log_file._start_file(1)
@@ -238,10 +266,14 @@ class LogFile:
 
     def _paths(self) -> list[Path]:
         paths = [p for p in self.directory.iterdir() if p.name.endswith(LOG_SUFFIX) and p.name[:-len(LOG_SUFFIX)].isdigit()]
-        return sorted(paths, key=lambda p: int(p.name.removesuffix(LOG_SUFFIX)))
+        return sorted(paths, key=_seq_of)
 
     def _path(self, seq: int) -> Path:
         return self.directory / f"{seq:08d}{LOG_SUFFIX}"
+
+    @property
+    def current_seq(self) -> int:
+        return self._seq
 
     def _open_current(self) -> None:
         self._fd = os.open(self._path(self._seq), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -250,20 +282,25 @@ class LogFile:
     def _start_file(self, seq: int) -> None:
         """Make `seq` the current file; the previous one was fsynced, so only the last can be torn."""
         self._seq = seq
+        self.contents.setdefault(seq, FileContents())
         self._open_current()
         fsync_directory(self.directory)
 
     def append(self, entries: list[LogEntry]) -> None:
-        """Write entries in order; returns once written (not durable: call sync)."""
+        """Write entries in order; returns once written (not durable: call sync). An entry larger
+        than file_bytes_max gets a file of its own."""
         assert self._fd is not None, "log is closed"
         chunk = bytearray()
+        contents = self.contents[self._seq]
         for entry in entries:
             encoded = encode_entry(entry)
             if self._size + len(chunk) + len(encoded) > self.file_bytes_max and self._size + len(chunk) > 0:
                 self._write(chunk)
                 chunk = bytearray()
                 self._rotate()
+                contents = self.contents[self._seq]
             chunk += encoded
+            contents.add(entry)
         self._write(chunk)
 
     def _write(self, chunk: bytearray) -> None:
@@ -289,6 +326,64 @@ class LogFile:
     @property
     def files(self) -> int:
         return len(self._paths())
+
+    # --- garbage collection and scrubbing -------------------------------------------------------
+
+    def remove_covered(self, bases: dict[int, int]) -> list[int]:
+        """Remove every file but the current one whose records are all covered by their PG's
+        durable page image (bases: pg -> base LSN). Truncation markers need no file: the node's
+        metadata keeps every range. Returns the sequence numbers removed."""
+        removed = [seq for seq, contents in sorted(self.contents.items())
+                   if seq != self._seq and contents.covered(bases)]
+        for seq in removed:
+            with contextlib.suppress(FileNotFoundError):
+                self._path(seq).unlink()
+            del self.contents[seq]
+        if removed:
+            fsync_directory(self.directory)
+        return removed
+
+    def pgs_holding_back(self, bases: dict[int, int], files_retained: int) -> dict[int, int]:
+        """PGs whose records keep a file older than the newest `files_retained` from removal, with
+        the LSN their base must reach to free it."""
+        held: dict[int, int] = {}
+        for seq in sorted(self.contents)[:-files_retained or None]:
+            for pg, lsns in self.contents[seq].lsns_by_pg.items():
+                highest = max(lsns)
+                if highest > bases.get(pg, 0):
+                    held[pg] = max(held.get(pg, 0), highest)
+        return held
+
+    def files_with_sizes(self) -> list[tuple[int, int | None]]:
+        """(seq, bytes written so far for the current file, None for a sealed one), oldest first:
+        the scrubber reads each from another thread, the current one only up to that size."""
+        return [(seq, self._size if seq == self._seq else None) for seq in sorted(self.contents)]
+
+    def path_of(self, seq: int) -> Path:
+        return self._path(seq)
+
+    def rewrite(self, seq: int, entries: list[LogEntry]) -> None:
+        """Replace a sealed file with these entries (a scrubbed file's good copies, in the original
+        order) atomically and durably."""
+        assert seq != self._seq, "the current file is never rewritten"
+        path = self._path(seq)
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            _write_all(fd, b"".join(encode_entry(entry) for entry in entries))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        fsync_directory(self.directory)
+        contents = self.contents[seq] = FileContents()
+        for entry in entries:
+            contents.add(entry)
+
+    def seal_current(self) -> None:
+        """Start a new file now (the scrubber verifies only sealed files)."""
+        if self._size:
+            self._rotate()
 
     def close(self) -> None:
         if self._fd is not None:

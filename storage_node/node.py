@@ -23,27 +23,38 @@ Invariants:
     so a restart that replays the logs rebuilds the same segments and the same SCLs.
   - At most one Ready is outstanding. Queued work is bounded by the shell: at most
     STORAGE_CONNECTIONS_MAX x IN_FLIGHT_REQUESTS_MAX requests are ever waiting.
+  - Horizon (PGMRPL, DESIGN.md 2): every compute node reports its lowest read point (`read_point`,
+    a lease of READ_POINT_LEASE_MS). The horizon is the lowest live lease, never above the highest
+    VDL the node's records name (a durable point no truncation reaches), and 0 until one lease
+    period has passed since start (leases are not durable: a restarted node hears them again
+    first). Segments coalesce and drop records only up to the horizon.
+  - Peers (other storage nodes: gossip, rebuild) read without an epoch ("peer": True) and never
+    raise it; what a node learns from peers (a newer epoch, truncation ranges) is queued and made
+    durable like a request's, before any record taken from a peer enters a segment.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from aurora_db import pages
 from aurora_db import storage_protocol as sp
 from aurora_db.constants import (
     BATCH_RECORDS_MAX,
     CHAIN_RECORDS_MAX,
+    IMAGE_CHUNK_BYTES_MAX,
     PAGE_ID_MAX,
+    READ_POINT_CLIENTS_MAX,
+    READ_POINT_LEASE_MS,
     READ_RECORDS_BYTES_MAX,
     READ_RECORDS_MAX,
     WRITER_ADDRESS_BYTES_MAX,
 )
 from aurora_db.records import ChecksumMismatch, pg_of_page
 from storage_node.log_file import LogEntry, RecordEntry, TruncateEntry
-from storage_node.segment import BrokenPageChain, NotComplete, Segment
+from storage_node.segment import BelowHorizon, BrokenPageChain, NotComplete, Segment
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +106,7 @@ class Ready:
     meta: NodeMeta | None  # persist first (atomically), if not None
     log_entries: list[LogEntry]  # to append to the node's log, in order; then one fsync
     ops: list[_Op]
+    last_op_seq: int  # every op queued up to this mark is durable once this Ready is advanced
 
 
 def entries_by_pg(entries: list[LogEntry]) -> dict[int, list[LogEntry]]:
@@ -117,9 +129,10 @@ def apply_truncations(segment: Segment, truncations) -> None:
             segment.truncate(above_lsn, lsn_floor)
 
 
-def replay_segment(pg: int, entries: list[LogEntry]) -> Segment:
-    """Rebuild a segment from its log, in the order the entries were written."""
-    segment = Segment(pg)
+def replay_segment(pg: int, entries: list[LogEntry], image=None) -> Segment:
+    """Rebuild a segment from its page image and its log, in the order the entries were written
+    (records the image covers are skipped)."""
+    segment = Segment(pg, image)
     batch: list[RecordEntry] = []
     for entry in entries:
         if isinstance(entry, RecordEntry):
@@ -140,15 +153,28 @@ def _int(request: dict, name: str, minimum: int = 0) -> int:
 
 
 class Node:
-    def __init__(self, node_id: str, az: str, meta: NodeMeta, segments: dict[int, Segment]):
+    def __init__(self, node_id: str, az: str, meta: NodeMeta, segments: dict[int, Segment], *,
+                 clock_ms: Callable[[], float] = lambda: 0.0, joining: bool = False):
         self.node_id = node_id
         self.az = az
         self.meta = meta  # durable
         self.accepted = meta  # >= meta: raised by requests, durable after the next Ready
         self.segments = segments
+        self.clock_ms = clock_ms
+        self.started_ms = clock_ms()
+        # An empty data directory in a volume that has data: until the epoch and truncation ranges
+        # are learned from a read quorum of peers, nothing but status and peer reads is answered.
+        self.joining = joining
+        self._leases: dict[str, tuple[int, float]] = {}  # client -> (read point, expiry ms)
         self._queued: list[_Op] = []
+        self.op_seq = 0  # ops queued so far (a mark: `durable_op_seq` reaches it once they are durable)
+        self.durable_op_seq = 0
+        self._meta_unwritten = joining  # an emptied node's metadata file is written when it joins
         self._ready_outstanding = False
-        self.stats = {"durable_batches": 0, "durable_requests": 0}  # group fsync at work: requests per batch
+        self.stats = {"durable_batches": 0, "durable_requests": 0,  # group fsync at work: requests per batch
+                      "records_from_peers": 0, "coalesced_records": 0, "images_written": 0,
+                      "images_installed": 0, "log_files_removed": 0, "scrub_passes": 0,
+                      "damaged_found": 0, "damaged_repaired": 0}
 
     # --- input --------------------------------------------------------------------------------
 
@@ -166,8 +192,19 @@ class Node:
         kind = request.get("t")
         if kind == sp.STATUS:
             return self._answer(request)
-        if kind not in (sp.SET_EPOCH, sp.APPEND, sp.APPEND_MANY, sp.GET_PAGE, sp.CHAIN, sp.READ_RECORDS, sp.TRUNCATE):
+        if kind == sp.READ_POINT:
+            return self._take_lease(request, request_id)
+        if kind not in (sp.SET_EPOCH, sp.APPEND, sp.APPEND_MANY, sp.GET_PAGE, sp.CHAIN, sp.READ_RECORDS, sp.TRUNCATE,
+                        sp.GET_IMAGE):
             raise BadRequest(f"unknown request type {kind!r}")
+        if request.get("peer") is True and kind in (sp.READ_RECORDS, sp.GET_IMAGE):  # a peer's: epochs do not apply
+            self._validate_read(kind, request)
+            return self._answer(request)
+        if kind == sp.GET_IMAGE:
+            raise BadRequest("get_image is a peer's request: it must carry peer: true")
+        if self.joining:
+            return sp.error(request_id, sp.ERROR_JOINING,
+                            f"storage node {self.node_id} started empty and is learning the volume from its peers")
         if kind == sp.GET_PAGE and request.get("reader") is True:  # a reader's read: epochs do not apply
             self._validate_read(kind, request)
             return self._answer(request)
@@ -182,7 +219,7 @@ class Node:
             if writer is not None and not (isinstance(writer, str) and len(writer) <= WRITER_ADDRESS_BYTES_MAX):
                 raise BadRequest(f"field 'writer' must be a HOST:PORT string, got {writer!r}")
             self._raise_epoch(epoch, writer)
-            self._queued.append(_Deferred(token, request))
+            self._queue(_Deferred(token, request))
             return None
         if kind in (sp.APPEND, sp.APPEND_MANY):
             many = kind == sp.APPEND_MANY
@@ -196,7 +233,7 @@ class Node:
                 fresh.append((pg, entries))
             if not any(entries for _, entries in fresh) and epoch <= self.meta.epoch:  # all already durable
                 return self._append_reply(request_id, many, [(pg, self._scl(pg)) for pg, _ in fresh], 0)
-            self._queued.append(_Append(token, request_id, tuple(fresh), many))
+            self._queue(_Append(token, request_id, tuple(fresh), many))
             return None
         if kind == sp.TRUNCATE:
             above_lsn = _int(request, "above_lsn")
@@ -212,12 +249,12 @@ class Node:
                     self.accepted = dataclasses.replace(
                         self.accepted, lsn_floor=max(lsn_floor, self.accepted.lsn_floor),
                         truncations=self.accepted.truncations + ((above_lsn, lsn_floor),))
-            self._queued.append(_Truncate(token, request_id, above_lsn, epoch, lsn_floor))
+            self._queue(_Truncate(token, request_id, above_lsn, epoch, lsn_floor))
             return None
         self._validate_read(kind, request)
         self._raise_epoch(epoch)
         if epoch > self.meta.epoch:
-            self._queued.append(_Deferred(token, request))
+            self._queue(_Deferred(token, request))
             return None
         return self._answer(request)
 
@@ -288,6 +325,79 @@ class Node:
             _int(request, "pg"), _int(request, "after_lsn")
         elif kind == sp.READ_RECORDS:
             _int(request, "pg"), _int(request, "after_lsn"), _int(request, "upto_lsn"), _int(request, "limit")
+        elif kind == sp.GET_IMAGE:
+            _int(request, "pg"), _int(request, "base_lsn"), _int(request, "after_page_id")
+
+    def _queue(self, op: _Op) -> None:
+        self._queued.append(op)
+        self.op_seq += 1
+
+    def finish_joining(self) -> None:
+        """The emptied node learned the volume from its peers: it answers everything from now on,
+        and its metadata file (which marks the data directory as a member's) is written next."""
+        self.joining = False
+
+    # --- read points (PGMRPL) -------------------------------------------------------------------
+
+    def _take_lease(self, request: dict, request_id) -> dict:
+        client, lsn = request.get("client"), _int(request, "lsn")
+        if not isinstance(client, str) or not 0 < len(client) <= WRITER_ADDRESS_BYTES_MAX:
+            raise BadRequest(f"field 'client' must be a short string, got {client!r}")
+        now_ms = self.clock_ms()
+        self._expire_leases(now_ms)
+        if client not in self._leases and len(self._leases) >= READ_POINT_CLIENTS_MAX:
+            return sp.error(request_id, sp.ERROR_BAD_REQUEST, f"{READ_POINT_CLIENTS_MAX} read point leases is the limit")
+        self._leases[client] = (lsn, now_ms + READ_POINT_LEASE_MS)
+        return sp.ok(request_id, horizon=self.horizon())
+
+    def _expire_leases(self, now_ms: float) -> None:
+        for client, (_, expiry_ms) in list(self._leases.items()):
+            if expiry_ms < now_ms:
+                del self._leases[client]
+
+    def horizon(self) -> int:
+        """The LSN up to which segments may coalesce and drop records (see the module docstring)."""
+        now_ms = self.clock_ms()
+        if self.joining or now_ms - self.started_ms < READ_POINT_LEASE_MS:
+            return 0
+        self._expire_leases(now_ms)
+        return min([self.vdl_hint(), *(lsn for lsn, _ in self._leases.values())])
+
+    # --- what peers tell (gossip, rebuild) -----------------------------------------------------
+
+    def learn_from_peer(self, epoch: int, truncations, writer: str | None) -> bool:
+        """A peer's epoch and truncation ranges: queued to be durable with the next Ready (and the
+        ranges applied to every segment then). True if anything was new."""
+        learned = False
+        if epoch > self.accepted.epoch:
+            self._raise_epoch(epoch, writer)
+            learned = True
+        for above_lsn, lsn_floor in truncations:
+            if (above_lsn, lsn_floor) not in self.accepted.truncations:
+                self.accepted = dataclasses.replace(
+                    self.accepted, lsn_floor=max(lsn_floor, self.accepted.lsn_floor),
+                    truncations=self.accepted.truncations + ((above_lsn, lsn_floor),))
+                self._queue(_Truncate(None, None, above_lsn, self.accepted.epoch, lsn_floor))
+                learned = True
+        return learned
+
+    def take_from_peer(self, pg: int, sealed: list) -> int:
+        """Records a peer holds and this segment lacks: verified, then queued like an append (no
+        reply). Returns how many were queued. Raises ChecksumMismatch or BadRequest."""
+        entries = self._validate_batch(pg, sealed)
+        segment = self.segments.get(pg)
+        if segment is not None:
+            entries = [e for e in entries if not segment.holds(e) and not segment.in_truncated_range(e.lsn)]
+        if entries:
+            self._queue(_Append(None, None, ((pg, entries),), False))
+            self.stats["records_from_peers"] += len(entries)
+        return len(entries)
+
+    def segment_summaries(self) -> dict[int, dict]:
+        return {pg: {"scl": segment.scl, "base": segment.base_lsn, "records": segment.records_held,
+                     "log_bytes": segment.held_bytes, "image_bytes": segment.image.file_bytes,
+                     "pages": segment.page_count(), "damaged": segment.damaged is not None}
+                for pg, segment in sorted(self.segments.items())}
 
     # --- answers from the durable state --------------------------------------------------------
 
@@ -314,13 +424,22 @@ class Node:
             return sp.ok(request_id, node_id=self.node_id, az=self.az, epoch=self.meta.epoch,
                          lsn_floor=self.meta.lsn_floor, pgs=self.scls(), vdl_hint=self.vdl_hint(),
                          truncations=[list(r) for r in self.meta.truncations], writer=self.meta.writer,
-                         stats=dict(self.stats))
+                         stats=dict(self.stats), segments=self.segment_summaries(), horizon=self.horizon(),
+                         rebuilding=self.joining)
         if kind == sp.SET_EPOCH:
             return sp.ok(request_id, epoch=self.meta.epoch, lsn_floor=self.meta.lsn_floor, pgs=self.scls(),
                          vdl_hint=self.vdl_hint(), truncations=[list(r) for r in self.meta.truncations],
                          writer=self.meta.writer)
         pg = request["pg"]
         segment = self.segments.get(pg) or Segment(pg)
+        try:
+            return self._answer_read(kind, request, request_id, pg, segment)
+        except BelowHorizon as error:
+            return sp.error(request_id, sp.ERROR_BELOW_HORIZON, str(error), base_lsn=segment.base_lsn)
+
+    def _answer_read(self, kind: str, request: dict, request_id, pg: int, segment: Segment) -> dict:
+        if kind == sp.GET_IMAGE:
+            return self._image_chunk(request, request_id, segment)
         if kind == sp.GET_PAGE:
             try:
                 page = segment.get_page(request["page_id"], request["lsn"])
@@ -341,10 +460,34 @@ class Node:
         entries, more = segment.read_records(request["after_lsn"], request["upto_lsn"], limit, READ_RECORDS_BYTES_MAX)
         return sp.ok(request_id, records=[[e.crc, e.body] for e in entries], scl=segment.scl, more=more)
 
+    def _image_chunk(self, request: dict, request_id, segment: Segment) -> dict:
+        """Pages of the segment's image after `after_page_id`, for a peer rebuilding this PG. The
+        peer names the base it started with: if the image moved on meanwhile, it starts again."""
+        image = segment.image
+        if segment.damaged is not None:
+            return sp.error(request_id, sp.ERROR_NOT_COMPLETE, f"segment of PG {segment.pg} is being repaired")
+        if request["base_lsn"] not in (0, image.base_lsn):
+            return sp.error(request_id, sp.ERROR_IMAGE_CHANGED,
+                            f"the image of PG {segment.pg} is at LSN {image.base_lsn} now", base_lsn=image.base_lsn)
+        out, size, more = [], 0, False
+        for page_id in sorted(p for p in image.page_ids if p > request["after_page_id"]):
+            if out and size >= IMAGE_CHUNK_BYTES_MAX:
+                more = True
+                break
+            try:
+                payload = image.read(page_id)
+            except ChecksumMismatch as error:
+                segment.damaged = str(error)
+                return sp.error(request_id, sp.ERROR_NOT_COMPLETE, f"segment of PG {segment.pg} is being repaired")
+            out.append([payload.crc, payload.payload])
+            size += len(payload.payload)
+        return sp.ok(request_id, base_lsn=image.base_lsn, vdl_hint=image.vdl_hint, pages=out, more=more,
+                     page_count=image.page_count, epoch=self.meta.epoch)
+
     # --- durability ---------------------------------------------------------------------------
 
     def has_ready(self) -> bool:
-        return bool(self._queued) or self.accepted != self.meta
+        return bool(self._queued) or self.accepted != self.meta or (self._meta_unwritten and not self.joining)
 
     def ready(self) -> Ready:
         """Everything queued since the last Ready: the shell persists it, fsyncs, then calls advance."""
@@ -358,8 +501,8 @@ class Node:
                     entries.extend(batch)
             elif isinstance(op, _Truncate):
                 entries.append(TruncateEntry(op.above_lsn, op.epoch, op.lsn_floor))
-        meta = self.accepted if self.accepted != self.meta else None
-        return Ready(meta, entries, ops)
+        write_meta = self.accepted != self.meta or (self._meta_unwritten and not self.joining)
+        return Ready(self.accepted if write_meta else None, entries, ops, self.op_seq)
 
     def advance(self, ready: Ready) -> list[tuple[Any, dict]]:
         """The Ready is durable: apply it in order and return the replies it was holding."""
@@ -368,18 +511,22 @@ class Node:
         if ready.meta is not None:
             assert ready.meta.epoch >= self.meta.epoch and ready.meta.lsn_floor >= self.meta.lsn_floor
             self.meta = ready.meta
+            self._meta_unwritten = False
+        self.durable_op_seq = ready.last_op_seq
         self.stats["durable_batches"] += 1
         self.stats["durable_requests"] += len(ready.ops)
         replies = []
         for op in ready.ops:
             if isinstance(op, _Append):
-                replies.append((op.token, self._apply_append(op)))
+                reply = self._apply_append(op)
             elif isinstance(op, _Truncate):
                 for segment in self.segments.values():
                     segment.truncate(op.above_lsn, op.lsn_floor)
-                replies.append((op.token, self._truncate_reply(op.request_id)))
+                reply = self._truncate_reply(op.request_id)
             else:
-                replies.append((op.token, self._answer(op.request)))
+                reply = self._answer(op.request)
+            if op.token is not None:  # None: learned from a peer, nobody waits for a reply
+                replies.append((op.token, reply))
         return replies
 
     def _apply_append(self, op: _Append) -> dict:

@@ -33,13 +33,16 @@ from pathlib import Path
 from aurora_db import storage_protocol as sp
 from aurora_db.constants import FRAME_BYTES_MAX, IN_FLIGHT_REQUESTS_MAX, STORAGE_CONNECTIONS_MAX
 from aurora_db.framing import FrameError, encode_frame, read_frame
+from storage_node.healer import Healer
 from storage_node.log_file import LogFile, fsync_directory
 from storage_node.node import Node, NodeMeta, Ready, apply_truncations, entries_by_pg, replay_segment
+from storage_node.page_image import DamagedImage, PageImage, image_files
 
 log = logging.getLogger("storage_node")
 
 META_FILE = "epoch"
 LOG_DIR = "log"
+PAGES_DIR = "pages"
 OLD_LAYOUT_PREFIX = "pg-"  # a log per PG, before the node-wide log
 
 
@@ -86,13 +89,21 @@ class Disk:
         self.data_dir = data_dir
         self.log: LogFile | None = None
 
-    def open(self, node_id: str, az: str) -> Node:
+    @property
+    def pages_dir(self) -> Path:
+        return self.data_dir / PAGES_DIR
+
+    def open(self, node_id: str, az: str, *, has_peers: bool = False, clock_ms=lambda: 0.0) -> Node:
+        """The node as its files left it. With peers, a data directory without metadata is an
+        emptied (or new) member: it joins from its peers before it serves (gossip.decide_join)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         old = sorted(p.name for p in self.data_dir.iterdir() if p.name.startswith(OLD_LAYOUT_PREFIX))
         if old:
             raise OldLayout(f"{self.data_dir} holds logs per PG ({', '.join(old[:3])}...) of an earlier version; "
                             f"this version keeps one log per node in {LOG_DIR}/: start from a new data directory")
+        joining = has_peers and not (self.data_dir / META_FILE).exists()
         meta = read_meta(self.data_dir)
+        images = self._open_images()
         self.log, entries, report = LogFile.open(self.data_dir / LOG_DIR)
         log.info("log: %d entries, torn bytes cut %d, damaged entries skipped %d",
                  report.entries, report.torn_bytes_cut, report.bad_entries)
@@ -101,12 +112,33 @@ class Disk:
             log.error("a truncation floor %d in the log is above the stored floor %d", max(floors), meta.lsn_floor)
             meta = dataclasses.replace(meta, lsn_floor=max(floors))
         segments = {}
-        for pg, pg_entries in sorted(entries_by_pg(entries).items()):
-            segment = segments[pg] = replay_segment(pg, pg_entries)
+        by_pg = entries_by_pg(entries)
+        for pg in sorted(by_pg.keys() | images.keys()):
+            image, damaged = images.get(pg, (None, None))
+            segment = segments[pg] = replay_segment(pg, by_pg.get(pg, []), image)
+            if damaged:
+                segment.damaged = damaged
             apply_truncations(segment, meta.truncations)  # ranges told to the node before this PG existed
-            log.info("PG %d: %d log entries, SCL %d, %d pending", pg, len(pg_entries), segment.scl,
-                     segment.pending_count)
-        return Node(node_id, az, meta, segments)
+            log.info("PG %d: image at LSN %d, %d log entries, SCL %d, %d pending", pg, segment.base_lsn,
+                     len(by_pg.get(pg, [])), segment.scl, segment.pending_count)
+        return Node(node_id, az, meta, segments, clock_ms=clock_ms, joining=joining)
+
+    def _open_images(self) -> dict[int, tuple[PageImage, str | None]]:
+        """pg -> (its page image, why it is damaged or None). A damaged header leaves the PG with an
+        empty image marked damaged: it serves nothing until copied from a peer."""
+        images = {}
+        for pg, path in sorted(image_files(self.pages_dir).items()):
+            try:
+                image, damaged_pages = PageImage.open(path)
+            except DamagedImage as error:
+                log.error("%s", error)
+                images[pg] = (PageImage.empty(pg), str(error))
+                continue
+            reason = f"{path.name}: pages {damaged_pages[:5]} fail their checksums" if damaged_pages else None
+            if reason:
+                log.error("%s: the segment is copied from a peer", reason)
+            images[pg] = (image, reason)
+        return images
 
     def persist(self, ready: Ready) -> None:
         if ready.meta is not None:
@@ -135,6 +167,7 @@ class StorageServer:
         self.node = node
         self.disk = disk
         self._work = asyncio.Event()
+        self._advanced = asyncio.Condition()
         self._connections: set[asyncio.Task] = set()
         self.broken_invariant = asyncio.get_running_loop().create_future()  # set: the node stops
 
@@ -149,6 +182,17 @@ class StorageServer:
                 for future, reply in self.node.advance(ready):
                     if not future.done():
                         future.set_result(reply)
+                async with self._advanced:
+                    self._advanced.notify_all()
+
+    def kick(self) -> None:
+        """Work was queued outside a request (by the healer): persist it."""
+        self._work.set()
+
+    async def durable(self, op_seq: int) -> None:
+        """Wait until every op the node queued up to mark `op_seq` is durable and applied."""
+        async with self._advanced:
+            await self._advanced.wait_for(lambda: self.node.durable_op_seq >= op_seq)
 
     async def handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
@@ -235,24 +279,30 @@ class StorageServer:
 async def serve(args) -> int:
     host, port = args.listen
     disk = Disk(Path(args.data))
+    loop = asyncio.get_running_loop()
+    peers = [peer for peer in getattr(args, "peers", None) or [] if peer[0] != args.node_id]
     try:
-        node = disk.open(args.node_id, args.az)
+        node = disk.open(args.node_id, args.az, has_peers=bool(peers), clock_ms=lambda: loop.time() * 1000)
     except OldLayout as error:
         log.critical("cannot start: %s", error)
         return 1
     storage = StorageServer(node, disk)
+    healer = Healer(node, disk.pages_dir, disk.log, peers, storage.kick, storage.durable)
     listener = await asyncio.start_server(storage.handle_connection, host, port)
     log.info("storage node %s (AZ %s) listening on %s:%d, epoch %d, %d PGs",
              args.node_id, args.az, host, port, node.meta.epoch, len(node.segments))
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     persister = loop.create_task(storage.persist_forever())
+    healing = loop.create_task(healer.run())
     stopper = loop.create_task(stop.wait())
-    await asyncio.wait([persister, stopper, storage.broken_invariant], return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait([persister, healing, stopper, storage.broken_invariant], return_when=asyncio.FIRST_COMPLETED)
     exit_code = 0
-    if persister.done():
+    if healing.done():
+        log.critical("stopping: background healing failed", exc_info=healing.exception())
+        exit_code = 1
+    elif persister.done():
         log.critical("stopping: the disk loop failed (a write or fsync error, or a broken invariant)",
                      exc_info=persister.exception())
         exit_code = 1
@@ -262,6 +312,7 @@ async def serve(args) -> int:
     else:
         log.info("stopping")
     persister.cancel()
+    healing.cancel()
     stopper.cancel()
     listener.close()
     await storage.close()

@@ -9,7 +9,6 @@ import importlib.util
 import io
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -105,11 +104,13 @@ def test_a_port_too_close_to_the_top_is_refused():
     plan_layout(65509)
 
 
-def test_storage_node_command():
+def test_a_storage_node_command_names_the_other_five_as_peers():
     layout = plan_layout(6000)
     assert node_command(layout.node("c2"), layout, CLUSTER_DIR, 64, ["python", "-m", "aurora_db.cli"]) == [
         "python", "-m", "aurora_db.cli", "storage-node", "--node-id", "c2", "--az", "c",
-        "--listen", "127.0.0.1:6016", "--data", "/clusters/one/storage-c2"]
+        "--listen", "127.0.0.1:6016", "--data", "/clusters/one/storage-c2",
+        "--peer", "a1=127.0.0.1:6011", "--peer", "a2=127.0.0.1:6012", "--peer", "b1=127.0.0.1:6013",
+        "--peer", "b2=127.0.0.1:6014", "--peer", "c1=127.0.0.1:6015"]
 
 
 def test_compute_node_commands_name_all_six_storage_nodes_and_their_role():
@@ -141,6 +142,9 @@ def test_the_commands_parse_with_the_real_cli():
     for node in layout.nodes:
         args = build_parser().parse_args(node_command(node, layout, CLUSTER_DIR, 64, []))
         assert args.node_id == node.node_id
+        if node.role == ROLE_STORAGE:
+            assert args.peers == [(peer.node_id, "127.0.0.1", peer.port)
+                                  for peer in layout.storage_nodes if peer is not node]
 
 
 def test_a_new_cluster_takes_the_reader_count_asked_for_and_an_old_one_keeps_its_own():
@@ -270,7 +274,8 @@ def test_status_entries_show_numbers_only_for_nodes_that_answered():
     a1.pid, writer.pid, reader.pid = 11, 12, 13
     assert status_entry(a1, True, {"ok": True, "epoch": 3, "pgs": {1: 20, 0: 19}}) == {
         "node_id": "a1", "kind": "storage", "role": "storage", "az": "a", "pid": 11, "port": 6011,
-        "admin_port": None, "state": "running", "health": "running", "epoch": 3, "scl": {"0": 19, "1": 20}}
+        "admin_port": None, "state": "running", "health": "running", "epoch": 3, "scl": {"0": 19, "1": 20},
+        "segments": None, "rebuilding": None, "horizon": None}
     assert status_entry(writer, True, {"ok": True, "role": "writer", "epoch": 3, "vdl": 20})["vdl"] == 20
     assert status_entry(reader, True, {"ok": True, "role": "reader", "epoch": 3, "vdl": 20, "applied_lsn": 18,
                                        "replica_lag_ms": 4.5, "replica_lag_lsn": 2, "promotion_tier": 1}) == {
@@ -284,7 +289,62 @@ def test_status_entries_show_numbers_only_for_nodes_that_answered():
     assert unreachable["epoch"] is None and unreachable["vdl"] is None and unreachable["role"] is None
     stopped = status_entry(a1, False, None)
     assert stopped["state"] == "stopped" and stopped["health"] == "stopped"
-    assert stopped["pid"] is None and stopped["scl"] is None
+    assert stopped["pid"] is None and stopped["scl"] is None and stopped["segments"] is None
+
+
+def segment(scl: int, pages: int, image_bytes: int, log_bytes: int) -> dict:
+    """A storage node's report of one segment, as its status reply carries it."""
+    return {"scl": scl, "base": scl - 2, "records": 2, "log_bytes": log_bytes, "image_bytes": image_bytes,
+            "pages": pages}
+
+
+def test_a_storage_entry_carries_its_segments_keyed_by_pg_in_order():
+    layout = plan_layout(6000)
+    a1 = layout.node("a1")
+    a1.pid = 11
+    segments = {10: segment(20, 1, 8192, 100), "2": segment(21, 3, 8192, 0), 0: segment(19, 9, 73728, 512)}
+    entry = status_entry(a1, True, {"ok": True, "epoch": 3, "pgs": {0: 19, 10: 20, 2: 21}, "rebuilding": False,
+                                    "horizon": 15, "segments": segments})
+    assert list(entry["segments"]) == ["0", "2", "10"], "int or str keys from msgpack: strings, by PG number"
+    assert entry["segments"]["10"] == segment(20, 1, 8192, 100)
+    assert (entry["rebuilding"], entry["horizon"]) == (False, 15)
+    assert json.loads(json.dumps(entry)) == entry, "--json prints it unchanged"
+
+
+def storage_entries_with_segments() -> tuple[Layout, list[dict]]:
+    """a1 holds PGs 0 and 1; a2 only PG 0 (it rebuilds from its peers); b1 does not answer; the other
+    storage nodes are stopped; the compute nodes and the proxy too."""
+    layout = plan_layout(6000)
+    replies = {"a1": {"ok": True, "epoch": 2, "pgs": {0: 40, 1: 12}, "rebuilding": False, "horizon": 30,
+                      "segments": {0: segment(40, 12, 1_000_000, 258_291), 1: segment(12, 1, 300, 212)}},
+               "a2": {"ok": True, "epoch": 2, "pgs": {0: 25}, "rebuilding": True, "horizon": 0,
+                      "segments": {"0": segment(25, 7, 57_344, 900)}}}
+    for node_id in ("a1", "a2", "b1"):
+        layout.node(node_id).pid = 100
+    entries = [status_entry(node, node.pid is not None, replies.get(node.node_id)) for node in layout.nodes]
+    return layout, entries
+
+
+def test_status_shows_each_pgs_size_and_every_storage_nodes_scl():
+    _, entries = storage_entries_with_segments()
+    text = format_status(entries)
+    lines = text.splitlines()
+    title = next(index for index, line in enumerate(lines) if line.strip() == "protection groups")
+    assert lines[title - 1] == "" and lines[title - 2].startswith(" proxy "), "after the node table"
+    header, _, pg0, pg1 = lines[title + 1:title + 5]
+    assert [cell.strip() for cell in header.split("|")] == ["PG", "pages", "size", "a1", "a2", "b1", "b2", "c1", "c2"]
+    assert [cell.strip() for cell in pg0.split("|")] == ["0", "12", "1.2 MB", "40", "25", "-", "-", "-", "-"]
+    assert [cell.strip() for cell in pg1.split("|")] == ["1", "1", "512 B", "12", "-", "-", "-", "-", "-"], \
+        "a node without the PG, one not answering and stopped ones show '-'"
+    assert len(lines) == title + 5, "a row per PG, nothing after"
+
+
+def test_a_rebuilding_storage_node_says_so_in_the_node_table():
+    _, entries = storage_entries_with_segments()
+    health = {line.split("|")[0].strip(): line.split("|")[5].strip() for line in format_status(entries).splitlines()
+              if "|" in line}
+    assert (health["a1"], health["a2"], health["b1"], health["b2"]) == (
+        "running", "rebuilding", "not answering", "stopped")
 
 
 def test_status_names_where_each_endpoint_points():
@@ -313,7 +373,7 @@ def test_the_status_table_has_a_line_per_process():
                                                          "replica_lag_ms": 12.25, "replica_lag_lsn": 3})
     text = format_status(entries)
     assert text.splitlines()[0].split("|")[0].strip() == "node"
-    assert len(text.splitlines()) == 2 + len(layout.nodes)
+    assert len(text.splitlines()) == 2 + len(layout.nodes), "replies without segments: no protection groups table"
     assert "scl 0:5" in text and "applied 9" in text and "12.2 ms / 3 LSNs" in text
 
 

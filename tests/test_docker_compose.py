@@ -70,6 +70,14 @@ def test_storage_nodes_keep_their_az_and_data_in_a_named_volume(compose, service
         assert health_port(services[name]) == args.listen[1]
 
 
+def test_every_storage_node_names_the_other_five_as_peers_where_they_listen(services):
+    listening = {name: parsed(services[name]).listen[1] for name in STORAGE_SERVICES}
+    for node_id, _ in STORAGE_NODES:
+        args = parsed(services[f"storage-{node_id}"])
+        assert sorted(args.peers) == sorted((peer_id, f"storage-{peer_id}", listening[f"storage-{peer_id}"])
+                                            for peer_id, _ in STORAGE_NODES if peer_id != node_id), node_id
+
+
 def test_compute_nodes_name_all_six_storage_nodes_where_they_listen(compose, services):
     listening = {name: parsed(services[name]).listen[1] for name in STORAGE_SERVICES}
     roles = {}

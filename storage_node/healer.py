@@ -1,0 +1,392 @@
+"""A storage node's background work (DESIGN.md 7, steps 3-5, 7 and 8), around the sans-I/O Node:
+joining a volume from an empty disk, gossip with the PG's other segments, coalescing records into
+page images, removing the log files they cover, and scrubbing files against their checksums.
+
+Invariants:
+  - Nothing learned from a peer is counted before it is durable here: records go through the
+    node's queue and group fsync like an append; a copied page image is written and fsynced before
+    the segment uses it; a learned epoch or truncation range is in the node's metadata first.
+  - A segment's records are dropped only after a page image covering them is durable, and a log
+    file is removed only when every record in it is covered (LogFile.remove_covered).
+  - Images are written, installed and scrubbed for one PG at a time, under that PG's lock: a
+    coalesce, a copy from a peer and a scrub never interleave on the same PG.
+  - Every peer request has a deadline (PEER_REQUEST_TIMEOUT_MS); a dead peer only makes a round
+    shorter. Pulled record batches are at most BATCH_RECORDS_MAX, images at most a PG.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from typing import Awaitable, Callable
+
+from aurora_db import storage_protocol as sp
+from aurora_db.constants import (
+    BATCH_RECORDS_MAX,
+    COALESCE_INTERVAL_MS,
+    COALESCE_PAGES_PER_TURN,
+    COALESCE_RECORDS_MIN,
+    GOSSIP_INTERVAL_MS,
+    GOSSIP_RECORDS_PER_REQUEST,
+    LOG_FILES_RETAINED,
+    PEER_REQUEST_TIMEOUT_MS,
+    SCRUB_INTERVAL_MS,
+)
+from aurora_db.framing import FrameError, encode_frame, read_frame
+from aurora_db.records import ChecksumMismatch, checksum
+from storage_node.gossip import Pull, SegmentView, decide_join, plan_pulls, views_from_status
+from storage_node.log_file import RecordEntry, ScanReport, scan
+from storage_node.node import Node
+from storage_node.page_image import PagePayload, PageImage, write_image
+from storage_node.segment import BelowHorizon, NotComplete, Segment
+
+log = logging.getLogger("storage_node.healer")
+
+
+class PeerError(Exception):
+    """A peer did not answer, or answered with an error."""
+
+    def __init__(self, message: str, reply: dict | None = None):
+        super().__init__(message)
+        self.reply = reply or {}
+
+
+class PeerLink:
+    """One connection to a peer storage node, one request at a time, reopened on failure."""
+
+    def __init__(self, node_id: str, host: str, port: int):
+        self.node_id, self.host, self.port = node_id, host, port
+        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._lock = asyncio.Lock()
+        self._next_id = 0
+
+    async def request(self, message: dict) -> dict:
+        async with self._lock:
+            try:
+                async with asyncio.timeout(PEER_REQUEST_TIMEOUT_MS / 1000):
+                    if self._streams is None:
+                        self._streams = await asyncio.open_connection(self.host, self.port)
+                    reader, writer = self._streams
+                    self._next_id += 1
+                    writer.write(encode_frame({"id": self._next_id, **message}))
+                    reply = await read_frame(reader)
+            except (OSError, TimeoutError, asyncio.IncompleteReadError, FrameError) as error:
+                self.close()
+                raise PeerError(f"peer {self.node_id}: {error!r}") from None
+        if not reply.get("ok"):
+            raise PeerError(f"peer {self.node_id}: {reply.get('error')}: {reply.get('message')}", reply)
+        return reply
+
+    def close(self) -> None:
+        if self._streams is not None:
+            self._streams[1].transport.abort()
+            self._streams = None
+
+
+class Healer:
+    def __init__(self, node: Node, pages_dir: Path, log_file, peers: list[tuple[str, str, int]],
+                 kick: Callable[[], None], durable: Callable[[int], Awaitable[None]]):
+        self.node = node
+        self.pages_dir = pages_dir
+        self.log = log_file
+        self.peers = {node_id: PeerLink(node_id, host, port) for node_id, host, port in peers
+                      if node_id != node.node_id}
+        self._kick = kick  # the persist loop has work
+        self._durable = durable  # wait until the node's queue up to a mark is durable
+        self._locks: dict[int, asyncio.Lock] = {}
+        self._peer_views: dict[str, dict[int, SegmentView]] = {}
+
+    def lock(self, pg: int) -> asyncio.Lock:
+        return self._locks.setdefault(pg, asyncio.Lock())
+
+    async def run(self) -> None:
+        if self.node.joining:
+            await self.join()
+        await asyncio.gather(self._every(GOSSIP_INTERVAL_MS, self.gossip_once),
+                             self._every(COALESCE_INTERVAL_MS, self.coalesce_once),
+                             self._every(SCRUB_INTERVAL_MS, self.scrub_once))
+
+    @staticmethod
+    async def _every(interval_ms: int, work: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await asyncio.sleep(interval_ms / 1000)
+            try:
+                await work()
+            except (OSError, PeerError) as error:  # a disk error stops the node elsewhere; a peer's is passing
+                log.warning("%s: %r", work.__name__, error)
+
+    async def _persist(self) -> None:
+        mark = self.node.op_seq
+        self._kick()
+        await self._durable(mark)
+
+    # --- joining from an empty disk -----------------------------------------------------------
+
+    async def join(self) -> None:
+        """Learn the epoch and truncation ranges from a read quorum of peers, durably, then serve."""
+        while True:
+            replies = await self._statuses()
+            decision = decide_join(replies, len(self.peers))
+            if decision.done:
+                break
+            log.info("empty data directory: %d of %d peers answered, waiting for a read quorum that knows the volume",
+                     len(replies), len(self.peers))
+            await asyncio.sleep(GOSSIP_INTERVAL_MS / 1000)
+        self.node.learn_from_peer(decision.epoch, decision.truncations, decision.writer)
+        self.node.finish_joining()
+        await self._persist()
+        log.info("joined the volume at epoch %d with %d truncation ranges; segments are copied from peers now",
+                 decision.epoch, len(decision.truncations))
+
+    async def _statuses(self) -> dict[str, dict]:
+        async def ask(peer: PeerLink):
+            try:
+                return peer.node_id, await peer.request({"t": sp.STATUS})
+            except PeerError:
+                return peer.node_id, None
+        answers = await asyncio.gather(*(ask(peer) for peer in self.peers.values()))
+        return {node_id: reply for node_id, reply in answers if reply is not None}
+
+    # --- gossip (step 4) -----------------------------------------------------------------------
+
+    async def gossip_once(self) -> None:
+        replies = await self._statuses()
+        learned = False
+        for reply in replies.values():
+            if not reply.get("rebuilding"):
+                learned |= self.node.learn_from_peer(reply.get("epoch", 0), reply.get("truncations", []),
+                                                     reply.get("writer"))
+        if learned:
+            await self._persist()
+        now = {peer: views_from_status(reply) for peer, reply in replies.items() if not reply.get("rebuilding")}
+        mine = {pg: SegmentView(s.scl, s.base_lsn, s.damaged is not None) for pg, s in self.node.segments.items()}
+        pulls = plan_pulls(mine, now, self._peer_views)
+        self._peer_views = now
+        for pull in pulls:
+            try:
+                await self.pull(pull)
+            except PeerError as error:
+                log.info("PG %d: pulling from %s: %s", pull.pg, pull.peer, error)
+
+    async def pull(self, pull: Pull) -> None:
+        peer = self.peers[pull.peer]
+        if pull.image:
+            await self.copy_image(pull.pg, peer)
+        segment = self._segment(pull.pg)
+        after = segment.scl
+        while after < pull.upto_lsn:
+            try:
+                reply = await peer.request({"t": sp.READ_RECORDS, "peer": True, "pg": pull.pg, "after_lsn": after,
+                                            "upto_lsn": pull.upto_lsn, "limit": GOSSIP_RECORDS_PER_REQUEST})
+            except PeerError as error:
+                if error.reply.get("error") == sp.ERROR_BELOW_HORIZON:  # collected there: copy its image
+                    await self.copy_image(pull.pg, peer)
+                    after = self._segment(pull.pg).scl
+                    continue
+                raise
+            records = reply["records"]
+            if not records:
+                return
+            for start in range(0, len(records), BATCH_RECORDS_MAX):
+                self.node.take_from_peer(pull.pg, records[start:start + BATCH_RECORDS_MAX])
+            await self._persist()
+            log.info("PG %d: took %d records in (%d, %d] from %s (SCL now %d)", pull.pg, len(records), after,
+                     pull.upto_lsn, peer.node_id, self._segment(pull.pg).scl)
+            after = RecordEntry.from_sealed(*records[-1]).lsn
+            if not reply["more"]:
+                return
+
+    def _segment(self, pg: int) -> Segment:
+        return self.node.segments.get(pg) or self.node.new_segment(pg)
+
+    async def copy_image(self, pg: int, peer: PeerLink) -> None:
+        """Copy a peer's page image of `pg` (rebuild, far behind, or a damaged image here)."""
+        async with self.lock(pg):
+            base_lsn, payloads, vdl_hint = 0, [], 0
+            after_page_id = -1
+            while True:
+                reply = await peer.request({"t": sp.GET_IMAGE, "peer": True, "pg": pg, "base_lsn": base_lsn,
+                                            "after_page_id": after_page_id})
+                if base_lsn and reply["base_lsn"] != base_lsn:
+                    raise PeerError(f"peer {peer.node_id}: image of PG {pg} moved during the copy")
+                base_lsn, vdl_hint = reply["base_lsn"], reply["vdl_hint"]
+                for crc, payload in reply["pages"]:
+                    try:
+                        payloads.append(PagePayload.verified(crc, payload))
+                    except ChecksumMismatch:
+                        raise PeerError(f"peer {peer.node_id}: a page of PG {pg} failed its checksum") from None
+                if payloads:
+                    after_page_id = payloads[-1].page_id
+                if not reply["more"]:
+                    break
+            segment = self._segment(pg)
+            if segment.damaged is None and base_lsn <= segment.base_lsn:
+                return  # nothing newer than what this segment has
+            image = await asyncio.to_thread(write_image, self.pages_dir, pg, base_lsn, vdl_hint, payloads)
+            segment.install_image(image)
+            self.node.stats["images_installed"] += 1
+            if segment.damaged is None:
+                log.info("PG %d: installed %s's page image at LSN %d (%d pages)", pg, peer.node_id, base_lsn,
+                         len(payloads))
+            else:
+                log.error("PG %d: still damaged after the copy", pg)
+
+    # --- coalescing and garbage collection (steps 5 and 7) --------------------------------------
+
+    async def coalesce_once(self) -> None:
+        horizon = self.node.horizon()
+        if horizon == 0:
+            return
+        bases = {pg: s.base_lsn for pg, s in self.node.segments.items()}
+        holding_back = self.log.pgs_holding_back(bases, LOG_FILES_RETAINED)
+        for pg, segment in list(self.node.segments.items()):
+            if segment.damaged is not None:
+                continue
+            new_base = segment.coalesce_point(horizon)
+            if new_base is None:
+                continue
+            if segment.records_to_coalesce(new_base) < COALESCE_RECORDS_MIN and pg not in holding_back:
+                continue
+            await self.coalesce(segment, new_base)
+        bases = {pg: s.base_lsn for pg, s in self.node.segments.items()}
+        removed = self.log.remove_covered(bases)
+        if removed:
+            self.node.stats["log_files_removed"] += len(removed)
+            log.info("removed %d log files covered by page images", len(removed))
+
+    async def coalesce(self, segment: Segment, new_base: int) -> bool:
+        """Write the segment's image at `new_base` and drop the records it covers. False if the
+        segment changed under it (a copy from a peer, damage): it is tried again next round."""
+        async with self.lock(segment.pg):
+            image = segment.image
+            changed = segment.pages_changed(new_base)
+            fresh: dict[int, PagePayload] = {}
+            for index, page_id in enumerate(changed):
+                if segment.image is not image or segment.damaged is not None:
+                    return False
+                try:
+                    page = segment.get_page(page_id, new_base)
+                except (NotComplete, BelowHorizon):
+                    return False
+                assert page is not None, (segment.pg, page_id, new_base)
+                fresh[page_id] = PagePayload.of_page(page)
+                if index % COALESCE_PAGES_PER_TURN == COALESCE_PAGES_PER_TURN - 1:
+                    await asyncio.sleep(0)  # requests go on between chunks
+            vdl_hint = max(segment.vdl_hint, image.vdl_hint)
+            try:
+                new_image = await asyncio.to_thread(_write_merged, self.pages_dir, segment.pg, new_base, vdl_hint,
+                                                    image, fresh)
+            except ChecksumMismatch as error:  # a page of the old image went bad: repair it first
+                segment.damaged = str(error)
+                self.node.stats["damaged_found"] += 1
+                log.error("PG %d: %s: the segment is copied from a peer", segment.pg, error)
+                return False
+            records = segment.records_to_coalesce(new_base)
+            segment.rebase(new_image)
+            self.node.stats["coalesced_records"] += records
+            self.node.stats["images_written"] += 1
+            log.info("PG %d: page image at LSN %d (%d pages rewritten, %d records dropped)", segment.pg, new_base,
+                     len(fresh), records)
+            return True
+
+    # --- scrubbing (step 8) --------------------------------------------------------------------
+
+    async def scrub_once(self) -> None:
+        for seq, size in self.log.files_with_sizes():
+            await self.scrub_log_file(seq, size)
+        for pg, segment in list(self.node.segments.items()):
+            async with self.lock(pg):
+                if segment.damaged is not None or segment.image.page_count == 0:
+                    continue
+                damaged = await asyncio.to_thread(segment.image.verify_all)
+                if damaged:
+                    segment.damaged = f"pages {damaged[:5]} of the image fail their checksums"
+                    self.node.stats["damaged_found"] += len(damaged)
+                    log.error("PG %d: scrub: %s: the segment is copied from a peer", pg, segment.damaged)
+        for pg, segment in list(self.node.segments.items()):
+            if segment.damaged is not None:
+                await self.repair_image(pg)
+        self.node.stats["scrub_passes"] += 1
+
+    async def repair_image(self, pg: int) -> None:
+        for peer in self.peers.values():
+            try:
+                await self.copy_image(pg, peer)
+            except PeerError as error:
+                log.info("PG %d: repair from %s: %s", pg, peer.node_id, error)
+                continue
+            segment = self.node.segments[pg]
+            if segment.damaged is None:
+                self.node.stats["damaged_repaired"] += 1
+                log.info("PG %d: image repaired from %s", pg, peer.node_id)
+                return
+
+    async def scrub_log_file(self, seq: int, size: int | None) -> None:
+        """Verify one log file (the current one up to `size`, what was written when asked); if
+        entries fail, rewrite the file with good copies of the records still needed."""
+        path = self.log.path_of(seq)
+        try:
+            data = await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError:
+            return  # removed meanwhile: covered by images
+        if size is not None:
+            data = data[:size]
+        report = ScanReport()
+        entries, _ = await asyncio.to_thread(scan, data, is_last_file=False, name=str(path), report=report)
+        if not report.bad_entries:
+            return
+        self.node.stats["damaged_found"] += report.bad_entries
+        if seq == self.log.current_seq:
+            self.log.seal_current()  # a file is rewritten only once nothing is appended to it
+        found = {entry.lsn for entry in entries if isinstance(entry, RecordEntry)}
+        repaired = list(entries)
+        lost = 0
+        for pg, lsns in self.log.contents[seq].lsns_by_pg.items():
+            for lsn in lsns:
+                if lsn in found:
+                    continue
+                copy = await self._good_copy(pg, lsn)
+                if copy is not None:
+                    repaired.append(copy)
+                else:
+                    lost += 1
+        # Good copies go after every marker of the file: a record still needed is in no truncated range.
+        self.node.stats["damaged_repaired"] += report.bad_entries
+        if seq not in self.log.contents:
+            log.error("%s: scrub found %d damaged entries; the file was removed meanwhile (covered by page "
+                      "images)", path.name, report.bad_entries)
+            return
+        self.log.rewrite(seq, repaired)
+        log.error("%s: scrub found %d damaged entries: file rewritten with good copies (%d records no "
+                  "segment needs any more left out)", path.name, report.bad_entries, lost)
+
+    async def _good_copy(self, pg: int, lsn: int) -> RecordEntry | None:
+        """A verified copy of a record this node's log lost, if a segment still needs it: the one
+        held in memory (checked against its checksum again), else a peer's."""
+        segment = self.node.segments.get(pg)
+        if segment is None or lsn <= segment.base_lsn or segment.in_truncated_range(lsn):
+            return None
+        held = segment.held(lsn)
+        if held is not None and checksum(held.body) == held.crc:
+            return held
+        for peer in self.peers.values():
+            with contextlib.suppress(PeerError, ChecksumMismatch):
+                reply = await peer.request({"t": sp.READ_RECORDS, "peer": True, "pg": pg, "after_lsn": lsn - 1,
+                                            "upto_lsn": lsn, "limit": 1})
+                if reply["records"]:
+                    entry = RecordEntry.from_sealed(*reply["records"][0])
+                    if entry.lsn == lsn:
+                        return entry
+        return None
+
+
+def _write_merged(pages_dir: Path, pg: int, base_lsn: int, vdl_hint: int, old: PageImage,
+                  fresh: dict[int, PagePayload]) -> PageImage:
+    """The old image's pages (read and verified again) with `fresh` ones in place: a new image."""
+    payloads = list(fresh.values())
+    for page_id in old.page_ids:
+        if page_id not in fresh:
+            payloads.append(old.read(page_id))
+    return write_image(pages_dir, pg, base_lsn, vdl_hint, payloads)
