@@ -38,7 +38,7 @@ from aurora_db.framing import FrameError, encode_frame, read_frame
 from aurora_db.records import ChecksumMismatch, checksum
 from storage_node.gossip import Pull, SegmentView, decide_join, plan_pulls, views_from_status
 from storage_node.log_file import RecordEntry, ScanReport, scan
-from storage_node.node import Node
+from storage_node.node import Node, NodeMeta
 from storage_node.page_image import PagePayload, PageImage, write_image
 from storage_node.segment import BelowHorizon, NotComplete, Segment
 
@@ -87,7 +87,7 @@ class PeerLink:
 
 class Healer:
     def __init__(self, node: Node, pages_dir: Path, log_file, peers: list[tuple[str, str, int]],
-                 kick: Callable[[], None], durable: Callable[[int], Awaitable[None]]):
+                 kick: Callable[[], None], durable: Callable[[int, NodeMeta], Awaitable[None]]):
         self.node = node
         self.pages_dir = pages_dir
         self.log = log_file
@@ -118,9 +118,9 @@ class Healer:
                 log.warning("%s: %r", work.__name__, error)
 
     async def _persist(self) -> None:
-        mark = self.node.op_seq
+        mark, meta = self.node.op_seq, self.node.accepted
         self._kick()
-        await self._durable(mark)
+        await self._durable(mark, meta)
 
     # --- joining from an empty disk -----------------------------------------------------------
 

@@ -326,7 +326,7 @@ class Node:
         elif kind == sp.READ_RECORDS:
             _int(request, "pg"), _int(request, "after_lsn"), _int(request, "upto_lsn"), _int(request, "limit")
         elif kind == sp.GET_IMAGE:
-            _int(request, "pg"), _int(request, "base_lsn"), _int(request, "after_page_id")
+            _int(request, "pg"), _int(request, "base_lsn"), _int(request, "after_page_id", minimum=-1)
 
     def _queue(self, op: _Op) -> None:
         self._queued.append(op)
@@ -445,6 +445,8 @@ class Node:
                 page = segment.get_page(request["page_id"], request["lsn"])
             except NotComplete as error:
                 return sp.error(request_id, sp.ERROR_NOT_COMPLETE, str(error))
+            except BelowHorizon:
+                raise
             except BrokenPageChain as error:
                 log.error("PG %d: %s", pg, error)
                 return sp.error(request_id, sp.ERROR_INTERNAL, str(error))
@@ -487,7 +489,15 @@ class Node:
     # --- durability ---------------------------------------------------------------------------
 
     def has_ready(self) -> bool:
-        return bool(self._queued) or self.accepted != self.meta or (self._meta_unwritten and not self.joining)
+        return bool(self._queued) or self._meta_to_write()
+
+    def _meta_to_write(self) -> bool:
+        """A joining node writes no metadata: its file marks the directory as a member's."""
+        return not self.joining and (self.accepted != self.meta or self._meta_unwritten)
+
+    def meta_covers(self, target: NodeMeta) -> bool:
+        """Is everything in `target` (an earlier `accepted`) durable now?"""
+        return self.meta.epoch >= target.epoch and set(target.truncations) <= set(self.meta.truncations)
 
     def ready(self) -> Ready:
         """Everything queued since the last Ready: the shell persists it, fsyncs, then calls advance."""
@@ -501,8 +511,7 @@ class Node:
                     entries.extend(batch)
             elif isinstance(op, _Truncate):
                 entries.append(TruncateEntry(op.above_lsn, op.epoch, op.lsn_floor))
-        write_meta = self.accepted != self.meta or (self._meta_unwritten and not self.joining)
-        return Ready(self.accepted if write_meta else None, entries, ops, self.op_seq)
+        return Ready(self.accepted if self._meta_to_write() else None, entries, ops, self.op_seq)
 
     def advance(self, ready: Ready) -> list[tuple[Any, dict]]:
         """The Ready is durable: apply it in order and return the replies it was holding."""

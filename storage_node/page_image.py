@@ -115,7 +115,7 @@ class PageImage:
             if kind != KIND_HEADER:
                 raise ChecksumMismatch("first entry is not a header")
             pg, base_lsn, vdl_hint, page_count = msgpack.unpackb(payload, raw=False)
-        except (ChecksumMismatch, ValueError, TypeError) as error:
+        except (_BadEntry, ChecksumMismatch, ValueError, TypeError) as error:
             raise DamagedImage(f"{path}: image header damaged: {error}") from None
         image = cls(pg, base_lsn, vdl_hint, Path(path))
         damaged: list[int] = []

@@ -189,10 +189,11 @@ class StorageServer:
         """Work was queued outside a request (by the healer): persist it."""
         self._work.set()
 
-    async def durable(self, op_seq: int) -> None:
-        """Wait until every op the node queued up to mark `op_seq` is durable and applied."""
+    async def durable(self, op_seq: int, meta: NodeMeta) -> None:
+        """Wait until every op the node queued up to mark `op_seq` is durable and applied, and
+        everything in `meta` (an earlier accepted metadata) is durable too."""
         async with self._advanced:
-            await self._advanced.wait_for(lambda: self.node.durable_op_seq >= op_seq)
+            await self._advanced.wait_for(lambda: self.node.durable_op_seq >= op_seq and self.node.meta_covers(meta))
 
     async def handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")

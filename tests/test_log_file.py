@@ -1,11 +1,13 @@
-"""The segment log on disk: checksums end to end, torn tails cut, damage skipped and reported."""
+"""The node's log on disk: checksums end to end, torn tails cut, damage skipped and reported; files
+removed once page images cover every record in them, and a damaged file rewritten whole."""
 
 import logging
 import os
 
 import pytest
 
-from storage_node.log_file import HEADER_BYTES, LogFile, RecordEntry, TruncateEntry, encode_entry
+from aurora_db.constants import PAGES_PER_PG
+from storage_node.log_file import HEADER_BYTES, LogFile, RecordEntry, ScanReport, TruncateEntry, encode_entry, scan
 from tests.record_builder import RecordBuilder
 
 
@@ -147,3 +149,127 @@ def test_an_unsynced_write_is_just_bytes_until_sync(tmp_path):
     assert not log_file._dirty
     log_file.close()
     assert os.path.getsize(only_file(tmp_path / "pg-0")) > 0
+
+
+# --- garbage collection and scrubbing: which files go, and rewriting a file ------------------
+
+
+def two_pg_entries(count: int) -> list[RecordEntry]:
+    """Records of PG 0 (page 1) and PG 1 (page PAGES_PER_PG + 1), interleaved unevenly."""
+    builder = RecordBuilder()
+    records = [builder.heap_init(1), builder.heap_init(PAGES_PER_PG + 1)]
+    for i in range(count - 2):
+        page = PAGES_PER_PG + 1 if i % 3 == 2 else 1
+        records.append(builder.heap_insert(page, [i, "y" * (i % 5)]))
+    return [RecordEntry.from_sealed(*r.sealed()) for r in records]
+
+
+def files_on_disk(directory) -> dict[int, list]:
+    """seq -> entries, read back from each file independently of the LogFile's own bookkeeping."""
+    out = {}
+    for path in sorted(directory.glob("*.log")):
+        entries, _ = scan(path.read_bytes(), is_last_file=False, name=path.name, report=ScanReport())
+        out[int(path.stem)] = entries
+    return out
+
+
+def rotated_log(directory, count: int = 40):
+    entries = two_pg_entries(count)
+    entry_bytes = max(len(encode_entry(e)) for e in entries)
+    log_file, _, _ = LogFile.open(directory, file_bytes_max=entry_bytes * 4)
+    for i in range(0, count, 3):
+        log_file.append(entries[i:i + 3])
+    log_file.append([TruncateEntry(above_lsn=10**6, epoch=2, lsn_floor=None)])
+    log_file.sync()
+    return log_file, entries
+
+
+@pytest.mark.parametrize("bases", [{0: 0, 1: 0}, {0: 12, 1: 9}, {0: 25}, {0: 30, 1: 31}, {0: 10**6, 1: 10**6}])
+def test_remove_covered_removes_exactly_the_sealed_files_all_below_their_pgs_base(tmp_path, bases):
+    """Aurora 2017, 3.3 step 7: garbage-collect what the page images cover, nothing more."""
+    log_file, entries = rotated_log(tmp_path / "log")
+    before = files_on_disk(tmp_path / "log")
+    assert len(before) >= 6
+    current = log_file.current_seq
+    want = [seq for seq, found in before.items() if seq != current
+            and all(e.lsn <= bases.get(e.record.pg, 0) for e in found if isinstance(e, RecordEntry))]
+    assert log_file.remove_covered(bases) == want
+    assert sorted(files_on_disk(tmp_path / "log")) == [seq for seq in before if seq not in want]
+    assert current in files_on_disk(tmp_path / "log"), "the current file is never removed"
+    assert log_file.remove_covered(bases) == []
+    log_file.append(two_pg_entries(41)[40:])  # the log goes on after a removal
+    log_file.sync()
+    log_file.close()
+    reopened, found, report = LogFile.open(tmp_path / "log")
+    kept = [e for seq, es in before.items() if seq not in want for e in es] + two_pg_entries(41)[40:]
+    assert found == kept and report.bad_entries == 0
+    assert reopened.remove_covered(bases) == [], "a reopened log knows the same contents"
+    reopened.close()
+
+
+def test_pgs_holding_back_names_the_base_each_pg_must_reach(tmp_path):
+    log_file, entries = rotated_log(tmp_path / "log")
+    files = files_on_disk(tmp_path / "log")
+    older = sorted(files)[:-2]
+    for bases in ({}, {0: 12}, {0: 10**6}, {0: 10**6, 1: 10**6}):
+        want: dict[int, int] = {}
+        for seq in older:
+            for e in files[seq]:
+                if isinstance(e, RecordEntry) and e.lsn > bases.get(e.record.pg, 0):
+                    want[e.record.pg] = max(want.get(e.record.pg, 0), e.lsn)
+        assert log_file.pgs_holding_back(bases, files_retained=2) == want, bases
+    assert log_file.pgs_holding_back({}, files_retained=len(files)) == {}
+    highest = {pg: max(e.lsn for e in entries if e.record.pg == pg) for pg in (0, 1)}
+    assert log_file.pgs_holding_back({}, files_retained=0) == highest
+    log_file.close()
+
+
+def test_files_with_sizes_and_seal_current(tmp_path):
+    """The scrubber reads sealed files whole and the current one only up to what was written."""
+    log_file, _ = rotated_log(tmp_path / "log")
+    current = log_file.current_seq
+    on_disk = files_on_disk(tmp_path / "log")
+    size = log_file.path_of(current).stat().st_size
+    assert log_file.files_with_sizes() == [(seq, size if seq == current else None) for seq in sorted(on_disk)]
+    log_file.seal_current()
+    assert log_file.current_seq == current + 1
+    assert log_file.files_with_sizes()[-2:] == [(current, None), (current + 1, 0)]
+    log_file.seal_current()  # the new current file is empty: nothing to seal
+    assert log_file.current_seq == current + 1
+    log_file.close()
+
+
+def test_rewrite_replaces_a_damaged_sealed_file_with_good_copies_in_order(tmp_path):
+    """The scrubber's repair: the file's verified entries plus good copies; it then scans clean."""
+    log_file, entries = rotated_log(tmp_path / "log")
+    seq = sorted(log_file.contents)[1]
+    original = files_on_disk(tmp_path / "log")[seq]
+    path = log_file.path_of(seq)
+    data = bytearray(path.read_bytes())
+    data[len(encode_entry(original[0])) + HEADER_BYTES + 3] ^= 0x20  # the second entry's payload
+    path.write_bytes(bytes(data))
+    report = ScanReport()
+    survivors, _ = scan(path.read_bytes(), is_last_file=False, name=path.name, report=report)
+    assert report.bad_entries == 1 and survivors == [original[0]] + original[2:]
+    with pytest.raises(AssertionError):
+        log_file.rewrite(log_file.current_seq, survivors)  # the current file is never rewritten
+    log_file.rewrite(seq, original)
+    report = ScanReport()
+    assert scan(path.read_bytes(), is_last_file=False, name=path.name, report=report)[0] == original
+    assert report.bad_entries == 0 and not list((tmp_path / "log").glob("*.tmp"))
+    log_file.close()
+    _, found, report = LogFile.open(tmp_path / "log")
+    assert found == entries + [TruncateEntry(10**6, 2, None)] and report.bad_entries == 0
+
+
+def test_a_rewrite_without_a_record_no_segment_needs_updates_what_the_file_holds(tmp_path):
+    log_file, _ = rotated_log(tmp_path / "log")
+    seq = sorted(log_file.contents)[0]
+    original = files_on_disk(tmp_path / "log")[seq]
+    pg1 = [e for e in original if e.record.pg == 1]
+    assert pg1 and any(e.record.pg == 0 for e in original)
+    highest_pg0 = max(e.lsn for e in original if e.record.pg == 0)
+    assert seq not in log_file.remove_covered({0: highest_pg0})  # PG 1's records keep it
+    log_file.rewrite(seq, [e for e in original if e.record.pg == 0])  # PG 1's were lost, and are covered elsewhere
+    assert log_file.remove_covered({0: highest_pg0}) == [seq]
+    log_file.close()
