@@ -1,0 +1,217 @@
+"""Storage healing: restart time against log size, a long redo chain before and after coalescing,
+and disk bytes per row under steady updates.
+
+1. **Writer restart time** (kill -9 of the writer to the first commit it accepts again, through
+   its own port, `aurora-db up` starting it): with the volume after `pgbench -i -s 1` (about N =
+   170,000 redo records) and after `pgbench -i -s 10` (about 10 N). Compute does no redo replay,
+   so the two should be alike.
+2. **A page with a long redo chain** (in-process, the storage node's own Segment and page image
+   files): one page changed by `--chain` records; GetPage@LSN with the segment's page cache empty,
+   before coalescing (every record applied from the page's init) and after (the image's version).
+3. **Disk bytes per row under steady updates**: `pgbench -i -s 1` then `pgbench -N` (updates of
+   pgbench_accounts plus history inserts) for `--rounds` rounds of `--seconds` each; after each
+   round the storage nodes' bytes on disk (all six) divided by the rows in the database.
+
+    .venv/bin/python -m benchmarks.storage_healing [--chain 10000] [--rounds 6] [--seconds 30] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+
+from aurora_db.cluster import load_layout, request_frame
+from benchmarks.commit_latency import aurora_db, choose_cluster_port
+from benchmarks.pgbench_tpcb import pgbench_arguments, run_pgbench
+from storage_node.page_image import PagePayload, write_image
+from storage_node.log_file import RecordEntry
+from storage_node.segment import Segment
+from tests.record_builder import RecordBuilder
+
+CLUSTER_TIMEOUT_S = 300
+RESTART_TRIALS = 3
+CHAIN_DEFAULT = 10_000
+ROUNDS_DEFAULT = 6
+SECONDS_DEFAULT = 30
+PGBENCH_CLIENTS = 4
+COMMIT_TIMEOUT_S = 60
+
+
+def log(message: str) -> None:
+    print(f"[storage_healing] {message}", file=sys.stderr, flush=True)
+
+
+class ClusterRun:
+    def __init__(self, data_dir: Path):
+        self.data_dir = data_dir
+        self.port = choose_cluster_port()
+
+    def up(self) -> None:
+        done = aurora_db("up", "--data", str(self.data_dir), "--port", str(self.port), "--readers", "0", "--detach",
+                         timeout_s=CLUSTER_TIMEOUT_S)
+        if done.returncode != 0:
+            raise RuntimeError(f"aurora-db up failed:\n{done.stdout}{done.stderr}")
+
+    def down(self) -> None:
+        aurora_db("down", "--data", str(self.data_dir), timeout_s=CLUSTER_TIMEOUT_S)
+
+    @property
+    def writer_url(self) -> str:
+        writer = load_layout(self.data_dir).writer
+        return f"postgresql://postgres@127.0.0.1:{writer.port}/postgres"
+
+    def storage_statuses(self) -> list[dict]:
+        layout = load_layout(self.data_dir)
+        return [request_frame(node.port, {"id": 1, "t": "status"}) or {} for node in layout.storage_nodes]
+
+    def storage_bytes(self) -> int:
+        return sum(path.stat().st_size for node in load_layout(self.data_dir).storage_nodes
+                   for path in (self.data_dir / f"storage-{node.node_id}").rglob("*") if path.is_file())
+
+
+# --- 1. writer restart time ---------------------------------------------------------------------
+
+
+def first_commit_after_restart(cluster: ClusterRun) -> float:
+    """kill -9 the writer, start it again, and time until a commit succeeds on its port."""
+    writer = load_layout(cluster.data_dir).writer
+    os.kill(writer.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    cluster.up()
+    deadline = killed + COMMIT_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            with psycopg.connect(cluster.writer_url, autocommit=True, connect_timeout=2) as connection:
+                connection.execute("INSERT INTO restart_probe VALUES (1)")
+                return time.monotonic() - killed
+        except psycopg.Error:
+            time.sleep(0.02)
+    raise RuntimeError("the writer accepted no commit after its restart")
+
+
+def log_records(cluster: ClusterRun) -> int:
+    """Redo records the volume has allocated so far: the highest SCL (every LSN is one record)."""
+    return max((max(status.get("pgs", {}).values(), default=0) for status in cluster.storage_statuses()), default=0)
+
+
+def restart_times(base: Path) -> list[dict]:
+    results = []
+    cluster = ClusterRun(base / "restart")
+    cluster.up()
+    try:
+        with psycopg.connect(cluster.writer_url, autocommit=True) as connection:
+            connection.execute("CREATE TABLE restart_probe (n int)")
+        for scale in (1, 10):
+            log(f"pgbench -i -s {scale}")
+            run_pgbench(["-i", "-s", str(scale), "-q", *pgbench_arguments(cluster.writer_url)], CLUSTER_TIMEOUT_S * 4)
+            records = log_records(cluster)
+            times = [first_commit_after_restart(cluster) for _ in range(RESTART_TRIALS)]
+            results.append({"scale": scale, "log_records": records, "restart_s": times,
+                            "restart_median_s": statistics.median(times)})
+            log(f"log of {records} records: restart {', '.join(f'{t:.2f}' for t in times)} s")
+    finally:
+        cluster.down()
+    return results
+
+
+# --- 2. a long redo chain --------------------------------------------------------------------
+
+
+def long_chain(base: Path, chain: int) -> dict:
+    builder = RecordBuilder()
+    page_id = 1
+    records = [builder.heap_init(page_id)]
+    records += [builder.heap_insert(page_id, [n, "x" * 20]) for n in range(100)]
+    records += [builder.heap_set_xmax(page_id, n % 100, n + 2) for n in range(chain - len(records))]
+    segment = Segment(0, cache_pages_max=1)
+    segment.add([RecordEntry.from_sealed(*record.sealed()) for record in records])
+    other_page = 2
+    segment.add([RecordEntry.from_sealed(*builder.heap_init(other_page).sealed())])
+
+    def cold_read_ms(samples: int = 7) -> float:
+        times = []
+        for _ in range(samples):
+            segment.get_page(other_page, segment.scl)  # evicts the page from the one-page cache
+            started = time.perf_counter_ns()
+            page = segment.get_page(page_id, segment.scl)
+            times.append((time.perf_counter_ns() - started) / 1e6)
+            assert page.lsn == records[-1].lsn
+        return statistics.median(times)
+
+    before_ms = cold_read_ms()
+    new_base = segment.coalesce_point(segment.scl)
+    payloads = [PagePayload.of_page(segment.get_page(p, new_base)) for p in segment.pages_changed(new_base)]
+    segment.rebase(write_image(base / "pages", 0, new_base, 0, payloads))
+    after_ms = cold_read_ms()
+    log(f"page with {chain} records: cold GetPage {before_ms:.2f} ms before coalescing, {after_ms:.3f} ms after")
+    return {"chain_records": chain, "before_ms": before_ms, "after_ms": after_ms}
+
+
+# --- 3. disk bytes per row --------------------------------------------------------------------
+
+
+def disk_per_row(base: Path, rounds: int, seconds: int) -> list[dict]:
+    cluster = ClusterRun(base / "disk")
+    cluster.up()
+    samples = []
+    try:
+        run_pgbench(["-i", "-s", "1", "-q", *pgbench_arguments(cluster.writer_url)], CLUSTER_TIMEOUT_S)
+        updates = 0
+        for round_number in range(rounds + 1):
+            if round_number:
+                output = run_pgbench(["-N", "-c", str(PGBENCH_CLIENTS), "-T", str(seconds),
+                                      *pgbench_arguments(cluster.writer_url)], seconds + CLUSTER_TIMEOUT_S)
+                updates += int(next(line.split(":")[1] for line in output.splitlines()
+                                    if "number of transactions actually processed" in line).split("/")[0])
+            with psycopg.connect(cluster.writer_url, autocommit=True) as connection:
+                rows = sum(connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                           for table in ("pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"))
+            time.sleep(2)  # one coalescing pass over what the round wrote
+            total = cluster.storage_bytes()
+            held = sum(info.get("records", 0) for status in cluster.storage_statuses()
+                       for info in (status.get("segments") or {}).values())
+            samples.append({"round": round_number, "updates": updates, "rows": rows, "disk_bytes": total,
+                            "bytes_per_row": total / rows / 6, "records_in_memory": held // 6})
+            log(f"round {round_number}: {updates} update transactions, {rows} rows, "
+                f"{total / 6 / 1e6:.1f} MB per storage node, {total / rows / 6:.0f} B per row per node, "
+                f"{held // 6} records held per node")
+    finally:
+        cluster.down()
+    return samples
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--chain", type=int, default=CHAIN_DEFAULT)
+    parser.add_argument("--rounds", type=int, default=ROUNDS_DEFAULT)
+    parser.add_argument("--seconds", type=int, default=SECONDS_DEFAULT)
+    parser.add_argument("--only", choices=["restart", "chain", "disk"], default=None)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="aurora-healing-"))
+    results: dict = {}
+    try:
+        if args.only in (None, "chain"):
+            results["long_chain"] = long_chain(base, args.chain)
+        if args.only in (None, "restart"):
+            results["restart"] = restart_times(base)
+        if args.only in (None, "disk"):
+            results["disk"] = disk_per_row(base, args.rounds, args.seconds)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    print(json.dumps(results, indent=2) if args.json else json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
