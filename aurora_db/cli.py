@@ -135,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     failover.add_argument("--target", default=None, metavar="NODE",
                           help="the reader to promote (default: lowest promotion tier, then highest applied LSN)")
 
+    replace = commands.add_parser("replace-storage",
+                                  help="replace a dead storage node with a new one while writes go on")
+    replace.add_argument("--data", required=True)
+    replace.add_argument("old", metavar="NODE", help="the dead storage node, e.g. c2")
+    replace.add_argument("--node-id", default=None, help="the new node's id (default: the next free one in "
+                                                          "the old node's AZ, e.g. c3)")
+
     slt = commands.add_parser("sqllogictest", help="run sqllogictest scripts against a PostgreSQL-protocol server")
     slt.add_argument("files", nargs="+", metavar="FILE", help="a .test script; files run one after another")
     slt.add_argument("--host", default=None)
@@ -169,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         from proxy.server import run
     elif args.command == "failover":
         from aurora_db.cluster import run_failover as run
+    elif args.command == "replace-storage":
+        from aurora_db.cluster import run_replace_storage as run
     else:
         from aurora_db.cluster import run_status as run
     return run(args) or 0

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import itertools
 import json
 import os
 import signal
@@ -32,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, TextIO
 
+from aurora_db.constants import CACHE_PAGES_DEFAULT, REPLACE_STORAGE_TIMEOUT_MS
 from aurora_db.framing import FrameDecoder, FrameError, encode_frame
 from aurora_db.storage_protocol import STATUS
 
@@ -986,6 +988,84 @@ def request_failover(cluster_dir: Path, target: str | None) -> dict:
     if not reply.get("ok"):
         raise ClusterError(f"failover not done: {reply.get('message') or reply.get('error')}")
     return reply
+
+
+# ----------------------------------------------------------------------------------------------
+# replace-storage: a dead storage node's place goes to a new one
+# ----------------------------------------------------------------------------------------------
+
+REPLACEMENT_PORT_OFFSETS = (10, 17, 18, 19)  # free ports of the cluster's range, for new storage nodes
+
+
+def replacement_node(layout: Layout, old: Node, new_id: str | None) -> Node:
+    """The new storage node: in the old one's AZ, on a free port of the cluster's range."""
+    taken_ids = {node.node_id for node in layout.nodes}
+    if new_id is None:
+        new_id = next(f"{old.az}{n}" for n in itertools.count(1) if f"{old.az}{n}" not in taken_ids)
+    if new_id in taken_ids or not new_id.replace("-", "").isalnum():
+        raise ClusterError(f"{new_id!r} cannot name the new storage node: choose another --node-id")
+    taken_ports = {port for node in layout.nodes for port in node_ports(node)}
+    port = next((layout.port + offset for offset in REPLACEMENT_PORT_OFFSETS
+                 if layout.port + offset not in taken_ports), None)
+    if port is None:
+        raise ClusterError("every port the cluster reserves for replacement storage nodes is taken")
+    return Node(new_id, ROLE_STORAGE, old.az, port, None, f"storage-{new_id}", f"logs/{new_id}.log")
+
+
+def replace_storage(cluster_dir: Path, old_id: str, new_id: str | None, out: TextIO,
+                    ready_timeout_s: float = READY_TIMEOUT_S, program: Iterable[str] = DEFAULT_PROGRAM) -> dict:
+    """Start a new storage node in a dead one's place and have the writer switch to it (see
+    ComputeNode.replace_storage for why the switch is safe). The new node joins from the five
+    others and copies their segments; the layout names it instead of the old one once the writer
+    has switched, so every process started from then on uses the new set. The old node's data
+    directory is left where it was."""
+    with cluster_lock(cluster_dir):
+        layout = require_layout(cluster_dir)
+        old = next((node for node in layout.storage_nodes if node.node_id == old_id), None)
+        if old is None:
+            raise ClusterError(f"{old_id!r} is not a storage node of this cluster")
+        processes = Processes(cluster_dir)
+        if processes.is_alive(old):
+            raise ClusterError(f"{old_id} is running: only a dead storage node is replaced (stop or kill it first)")
+        replies = running_compute_replies(layout, processes)
+        writer = next((node for node in layout.compute_nodes if (replies.get(node.node_id) or {}).get("role")
+                       == ROLE_WRITER), None)
+        if writer is None:
+            raise ClusterError("no writer is running: start the cluster (aurora-db up) first")
+        new = replacement_node(layout, old, new_id)
+        _check_ports_free([new])
+        planned = Layout(layout.port, [node for node in layout.nodes if node is not old] + [new])
+        child = spawn(node_command(new, planned, cluster_dir, CACHE_PAGES_DEFAULT, program),
+                      cluster_dir / new.log_file, cluster_dir)
+        new.pid = child.pid
+        processes.children[new.node_id] = child
+        out.write(f"started {new.node_id} (pid {child.pid}, port {new.port}): it joins from its peers\n")
+        out.flush()
+        try:
+            wait_until_ready([new], processes, f"{new.node_id} to answer", ready_timeout_s, out)
+            reply = request_frame(writer.admin_port, {"id": 1, "t": "replace_storage", "old": old_id,
+                                                      "new_id": new.node_id, "address": f"{LISTEN_HOST}:{new.port}"},
+                                  REPLACE_STORAGE_TIMEOUT_MS / 1000 + FAILOVER_REPLY_MARGIN_S)
+            if reply is None or not reply.get("ok"):
+                raise ClusterError(f"the writer did not switch to {new.node_id}: "
+                                   f"{(reply or {}).get('message', 'no answer')}")
+        except (ClusterError, StartupFailed):
+            processes.stop([new], out)
+            raise
+        save_layout(cluster_dir, planned)
+    return reply
+
+
+def run_replace_storage(args) -> int:
+    cluster_dir = Path(args.data).resolve()
+    try:
+        reply = replace_storage(cluster_dir, args.old, args.node_id, sys.stdout)
+    except ClusterError as error:
+        sys.stderr.write(f"aurora-db replace-storage: {error}\n")
+        return EXIT_FAILURE
+    sys.stdout.write(f"storage node {reply['old']} -> {reply['new_id']}: the writer switched after "
+                     f"{reply['duration_ms'] / 1000:.1f} s; the layout names {reply['new_id']} now\n")
+    return EXIT_OK
 
 
 def run_failover(args) -> int:

@@ -137,7 +137,7 @@ GOSSIP_INTERVAL_MS = 1_000  # how often a storage node compares its segments wit
 GOSSIP_RECORDS_PER_REQUEST = READ_RECORDS_MAX  # records pulled from a peer per request
 PEER_REQUEST_TIMEOUT_MS = 5_000
 SCRUB_INTERVAL_MS = 5_000  # pause between the scrubber's passes over the node's files
-SCRUB_BYTES_PER_TURN = 4 * 1024 * 1024  # bytes verified before the scrubber yields to requests
+REPLACE_STORAGE_TIMEOUT_MS = 600_000  # a new storage node has this long to copy its segments from peers
 assert CHAIN_RECORDS_MAX * CHAIN_ENTRY_BYTES_MAX < FRAME_BYTES_MAX  # a full chain reply fits a frame
 assert READ_RECORDS_BYTES_MAX + READ_RECORDS_MAX * 16 < FRAME_BYTES_MAX  # bodies plus [crc, ...] framing
 assert BATCH_RECORDS_MAX <= PENDING_RECORDS_MAX  # one append never overflows an empty pending map by itself

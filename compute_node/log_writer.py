@@ -106,6 +106,11 @@ class LogWriter:
             lsn = self.tracker.read_point(pg)
             return lsn, self.tracker.segments_complete_to(pg, lsn)
 
+    def quorum_points(self) -> dict[int, int]:
+        """Every PG's PGCL: the LSN a write quorum of its segments holds."""
+        with self._lock:
+            return dict(self.tracker.pgcl)
+
     def wait_vdl_advance(self, timeout_ms: int = COMMIT_TIMEOUT_MS) -> None:
         with self._lock:
             self._ask_ship_locked()

@@ -28,6 +28,7 @@ from aurora_db.constants import (
     FOLLOW_IDLE_CHECK_MS,
     READ_QUORUM,
     RECONNECT_INTERVAL_MS,
+    REPLACE_STORAGE_TIMEOUT_MS,
     ROLE_CHANGE_GRACE_MS,
     STARTUP_PROBE_MS,
     STORAGE_STATUS_TIMEOUT_MS,
@@ -49,6 +50,8 @@ log = logging.getLogger("compute_node")
 ADMIN_STATUS = "status"
 ADMIN_PROMOTE = "promote"
 ADMIN_DEMOTE = "demote"
+ADMIN_REPLACE_STORAGE = "replace_storage"
+REPLACE_CHECK_INTERVAL_MS = 50
 
 
 class Role(enum.Enum):
@@ -264,6 +267,58 @@ class ComputeNode:
                 await self._rejoin_locked("this writer was demoted: connect again through the writer endpoint")
             return {"ok": True, "role": self.role.value}
 
+    async def replace_storage(self, request: dict) -> dict:
+        """Replace a dead storage node with a new one (another node id and address), writes going on.
+
+        The new node has joined from its peers (storage_node/gossip.py) and is copying their
+        segments. It is added as a learner: it receives every record from now on, in no quorum.
+        Once it holds, for every PG, everything a write quorum holds (its SCL >= the PG's PGCL),
+        it takes the old node's place in the same turn of the event loop: no ack is counted between
+        the check and the switch.
+        Why this is safe: the old set and the new one share five nodes, and the old node is dead.
+        A record counted durable before the switch is on 4 of the old six, so on 3 of the shared
+        five; any 3 of the new six either include the new node, which holds it, or are 3 of the
+        shared five, which meet those 3 (3 + 3 > 5). A record counted after the switch is on 4 of
+        the new six, so on 3 of the shared five: a writer still using the old set (a compute node
+        started before the change) reads 3 of the five live old nodes and meets them too. Epoch
+        claims overlap the same way, so one writer per epoch holds. One replacement at a time."""
+        if self.role is not Role.WRITER or self.engine is None or self.client is None:
+            return {"ok": False, "error": "not_writer", "message": f"this node is {self.role.value}"}
+        client = self.client
+        old, new_id, address = request.get("old"), request.get("new_id"), request.get("address")
+        if old not in client.links or old in client.learners:
+            return {"ok": False, "error": "bad_request", "message": f"{old!r} is not a storage node of this writer"}
+        if not isinstance(new_id, str) or not new_id or new_id in client.links:
+            return {"ok": False, "error": "bad_request", "message": f"{new_id!r} is not a new storage node id"}
+        host, _, port = str(address).rpartition(":")
+        if not host or not port.isdigit():
+            return {"ok": False, "error": "bad_request", "message": f"address {address!r} is not HOST:PORT"}
+        if client.learners:
+            return {"ok": False, "error": "busy", "message": f"{', '.join(client.learners)} is replacing a node now"}
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        link = client.add_learner(new_id, host, int(port))
+        log.info("replacing storage node %s with %s at %s: waiting for it to hold what a quorum holds",
+                 old, new_id, address)
+        try:
+            while True:
+                behind = {pg: lsn for pg, lsn in self.engine.log_writer.quorum_points().items()
+                          if link.last_scls.get(pg, 0) < lsn}
+                if not behind:
+                    await client.replace_member(old, new_id)
+                    break
+                if (loop.time() - started) * 1000 > REPLACE_STORAGE_TIMEOUT_MS:
+                    raise TimeoutError(f"{new_id} still lacks records of PGs {sorted(behind)[:8]} after "
+                                       f"{REPLACE_STORAGE_TIMEOUT_MS} ms")
+                await asyncio.sleep(REPLACE_CHECK_INTERVAL_MS / 1000)
+        except Exception as error:
+            await client.drop_learner(new_id)
+            log.error("replacing %s with %s failed: %r", old, new_id, error)
+            return {"ok": False, "error": "not_replaced", "message": str(error)}
+        duration_ms = (loop.time() - started) * 1000
+        log.warning("storage node %s replaced by %s (%s) after %.0f ms", old, new_id, address, duration_ms)
+        return {"ok": True, "old": old, "new_id": new_id, "duration_ms": duration_ms}
+
     async def _rejoin_as_reader(self) -> None:
         async with self._role_change:
             if self.role is Role.FENCED:
@@ -406,6 +461,8 @@ class ComputeNode:
                     reply = await self.promote()
                 elif kind == ADMIN_DEMOTE:
                     reply = await self.demote()
+                elif kind == ADMIN_REPLACE_STORAGE:
+                    reply = await self.replace_storage(request)
                 else:
                     reply = {"ok": False, "error": "bad_request", "message": f"unknown request type {kind!r}"}
                 writer.write(encode_frame({"id": request.get("id"), **reply}))

@@ -364,6 +364,7 @@ class StorageClient:
                  on_forget: Callable[[str], None], on_fenced: Callable[[str], None], is_writer: bool = True,
                  writer_address: str | None = None):
         self.links = {node_id: NodeLink(self, node_id, host, port) for node_id, host, port in peers}
+        self.learners: set[str] = set()  # links outside every quorum until they replace a member
         self.is_writer = is_writer  # a reader's client only reads pages, at the epoch it was told
         self.writer_address = writer_address  # named with every epoch this writer claims
         self.epoch: int | None = None
@@ -417,10 +418,39 @@ class StorageClient:
 
     # callbacks from links
     def on_ack(self, pg: int, node_id: str, scl: int) -> None:
-        self._on_ack(pg, node_id, scl)
+        if node_id not in self.learners:  # a learner's acks count only once it is a member
+            self._on_ack(pg, node_id, scl)
 
     def tracker_forget(self, node_id: str) -> None:
-        self._on_forget(node_id)
+        if node_id not in self.learners:
+            self._on_forget(node_id)
+
+    # --- membership change (DESIGN.md 7: replace a dead storage node) ----------------------------
+
+    def add_learner(self, node_id: str, host: str, port: int) -> NodeLink:
+        """A storage node that receives every record from now on but is in no quorum yet."""
+        assert node_id not in self.links, node_id
+        self.learners.add(node_id)
+        link = self.links[node_id] = NodeLink(self, node_id, host, port)
+        link.start()
+        return link
+
+    async def replace_member(self, old: str, learner: str) -> None:
+        """The learner takes `old`'s place in every quorum: `old`'s link closes and its acks are
+        forgotten; the learner's SCLs count from now on. The caller has checked that the learner
+        holds every record a quorum holds (see ComputeNode.replace_storage)."""
+        assert learner in self.learners and old in self.links and old not in self.learners, (old, learner)
+        link = self.links.pop(old)
+        self._on_forget(old)
+        self.learners.discard(learner)
+        for pg, scl in self.links[learner].last_scls.items():
+            self._on_ack(pg, learner, scl)
+        await link.stop()
+
+    async def drop_learner(self, node_id: str) -> None:
+        if node_id in self.learners:
+            self.learners.discard(node_id)
+            await self.links.pop(node_id).stop()
 
     def on_fenced(self, node_id: str, message: str) -> None:
         self._on_fenced(f"{node_id} refused this writer: {message}")

@@ -119,6 +119,13 @@ class LiveCluster:
         """`aurora-db failover` (a planned switchover); the caller checks the exit code."""
         return self._run("failover", "--data", str(self.directory), *(["--target", target] if target else []))
 
+    def replace_storage(self, old: str, new_id: str | None = None) -> subprocess.CompletedProcess:
+        """`aurora-db replace-storage OLD`; the caller checks the exit code."""
+        done = self._run("replace-storage", "--data", str(self.directory), old,
+                         *(["--node-id", new_id] if new_id else []))
+        self._remember_pids()
+        return done
+
     # --- processes ----------------------------------------------------------------------------
 
     def _remember_pids(self) -> None:

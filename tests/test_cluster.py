@@ -636,3 +636,25 @@ def test_real_cluster_in_the_foreground_stops_everything_on_sigint(tmp_path):
         if up.poll() is None:
             up.kill()
         aurora_db("down", "--data", data)
+
+
+def test_a_replacement_storage_node_takes_the_next_id_of_its_az_and_a_reserved_free_port():
+    from aurora_db.cluster import REPLACEMENT_PORT_OFFSETS, replacement_node
+
+    layout = plan_layout(CLIENT_PORT_DEFAULT, 2)
+    old = layout.node("c2")
+    first = replacement_node(layout, old, None)
+    assert (first.node_id, first.role, first.az) == ("c3", ROLE_STORAGE, "c")
+    assert first.port == CLIENT_PORT_DEFAULT + REPLACEMENT_PORT_OFFSETS[0]
+    assert first.data_dir == "storage-c3" and first.log_file == "logs/c3.log"
+    layout.nodes.append(first)
+    second = replacement_node(layout, layout.node("a1"), None)
+    assert (second.node_id, second.port) == ("a3", CLIENT_PORT_DEFAULT + REPLACEMENT_PORT_OFFSETS[1])
+    every_port = {port for node in layout.nodes for port in node_ports(node)}
+    assert second.port not in every_port
+    with pytest.raises(ClusterError):
+        replacement_node(layout, old, "b1")  # an id already in use
+    for offset in REPLACEMENT_PORT_OFFSETS[1:]:
+        layout.nodes.append(replacement_node(layout, old, None))
+    with pytest.raises(ClusterError, match="every port"):
+        replacement_node(layout, old, None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -216,3 +217,56 @@ def test_a_paused_storage_node_catches_up_by_gossip_alone(cluster):
         cluster.kill(node_id, signal.SIGKILL)
     with cluster.connect() as connection:
         assert_rows_are(connection, committed)
+
+
+@pytest.mark.slow
+def test_a_dead_storage_node_is_replaced_by_a_new_one_while_writes_go_on(cluster):
+    """Membership change: c2 dies for good; `aurora-db replace-storage c2` starts c3 (a new id and
+    port), which copies its segments from its peers, and the writer switches c2's place to it while
+    a client keeps committing. Then a1 and b1 die too: commits go on only if c3 counts in the write
+    quorum (a2, b2, c1, c3). Every acknowledged row is there, and a restarted cluster uses c3."""
+    with cluster.connect() as connection:
+        create_rows_table(connection)
+        insert_rows(connection, list(range(1, 1001)))
+    acknowledged = set(range(1, 1001))
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def keep_committing() -> None:
+        try:
+            with cluster.connect() as connection:
+                row_id = 1001
+                while not stop.is_set():
+                    insert_rows(connection, [row_id])
+                    acknowledged.add(row_id)
+                    row_id += 1
+        except BaseException as error:  # the assertion below reports it
+            errors.append(error)
+
+    writer_thread = threading.Thread(target=keep_committing)
+    writer_thread.start()
+    try:
+        cluster.kill("c2", signal.SIGKILL)
+        done = cluster.replace_storage("c2")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "c2 -> c3" in done.stdout
+        cluster.kill("a1", signal.SIGKILL)
+        cluster.kill("b1", signal.SIGKILL)
+        count = len(acknowledged)
+        wait_until(lambda: len(acknowledged) > count + 50, "commits with a2, b2, c1 and c3 as the quorum")
+    finally:
+        stop.set()
+        writer_thread.join()
+    assert not errors, errors
+    with cluster.connect() as connection:
+        assert_rows_are(connection, acknowledged)
+
+    cluster.down()
+    cluster.up()
+    status = cluster.status()
+    assert "c3" in status and "c2" not in status
+    for node_id in ("a1", "b1"):  # c3 is in every quorum the writer can form now
+        cluster.kill(node_id, signal.SIGKILL)
+    with cluster.connect() as connection:
+        insert_rows(connection, [10**6])
+        assert_rows_are(connection, acknowledged | {10**6})
