@@ -2,8 +2,9 @@
 what to pull from which peer, and when an emptied node has learned enough to serve.
 
 Invariants:
-  - A node pulls only what a peer held a whole gossip round ago (its SCL in the previous round),
-    so records the writer is still delivering to both are not fetched twice.
+  - A node pulls only for a segment whose SCL did not move over the last gossip round, and only
+    what a peer held a whole round ago (its SCL then): a segment that the writer is still feeding,
+    however far behind on a busy machine, is left to the writer, so no record is fetched twice.
   - A segment behind a peer's base (the peer collected the records it lacks), or with a damaged
     image, copies that peer's page image first, then the records above it.
   - An emptied node (no data directory) serves only after a read quorum of peers that are not
@@ -44,12 +45,14 @@ def views_from_status(reply: dict) -> dict[int, SegmentView]:
 
 
 def plan_pulls(mine: dict[int, SegmentView], peers_now: dict[str, dict[int, SegmentView]],
-               peers_before: dict[str, dict[int, SegmentView]]) -> list[Pull]:
-    """One pull per PG that some peer can advance, from the peer that held the most a round ago."""
+               peers_before: dict[str, dict[int, SegmentView]], mine_before: dict[int, SegmentView]) -> list[Pull]:
+    """One pull per stuck PG that some peer can advance, from the peer that held the most a round ago."""
     pulls = []
     pgs = {pg for views in peers_now.values() for pg in views}
     for pg in sorted(pgs):
         own = mine.get(pg, SegmentView(0, 0))
+        if not own.damaged and own.scl > mine_before.get(pg, SegmentView(0, 0)).scl:
+            continue  # moving: the writer is feeding it
         best: tuple[int, str] | None = None
         for peer, views in peers_now.items():
             now, before = views.get(pg), peers_before.get(peer, {}).get(pg)

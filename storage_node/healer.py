@@ -96,7 +96,8 @@ class Healer:
         self._kick = kick  # the persist loop has work
         self._durable = durable  # wait until the node's queue up to a mark is durable
         self._locks: dict[int, asyncio.Lock] = {}
-        self._peer_views: dict[str, dict[int, SegmentView]] = {}
+        self._peer_views: dict[str, dict[int, SegmentView]] = {}  # the previous gossip round's
+        self._own_views: dict[int, SegmentView] = {}
 
     def lock(self, pg: int) -> asyncio.Lock:
         return self._locks.setdefault(pg, asyncio.Lock())
@@ -162,8 +163,8 @@ class Healer:
             await self._persist()
         now = {peer: views_from_status(reply) for peer, reply in replies.items() if not reply.get("rebuilding")}
         mine = {pg: SegmentView(s.scl, s.base_lsn, s.damaged is not None) for pg, s in self.node.segments.items()}
-        pulls = plan_pulls(mine, now, self._peer_views)
-        self._peer_views = now
+        pulls = plan_pulls(mine, now, self._peer_views, self._own_views)
+        self._peer_views, self._own_views = now, mine
         for pull in pulls:
             try:
                 await self.pull(pull)
