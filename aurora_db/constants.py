@@ -130,6 +130,7 @@ COALESCE_INTERVAL_MS = 500  # how often a storage node looks for segments to coa
 # Records above a segment's base that make it write a new image (as does holding back the removal
 # of a log file older than the newest LOG_FILES_RETAINED). Override: AURORA_DB_COALESCE_RECORDS_MIN.
 COALESCE_RECORDS_MIN = _positive_int_from_env("AURORA_DB_COALESCE_RECORDS_MIN", 20_000)
+IMAGE_REWRITE_RATIO_MAX = 4  # ... and record bytes of at least 1/4 of the image it rewrites
 COALESCE_PAGES_PER_TURN = 64  # pages materialized per event-loop turn while coalescing
 LOG_FILES_RETAINED = 2
 IMAGE_CHUNK_BYTES_MAX = FRAME_BYTES_MAX // 4  # page payloads in one get_image reply

@@ -28,6 +28,7 @@ from aurora_db.constants import (
     COALESCE_INTERVAL_MS,
     COALESCE_PAGES_PER_TURN,
     COALESCE_RECORDS_MIN,
+    IMAGE_REWRITE_RATIO_MAX,
     GOSSIP_INTERVAL_MS,
     GOSSIP_RECORDS_PER_REQUEST,
     LOG_FILES_RETAINED,
@@ -248,7 +249,7 @@ class Healer:
             new_base = segment.coalesce_point(horizon)
             if new_base is None:
                 continue
-            if segment.records_to_coalesce(new_base) < COALESCE_RECORDS_MIN and pg not in holding_back:
+            if pg not in holding_back and not worth_coalescing(segment, new_base):
                 continue
             await self.coalesce(segment, new_base)
         bases = {pg: s.base_lsn for pg, s in self.node.segments.items()}
@@ -381,6 +382,14 @@ class Healer:
                     if entry.lsn == lsn:
                         return entry
         return None
+
+
+def worth_coalescing(segment: Segment, new_base: int) -> bool:
+    """Enough records to coalesce: at least COALESCE_RECORDS_MIN, and record bytes of at least a
+    quarter of the image, since a new image rewrites all of it (so the bytes written to images stay
+    within a few times the bytes of the log)."""
+    return (segment.records_to_coalesce(new_base) >= COALESCE_RECORDS_MIN
+            and segment.held_bytes >= segment.image.file_bytes // IMAGE_REWRITE_RATIO_MAX)
 
 
 def _write_merged(pages_dir: Path, pg: int, base_lsn: int, vdl_hint: int, old: PageImage,
