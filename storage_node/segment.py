@@ -89,13 +89,19 @@ class Segment:
     def __init__(self, pg: int, image: PageImage | None = None, *, pending_records_max: int = PENDING_RECORDS_MAX,
                  cache_pages_max: int = SEGMENT_CACHE_PAGES_MAX):
         assert pending_records_max >= 1 and cache_pages_max >= 1
-        assert image is None or image.pg == pg, (pg, image.pg)
         self.pg = pg
-        self.image = image if image is not None else PageImage.empty(pg)
-        self.damaged: str | None = None  # why the image failed its checksum; None while whole
-        self.held_bytes = 0  # record bodies held, chain and pending
         self.pending_records_max = pending_records_max
         self.cache_pages_max = cache_pages_max
+        self.truncation_ranges: list[tuple[int, int]] = []  # (above_lsn, lsn_floor]: refused forever
+        self._highest_floor = 0  # the highest lsn_floor of those ranges
+        self._start_from(image if image is not None else PageImage.empty(pg))
+
+    def _start_from(self, image: PageImage) -> None:
+        """Hold nothing but `image` (truncation ranges are kept: they are the node's, not the data's)."""
+        assert image.pg == self.pg, (self.pg, image.pg)
+        self.image = image
+        self.damaged: str | None = None  # why the image failed its checksum; None while whole
+        self.held_bytes = 0  # record bodies held, chain and pending
         self._held: dict[int, RecordEntry] = {}  # lsn -> entry, chain and pending
         self._chain: list[int] = []  # chain LSNs, ascending
         self._pending: dict[int, int] = {}  # prev_pg -> lsn of a record waiting for it
@@ -103,9 +109,7 @@ class Segment:
         self._page_lsns: dict[int, list[int]] = {}  # page_id -> chain LSNs of that page, ascending
         self._page_inits: dict[int, list[int]] = {}  # page_id -> chain LSNs of its init records
         self._cache: collections.OrderedDict[int, _CachedPage] = collections.OrderedDict()
-        self.truncation_ranges: list[tuple[int, int]] = []  # (above_lsn, lsn_floor]: refused forever
-        self._highest_floor = 0  # the highest lsn_floor of those ranges
-        self.vdl_hint = self.image.vdl_hint  # highest writer VDL named by a chain record: a known durable point
+        self.vdl_hint = image.vdl_hint  # highest writer VDL named by a chain record: a known durable point
 
     # --- state --------------------------------------------------------------------------------
 
@@ -392,12 +396,8 @@ class Segment:
         assert image.pg == self.pg
         survivors = [entry for lsn, entry in self._held.items() if lsn > image.base_lsn]
         old = self.image
-        truncations = list(self.truncation_ranges)
         vdl_hint = max(self.vdl_hint, image.vdl_hint)
-        self.__init__(self.pg, image, pending_records_max=self.pending_records_max,
-                      cache_pages_max=self.cache_pages_max)
-        for above_lsn, lsn_floor in truncations:
-            self.truncate(above_lsn, lsn_floor)
+        self._start_from(image)
         self.vdl_hint = vdl_hint
         result = self.add(sorted(survivors, key=lambda e: e.lsn))
         if result.conflicts:  # records of ours that contradict the peer's image: the peer's is quorum-backed
