@@ -110,9 +110,10 @@ assert CATCH_UP_RECORDS_PER_REQUEST <= BATCH_RECORDS_MAX  # a catch-up append is
 assert RECENT_RECORDS_PER_PG_MAX >= LSN_ALLOCATION_LIMIT  # every record not yet durable can be resent
 
 # Storage node.
-# A node's log file is closed and a new one started past this size. Override:
+# A node's log file is closed and a new one started past this size: files are what garbage collection
+# removes, so a node's log stays within about (LOG_FILES_RETAINED + 1) of them. Override:
 # AURORA_DB_LOG_FILE_BYTES_MAX (tests use small files to see them collected and scrubbed).
-LOG_FILE_BYTES_MAX = _positive_int_from_env("AURORA_DB_LOG_FILE_BYTES_MAX", 64 * 1024 * 1024)
+LOG_FILE_BYTES_MAX = _positive_int_from_env("AURORA_DB_LOG_FILE_BYTES_MAX", 16 * 1024 * 1024)
 LOG_ENTRY_BYTES_MAX = FRAME_BYTES_MAX  # one log entry's payload: a record never exceeds a frame
 SEGMENT_CACHE_PAGES_MAX = 1024  # materialized latest page versions one segment keeps (LRU)
 CHAIN_RECORDS_MAX = 200_000  # entries in one `chain` reply; the rest is asked for with "more"

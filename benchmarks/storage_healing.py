@@ -8,9 +8,11 @@ and disk bytes per row under steady updates.
 2. **A page with a long redo chain** (in-process, the storage node's own Segment and page image
    files): one page changed by `--chain` records; GetPage@LSN with the segment's page cache empty,
    before coalescing (every record applied from the page's init) and after (the image's version).
-3. **Disk bytes per row under steady updates**: `pgbench -i -s 1` then `pgbench -N` (updates of
-   pgbench_accounts plus history inserts) for `--rounds` rounds of `--seconds` each; after each
-   round the storage nodes' bytes on disk (all six) divided by the rows in the database.
+3. **Disk bytes per row under steady updates**: `pgbench -i -s 1` then `pgbench -N -n` (updates of
+   pgbench_accounts plus history inserts, no VACUUM or TRUNCATE between rounds) for `--rounds`
+   rounds of `--seconds` each; after each round a storage node's bytes on disk divided by the rows
+   in the database, split into its page images (the database itself: every row version, since
+   dead versions are not reclaimed yet) and its log files (what garbage collection bounds).
 
     .venv/bin/python -m benchmarks.storage_healing [--chain 10000] [--rounds 6] [--seconds 30] [--json]
 """
@@ -169,7 +171,7 @@ def disk_per_row(base: Path, rounds: int, seconds: int) -> list[dict]:
         updates = 0
         for round_number in range(rounds + 1):
             if round_number:
-                output = run_pgbench(["-N", "-c", str(PGBENCH_CLIENTS), "-T", str(seconds),
+                output = run_pgbench(["-N", "-n", "-c", str(PGBENCH_CLIENTS), "-T", str(seconds),
                                       *pgbench_arguments(cluster.writer_url)], seconds + CLUSTER_TIMEOUT_S)
                 updates += int(next(line.split(":")[1] for line in output.splitlines()
                                     if "number of transactions actually processed" in line).split("/")[0])
@@ -177,14 +179,16 @@ def disk_per_row(base: Path, rounds: int, seconds: int) -> list[dict]:
                 rows = sum(connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
                            for table in ("pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"))
             time.sleep(2)  # one coalescing pass over what the round wrote
-            total = cluster.storage_bytes()
-            held = sum(info.get("records", 0) for status in cluster.storage_statuses()
-                       for info in (status.get("segments") or {}).values())
-            samples.append({"round": round_number, "updates": updates, "rows": rows, "disk_bytes": total,
-                            "bytes_per_row": total / rows / 6, "records_in_memory": held // 6})
-            log(f"round {round_number}: {updates} update transactions, {rows} rows, "
-                f"{total / 6 / 1e6:.1f} MB per storage node, {total / rows / 6:.0f} B per row per node, "
-                f"{held // 6} records held per node")
+            total = cluster.storage_bytes() / 6
+            segments = [info for status in cluster.storage_statuses() for info in (status.get("segments") or {}).values()]
+            held = sum(info.get("records", 0) for info in segments) / 6
+            images = sum(info.get("image_bytes", 0) for info in segments) / 6
+            samples.append({"round": round_number, "updates": updates, "rows": rows, "node_disk_bytes": total,
+                            "bytes_per_row": total / rows, "image_bytes_per_row": images / rows,
+                            "log_bytes_per_row": (total - images) / rows, "records_in_memory": held})
+            log(f"round {round_number}: {updates} update transactions, {rows} rows; per storage node "
+                f"{total / 1e6:.1f} MB = {total / rows:.0f} B per row: page images {images / rows:.0f}, "
+                f"log {(total - images) / rows:.0f}; {held:.0f} records held in memory")
     finally:
         cluster.down()
     return samples
