@@ -20,6 +20,7 @@ and disk bytes per row under steady updates.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import shutil
@@ -41,7 +42,8 @@ from storage_node.segment import Segment
 from tests.record_builder import RecordBuilder
 
 CLUSTER_TIMEOUT_S = 300
-RESTART_TRIALS = 3
+RESTART_TRIALS = 5
+SETTLE_S = 20
 CHAIN_DEFAULT = 10_000
 ROUNDS_DEFAULT = 6
 SECONDS_DEFAULT = 30
@@ -101,6 +103,23 @@ def first_commit_after_restart(cluster: ClusterRun) -> float:
     raise RuntimeError("the writer accepted no commit after its restart")
 
 
+def last_recovery_s(cluster: ClusterRun) -> float | None:
+    """From the writer's log: its first line after its last start to "writer ready" (recovery and
+    opening the volume; Python's start-up comes before the first line)."""
+    text = (cluster.data_dir / load_layout(cluster.data_dir).writer.log_file).read_text(errors="replace")
+    header = text.rfind("=== ")
+    first = text.find("\n", header) + 1
+    ready = text.find("writer ready on", first)
+    if header < 0 or ready < 0:
+        return None
+    line_start = text.rfind("\n", 0, ready) + 1
+
+    def stamp(at: int) -> datetime.datetime:
+        return datetime.datetime.strptime(text[at:at + 23], "%Y-%m-%d %H:%M:%S,%f")
+
+    return (stamp(line_start) - stamp(first)).total_seconds()
+
+
 def log_records(cluster: ClusterRun) -> int:
     """Redo records the volume has allocated so far: the highest SCL (every LSN is one record)."""
     return max((max(status.get("pgs", {}).values(), default=0) for status in cluster.storage_statuses()), default=0)
@@ -117,10 +136,15 @@ def restart_times(base: Path) -> list[dict]:
             log(f"pgbench -i -s {scale}")
             run_pgbench(["-i", "-s", str(scale), "-q", *pgbench_arguments(cluster.writer_url)], CLUSTER_TIMEOUT_S * 4)
             records = log_records(cluster)
-            times = [first_commit_after_restart(cluster) for _ in range(RESTART_TRIALS)]
+            time.sleep(SETTLE_S)  # the storage nodes coalesce what the load wrote
+            times, recoveries = [], []
+            for _ in range(RESTART_TRIALS):
+                times.append(first_commit_after_restart(cluster))
+                recoveries.append(last_recovery_s(cluster))
             results.append({"scale": scale, "log_records": records, "restart_s": times,
-                            "restart_median_s": statistics.median(times)})
-            log(f"log of {records} records: restart {', '.join(f'{t:.2f}' for t in times)} s")
+                            "restart_median_s": statistics.median(times), "log_start_to_ready_s": recoveries})
+            log(f"log of {records} records: restart {', '.join(f'{t:.2f}' for t in times)} s "
+                f"(first log line to writer ready: {', '.join(f'{t:.2f}' for t in recoveries if t)} s)")
     finally:
         cluster.down()
     return results
