@@ -61,11 +61,19 @@ async def _ask_all(links: list[NodeLink], message: dict) -> dict[str, dict]:
     return {node_id: reply for node_id, reply in results if reply is not None}
 
 
+def _check_not_overtaken(client: StorageClient) -> None:
+    """Links refuse nodes that hold a newer epoch than this writer's: waiting for them to connect
+    would wait out the whole recovery timeout. Raise NewerEpochSeen instead."""
+    if client.epoch is not None and client.newest_epoch_seen > client.epoch:
+        raise NewerEpochSeen(client.newest_epoch_seen)
+
+
 async def _quorum_of(client: StorageClient, message_for, needed: int, what: str) -> dict[str, dict]:
     """Send to every connected node until `needed` succeed; wait for nodes to come back meanwhile."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + RECOVERY_TIMEOUT_MS / 1000
     while True:
+        _check_not_overtaken(client)
         links = await client.wait_connected(needed, 1000)
         try:
             replies = await _ask_all(links, message_for()) if len(links) >= needed else {}
@@ -89,8 +97,8 @@ async def recover(client: StorageClient) -> RecoveredVolume:
                                                         "writer": client.writer_address},
                                        WRITE_QUORUM, f"setting epoch {epoch}")
             break
-        except NewerEpochSeen:  # another writer raced us to a newer epoch: go above it
-            epoch += 1
+        except NewerEpochSeen as seen:  # another writer raced us to a newer epoch: go above it
+            epoch = max(epoch, seen.epoch) + 1
     log.info("recovery: epoch %d is durable on %s", epoch, sorted(replies))
     replies, truncations = await _apply_known_truncations(client, epoch, replies)
 
@@ -100,8 +108,12 @@ async def recover(client: StorageClient) -> RecoveredVolume:
     vdl, vcl, pg_tails = await _find_vdl(client, best, start) if best else (0, 0, {})
     lsn_floor = max(vdl, old_floor) + LSN_ALLOCATION_LIMIT
     client.truncations = truncations + [(vdl, lsn_floor)]
-    await _quorum_of(client, lambda: {"t": sp.TRUNCATE, "epoch": epoch, "above_lsn": vdl, "lsn_floor": lsn_floor},
-                     WRITE_QUORUM, f"truncating above {vdl}")
+    try:
+        await _quorum_of(client, lambda: {"t": sp.TRUNCATE, "epoch": epoch, "above_lsn": vdl, "lsn_floor": lsn_floor},
+                         WRITE_QUORUM, f"truncating above {vdl}")
+    except NewerEpochSeen as seen:
+        raise CannotConnectNow(f"recovery: another writer claimed epoch {seen.epoch} while this one, of epoch "
+                               f"{epoch}, was truncating") from None
     client.seed_tails(pg_tails)
     for link in client.links.values():
         link.resync()  # handshake again and catch up to the tails
@@ -139,6 +151,11 @@ async def _wait_replicated(client: StorageClient, pg_tails: dict[int, int]) -> N
     loop = asyncio.get_running_loop()
     deadline = loop.time() + RECOVERY_TIMEOUT_MS / 1000
     while True:
+        try:
+            _check_not_overtaken(client)
+        except NewerEpochSeen as seen:
+            raise CannotConnectNow(f"recovery: another writer claimed epoch {seen.epoch} while this one, of epoch "
+                                   f"{client.epoch}, waited for its tails to be replicated") from None
         behind = {pg: tail for pg, tail in pg_tails.items()
                   if sum(1 for link in client.links.values()
                          if link.connected.is_set() and link.last_scls.get(pg, 0) >= tail) < WRITE_QUORUM}

@@ -262,6 +262,7 @@ class NodeLink:
             self.az = reply.get("az")
             if not self.client.is_writer:
                 break  # a reader only reads: it never raises an epoch or truncates
+            self.client.newest_epoch_seen = max(self.client.newest_epoch_seen, reply["epoch"])
             if epoch is not None and reply["epoch"] > epoch:
                 # Its SCLs count a newer writer's records: never let them into this writer's VDL.
                 message = f"the node holds epoch {reply['epoch']}, newer than this writer's {epoch}"
@@ -368,6 +369,7 @@ class StorageClient:
         self.is_writer = is_writer  # a reader's client only reads pages, at the epoch it was told
         self.writer_address = writer_address  # named with every epoch this writer claims
         self.epoch: int | None = None
+        self.newest_epoch_seen = 0  # the highest epoch any node reported in a handshake
         self.truncations: list[tuple[int, int]] = []  # every (above_lsn, lsn_floor] range, this epoch's last
         self._on_ack = on_ack
         self._on_forget = on_forget

@@ -262,6 +262,8 @@ class Healer:
         """Write the segment's image at `new_base` and drop the records it covers. False if the
         segment changed under it (a copy from a peer, damage): it is tried again next round."""
         async with self.lock(segment.pg):
+            if new_base <= segment.base_lsn or segment.held(new_base) is None:
+                return False  # a peer's image was installed while this waited for the lock
             image = segment.image
             changed = segment.pages_changed(new_base)
             fresh: dict[int, PagePayload] = {}

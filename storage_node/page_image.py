@@ -98,6 +98,7 @@ class PageImage:
         self.path = path
         self._fd: int | None = None
         self._index: dict[int, tuple[int, int, int, int]] = {}  # page_id -> (offset, length, crc, lsn)
+        self._header_bytes = 0
         self.file_bytes = 0
 
     @classmethod
@@ -118,6 +119,7 @@ class PageImage:
         except (_BadEntry, ChecksumMismatch, ValueError, TypeError) as error:
             raise DamagedImage(f"{path}: image header damaged: {error}") from None
         image = cls(pg, base_lsn, vdl_hint, Path(path))
+        image._header_bytes = end
         damaged: list[int] = []
         pos = end
         while pos < len(data):
@@ -172,14 +174,26 @@ class PageImage:
         return payload.page() if payload is not None else None
 
     def verify_all(self) -> list[int]:
-        """Re-read every page from disk (scrubbing): the page ids that no longer verify."""
+        """Re-read every entry from disk (scrubbing): the page ids that no longer verify, and -1
+        if the header does not (the next open would refuse the whole image)."""
         damaged = []
+        if self._fd is not None and not self._header_verifies():
+            damaged.append(-1)
         for page_id in list(self._index):
             try:
                 self.read(page_id)
             except ChecksumMismatch:
                 damaged.append(page_id)
         return damaged
+
+    def _header_verifies(self) -> bool:
+        data = os.pread(self._fd, self._header_bytes, 0)
+        try:
+            kind, payload, _, _ = _decode(data, 0)
+            return kind == KIND_HEADER and msgpack.unpackb(payload, raw=False)[:3] == [self.pg, self.base_lsn,
+                                                                                       self.vdl_hint]
+        except (_BadEntry, ValueError, TypeError):
+            return False
 
     def close(self) -> None:
         if self._fd is not None:

@@ -69,6 +69,7 @@ class InMemoryClient:
     def __init__(self, volume):
         self.volume = volume
         self.epoch = None
+        self.newest_epoch_seen = 0  # the in-memory links never refuse a node
         self.truncations = []
         self.writer_address = "127.0.0.1:7020"
         self.links = {node_id: InMemoryLink(volume, node_id) for node_id in volume.nodes}
