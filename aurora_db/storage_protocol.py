@@ -54,7 +54,7 @@ Requests and their successful replies ({"id", "ok": True, ...}):
                                               lsn <= scl, in LSN order, at most min(limit,
                                               READ_RECORDS_MAX) and READ_RECORDS_BYTES_MAX of bodies;
                                               scl, more: True if a limit cut the list short
-  truncate    epoch, above_lsn, [lsn_floor]
+  truncate    epoch, above_lsn, [lsn_floor], [range_epoch]
                                            -> pgs: {pg: scl}, epoch, lsn_floor
                                               Every PG of the node drops records with
                                               above_lsn < lsn <= lsn_floor, and keeps refusing records in
@@ -66,6 +66,10 @@ Requests and their successful replies ({"id", "ok": True, ...}):
                                               record of a PG must name that PG's last record at or below
                                               above_lsn as prev_pg. The range, the epoch and the highest
                                               lsn_floor are durable before the reply.
+                                              range_epoch (default: epoch) is the epoch of the recovery
+                                              that made the range. Ranges are kept and reported as
+                                              [above_lsn, lsn_floor, range_epoch]; one that a newer
+                                              epoch's range voids is dropped (aurora_db/truncation.py).
 
   read_point  client, lsn                  -> horizon
                                               A compute node's lowest read point (PGMRPL): a lease of

@@ -19,6 +19,7 @@ import dataclasses
 import logging
 
 from aurora_db import storage_protocol as sp
+from aurora_db import truncation
 from aurora_db.constants import LSN_ALLOCATION_LIMIT, READ_QUORUM, RECOVERY_TIMEOUT_MS, WRITE_QUORUM
 from aurora_db.errors import CannotConnectNow
 from compute_node.storage_client import NodeLink, NodeUnreachable, RequestFailed, StorageClient
@@ -107,7 +108,7 @@ async def recover(client: StorageClient) -> RecoveredVolume:
     start = max(reply.get("vdl_hint", 0) for reply in replies.values())
     vdl, vcl, pg_tails = await _find_vdl(client, best, start) if best else (0, 0, {})
     lsn_floor = max(vdl, old_floor) + LSN_ALLOCATION_LIMIT
-    client.truncations = truncations + [(vdl, lsn_floor)]
+    client.truncations = truncations + [(vdl, lsn_floor, epoch)]
     try:
         await _quorum_of(client, lambda: {"t": sp.TRUNCATE, "epoch": epoch, "above_lsn": vdl, "lsn_floor": lsn_floor},
                          WRITE_QUORUM, f"truncating above {vdl}")
@@ -123,24 +124,26 @@ async def recover(client: StorageClient) -> RecoveredVolume:
 
 
 async def _apply_known_truncations(client: StorageClient, epoch: int,
-                                   replies: dict[str, dict]) -> tuple[dict[str, dict], list[tuple[int, int]]]:
+                                   replies: dict[str, dict]) -> tuple[dict[str, dict], list[truncation.Range]]:
     """Every truncation an earlier recovery made durable reached a write quorum, so it is in these
     replies. A node that missed one may still hold an old epoch's records inside it, which the
-    chain walk must never see: tell every replying node every range, then read their SCLs again."""
-    truncations: list[tuple[int, int]] = []
-    for reply in replies.values():
-        for above_lsn, lsn_floor in reply.get("truncations", []):
-            if (above_lsn, lsn_floor) not in truncations:
-                truncations.append((above_lsn, lsn_floor))
-    lacking = {node_id: [r for r in truncations if list(r) not in reply.get("truncations", [])]
+    chain walk must never see: tell every replying node every live range (with the epoch that made
+    it), then read their SCLs again. A void range (a losing candidate's: aurora_db/truncation.py)
+    is neither applied nor passed on."""
+    truncations = list(truncation.live(r for reply in replies.values()
+                                       for r in truncation.from_wire(reply.get("truncations"))))
+    lacking = {node_id: [r for r in truncations
+                         if r[:2] not in truncation.pairs(truncation.from_wire(reply.get("truncations")))]
                for node_id, reply in replies.items()}
     if not any(lacking.values()):
         return replies, truncations
     for node_id, missing in lacking.items():
-        for above_lsn, lsn_floor in missing:
-            log.info("recovery: %s missed truncation (%d, %d]; applying it", node_id, above_lsn, lsn_floor)
+        for above_lsn, lsn_floor, range_epoch in missing:
+            log.info("recovery: %s missed truncation (%d, %d] of epoch %d; applying it", node_id, above_lsn,
+                     lsn_floor, range_epoch)
             await client.links[node_id].request(
-                {"t": sp.TRUNCATE, "epoch": epoch, "above_lsn": above_lsn, "lsn_floor": lsn_floor})
+                {"t": sp.TRUNCATE, "epoch": epoch, "above_lsn": above_lsn, "lsn_floor": lsn_floor,
+                 "range_epoch": range_epoch})
     fresh = {node_id: await client.links[node_id].request({"t": sp.STATUS}) for node_id in replies}
     return fresh, truncations
 

@@ -26,6 +26,7 @@ import random
 from typing import Callable
 
 from aurora_db import storage_protocol as sp
+from aurora_db import truncation
 from aurora_db.constants import (
     APPENDS_IN_FLIGHT_MAX,
     BATCH_RECORDS_MAX,
@@ -276,12 +277,12 @@ class NodeLink:
                 except RequestFailed as error:
                     if error.code != sp.ERROR_EPOCH_CLAIMED:  # raised meanwhile by our own requests: fine
                         raise
-            held = {tuple(r) for r in reply.get("truncations", [])}
-            for above_lsn, lsn_floor in truncations:
+            held = truncation.pairs(truncation.from_wire(reply.get("truncations")))
+            for above_lsn, lsn_floor, range_epoch in truncations:
                 if (above_lsn, lsn_floor) not in held:
                     reply = await self._send_request(
-                        {"t": sp.TRUNCATE, "epoch": epoch, "above_lsn": above_lsn, "lsn_floor": lsn_floor},
-                        STORAGE_REQUEST_TIMEOUT_MS)
+                        {"t": sp.TRUNCATE, "epoch": epoch, "above_lsn": above_lsn, "lsn_floor": lsn_floor,
+                         "range_epoch": range_epoch}, STORAGE_REQUEST_TIMEOUT_MS)
             if (epoch, truncations) == (self.client.epoch, self.client.truncations):
                 break
         self._report_scls(reply)
@@ -370,7 +371,7 @@ class StorageClient:
         self.writer_address = writer_address  # named with every epoch this writer claims
         self.epoch: int | None = None
         self.newest_epoch_seen = 0  # the highest epoch any node reported in a handshake
-        self.truncations: list[tuple[int, int]] = []  # every (above_lsn, lsn_floor] range, this epoch's last
+        self.truncations: list[truncation.Range] = []  # every live (above_lsn, lsn_floor, epoch), this epoch's last
         self._on_ack = on_ack
         self._on_forget = on_forget
         self._on_fenced = on_fenced

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from aurora_db import truncation
 from aurora_db.constants import READ_QUORUM, SEGMENTS_PER_PG
 
 
@@ -75,7 +76,7 @@ class JoinDecision:
     done: bool
     epoch: int = 0
     writer: str | None = None
-    truncations: tuple[tuple[int, int], ...] = ()
+    truncations: tuple[truncation.Range, ...] = ()
 
 
 def decide_join(replies: dict[str, dict], peers_total: int) -> JoinDecision:
@@ -87,9 +88,5 @@ def decide_join(replies: dict[str, dict], peers_total: int) -> JoinDecision:
     if len(knowing) < needed and not all_new:
         return JoinDecision(False)
     newest = max(knowing.values(), key=lambda reply: reply.get("epoch", 0), default={})
-    truncations: list[tuple[int, int]] = []
-    for reply in knowing.values():
-        for above_lsn, lsn_floor in reply.get("truncations", []):
-            if (above_lsn, lsn_floor) not in truncations:
-                truncations.append((above_lsn, lsn_floor))
-    return JoinDecision(True, newest.get("epoch", 0), newest.get("writer"), tuple(truncations))
+    ranges = [r for reply in knowing.values() for r in truncation.from_wire(reply.get("truncations"))]
+    return JoinDecision(True, newest.get("epoch", 0), newest.get("writer"), truncation.live(ranges))

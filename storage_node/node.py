@@ -39,7 +39,7 @@ import dataclasses
 import logging
 from typing import Any, Callable
 
-from aurora_db import pages
+from aurora_db import pages, truncation
 from aurora_db import storage_protocol as sp
 from aurora_db.constants import (
     BATCH_RECORDS_MAX,
@@ -69,7 +69,7 @@ class NodeMeta:
 
     epoch: int = 0
     lsn_floor: int = 0
-    truncations: tuple[tuple[int, int], ...] = ()  # (above_lsn, lsn_floor] ranges, in the order told
+    truncations: tuple[truncation.Range, ...] = ()  # live (above_lsn, lsn_floor, epoch) ranges, in the order told
     writer: str | None = None  # "host:port" the epoch's writer named in set_epoch: where readers follow it
 
 
@@ -123,15 +123,19 @@ def entries_by_pg(entries: list[LogEntry]) -> dict[int, list[LogEntry]]:
 
 
 def apply_truncations(segment: Segment, truncations) -> None:
-    """Apply every node-wide (above_lsn, lsn_floor] range the segment does not hold yet."""
-    for above_lsn, lsn_floor in truncations:
+    """Make the segment's ranges the node's live ones: apply every range it does not hold yet, and
+    stop refusing LSNs of a range that a newer epoch's range voided (aurora_db/truncation.py)."""
+    for above_lsn, lsn_floor, _ in truncations:
         if (above_lsn, lsn_floor) not in segment.truncation_ranges:
             segment.truncate(above_lsn, lsn_floor)
+    segment.retain_ranges(truncation.pairs(truncations))
 
 
-def replay_segment(pg: int, entries: list[LogEntry], image=None) -> Segment:
+def replay_segment(pg: int, entries: list[LogEntry], image=None, live_ranges=None) -> Segment:
     """Rebuild a segment from its page image and its log, in the order the entries were written
-    (records the image covers are skipped)."""
+    (records the image covers are skipped). A marker discards what was written before it, as it
+    did then; its range is remembered only if it is live (`live_ranges`: (above_lsn, lsn_floor)
+    pairs; None: all), since records of a voided range were written after it was voided."""
     segment = Segment(pg, image)
     batch: list[RecordEntry] = []
     for entry in entries:
@@ -140,7 +144,8 @@ def replay_segment(pg: int, entries: list[LogEntry], image=None) -> Segment:
             continue
         segment.add(batch)
         batch = []
-        segment.truncate(entry.above_lsn, entry.lsn_floor)
+        segment.truncate(entry.above_lsn, entry.lsn_floor,
+                         remember=live_ranges is None or (entry.above_lsn, entry.lsn_floor) in live_ranges)
     segment.add(batch)
     return segment
 
@@ -240,16 +245,17 @@ class Node:
             lsn_floor = request.get("lsn_floor")
             if lsn_floor is not None:
                 lsn_floor = _int(request, "lsn_floor", minimum=above_lsn)
+            range_epoch = request.get("range_epoch", epoch)
+            if not isinstance(range_epoch, int) or isinstance(range_epoch, bool) or not 0 <= range_epoch <= epoch:
+                raise BadRequest(f"field 'range_epoch' must be an integer in 0..{epoch}, got {range_epoch!r}")
             self._raise_epoch(epoch)
             if lsn_floor is not None:
-                known = (above_lsn, lsn_floor) in self.accepted.truncations
-                if known and (above_lsn, lsn_floor) in self.meta.truncations and epoch <= self.meta.epoch:
+                known = (above_lsn, lsn_floor) in truncation.pairs(self.accepted.truncations)
+                if known and (above_lsn, lsn_floor) in truncation.pairs(self.meta.truncations) and epoch <= self.meta.epoch:
                     return self._truncate_reply(request_id)  # already durable: nothing to write
-                if not known:
-                    self.accepted = dataclasses.replace(
-                        self.accepted, lsn_floor=max(lsn_floor, self.accepted.lsn_floor),
-                        truncations=self.accepted.truncations + ((above_lsn, lsn_floor),))
-            self._queue(_Truncate(token, request_id, above_lsn, epoch, lsn_floor))
+                if not known and not self._accept_range((above_lsn, lsn_floor, range_epoch)):
+                    return self._truncate_reply(request_id)  # void: a newer epoch's range is below it
+            self._queue(_Truncate(token, request_id, above_lsn, range_epoch, lsn_floor))
             return None
         self._validate_read(kind, request)
         self._raise_epoch(epoch)
@@ -365,6 +371,15 @@ class Node:
 
     # --- what peers tell (gossip, rebuild) -----------------------------------------------------
 
+    def _accept_range(self, new: truncation.Range) -> bool:
+        """Add a range to the accepted metadata, keeping only live ones. False if it is void."""
+        ranges = truncation.live(self.accepted.truncations + (new,))
+        if new not in ranges:
+            return False
+        self.accepted = dataclasses.replace(self.accepted, lsn_floor=max(new[1], self.accepted.lsn_floor),
+                                            truncations=ranges)
+        return True
+
     def learn_from_peer(self, epoch: int, truncations, writer: str | None) -> bool:
         """A peer's epoch and truncation ranges: queued to be durable with the next Ready (and the
         ranges applied to every segment then). True if anything was new."""
@@ -372,12 +387,11 @@ class Node:
         if epoch > self.accepted.epoch:
             self._raise_epoch(epoch, writer)
             learned = True
-        for above_lsn, lsn_floor in truncations:
-            if (above_lsn, lsn_floor) not in self.accepted.truncations:
-                self.accepted = dataclasses.replace(
-                    self.accepted, lsn_floor=max(lsn_floor, self.accepted.lsn_floor),
-                    truncations=self.accepted.truncations + ((above_lsn, lsn_floor),))
-                self._queue(_Truncate(None, None, above_lsn, self.accepted.epoch, lsn_floor))
+        for above_lsn, lsn_floor, range_epoch in truncation.from_wire(truncations):
+            if (above_lsn, lsn_floor) in truncation.pairs(self.accepted.truncations):
+                continue
+            if self._accept_range((above_lsn, lsn_floor, range_epoch)):
+                self._queue(_Truncate(None, None, above_lsn, range_epoch, lsn_floor))
                 learned = True
         return learned
 
@@ -410,7 +424,7 @@ class Node:
 
     def _truncate_reply(self, request_id) -> dict:
         return sp.ok(request_id, pgs=self.scls(), epoch=self.meta.epoch, lsn_floor=self.meta.lsn_floor,
-                     truncations=[list(r) for r in self.meta.truncations])
+                     truncations=truncation.to_wire(self.meta.truncations))
 
     def new_segment(self, pg: int) -> Segment:
         """A segment for a PG this node has not held yet: every known truncation range applies to it."""
@@ -423,12 +437,12 @@ class Node:
         if kind == sp.STATUS:
             return sp.ok(request_id, node_id=self.node_id, az=self.az, epoch=self.meta.epoch,
                          lsn_floor=self.meta.lsn_floor, pgs=self.scls(), vdl_hint=self.vdl_hint(),
-                         truncations=[list(r) for r in self.meta.truncations], writer=self.meta.writer,
+                         truncations=truncation.to_wire(self.meta.truncations), writer=self.meta.writer,
                          stats=dict(self.stats), segments=self.segment_summaries(), horizon=self.horizon(),
                          rebuilding=self.joining)
         if kind == sp.SET_EPOCH:
             return sp.ok(request_id, epoch=self.meta.epoch, lsn_floor=self.meta.lsn_floor, pgs=self.scls(),
-                         vdl_hint=self.vdl_hint(), truncations=[list(r) for r in self.meta.truncations],
+                         vdl_hint=self.vdl_hint(), truncations=truncation.to_wire(self.meta.truncations),
                          writer=self.meta.writer)
         pg = request["pg"]
         segment = self.segments.get(pg) or Segment(pg)
@@ -497,7 +511,8 @@ class Node:
 
     def meta_covers(self, target: NodeMeta) -> bool:
         """Is everything in `target` (an earlier `accepted`) durable now?"""
-        return self.meta.epoch >= target.epoch and set(target.truncations) <= set(self.meta.truncations)
+        live = truncation.live(self.meta.truncations + target.truncations)  # a target range may be void by now
+        return self.meta.epoch >= target.epoch and truncation.pairs(live) <= truncation.pairs(self.meta.truncations)
 
     def ready(self) -> Ready:
         """Everything queued since the last Ready: the shell persists it, fsyncs, then calls advance."""
@@ -529,8 +544,10 @@ class Node:
             if isinstance(op, _Append):
                 reply = self._apply_append(op)
             elif isinstance(op, _Truncate):
+                live = truncation.pairs(self.meta.truncations)
                 for segment in self.segments.values():
                     segment.truncate(op.above_lsn, op.lsn_floor)
+                    segment.retain_ranges(live)
                 reply = self._truncate_reply(op.request_id)
             else:
                 reply = self._answer(op.request)

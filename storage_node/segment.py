@@ -233,13 +233,20 @@ class Segment:
             self._pending_heap = [-lsn for lsn in self._pending.values()]
             heapq.heapify(self._pending_heap)
 
-    def truncate(self, above_lsn: int, lsn_floor: int | None = None) -> None:
+    def retain_ranges(self, live: set[tuple[int, int]]) -> None:
+        """Stop refusing LSNs of every remembered range not in `live` (voided by a newer epoch's
+        range: aurora_db/truncation.py). What they discarded stays discarded."""
+        self.truncation_ranges = [r for r in self.truncation_ranges if r in live]
+        self._highest_floor = max((floor for _, floor in self.truncation_ranges), default=0)
+
+    def truncate(self, above_lsn: int, lsn_floor: int | None = None, *, remember: bool = True) -> None:
         """Discard records in (above_lsn, lsn_floor] (no upper bound if lsn_floor is None).
 
         Records at or below the base are in the image, below a durable VDL: no truncation reaches
         them (an old range told again after the base passed it only reaches the records above)."""
         assert lsn_floor is None or lsn_floor >= above_lsn, (above_lsn, lsn_floor)
-        if lsn_floor is not None and lsn_floor > above_lsn and (above_lsn, lsn_floor) not in self.truncation_ranges:
+        if (remember and lsn_floor is not None and lsn_floor > above_lsn
+                and (above_lsn, lsn_floor) not in self.truncation_ranges):
             self.truncation_ranges.append((above_lsn, lsn_floor))
             self._highest_floor = max(self._highest_floor, lsn_floor)
         above_lsn = max(above_lsn, self.image.base_lsn)

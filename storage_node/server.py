@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 
 from aurora_db import storage_protocol as sp
+from aurora_db import truncation
 from aurora_db.constants import FRAME_BYTES_MAX, IN_FLIGHT_REQUESTS_MAX, STORAGE_CONNECTIONS_MAX
 from aurora_db.framing import FrameError, encode_frame, read_frame
 from storage_node.healer import Healer
@@ -55,7 +56,7 @@ def read_meta(data_dir: Path) -> NodeMeta:
         return NodeMeta()
     stored = json.loads(path.read_text())  # written atomically: a parse error is real damage, stop
     return NodeMeta(epoch=int(stored["epoch"]), lsn_floor=int(stored.get("lsn_floor", 0)),
-                    truncations=tuple((int(a), int(f)) for a, f in stored.get("truncations", [])),
+                    truncations=truncation.live(truncation.from_wire(stored.get("truncations", []))),
                     writer=stored.get("writer"))
 
 
@@ -66,7 +67,7 @@ def write_meta(data_dir: Path, meta: NodeMeta) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.write(fd, json.dumps({"epoch": meta.epoch, "lsn_floor": meta.lsn_floor,
-                                 "truncations": [list(r) for r in meta.truncations],
+                                 "truncations": truncation.to_wire(meta.truncations),
                                  "writer": meta.writer}).encode() + b"\n")
         os.fsync(fd)
     finally:
@@ -115,7 +116,7 @@ class Disk:
         by_pg = entries_by_pg(entries)
         for pg in sorted(by_pg.keys() | images.keys()):
             image, damaged = images.get(pg, (None, None))
-            segment = segments[pg] = replay_segment(pg, by_pg.get(pg, []), image)
+            segment = segments[pg] = replay_segment(pg, by_pg.get(pg, []), image, truncation.pairs(meta.truncations))
             if damaged:
                 segment.damaged = damaged
             apply_truncations(segment, meta.truncations)  # ranges told to the node before this PG existed

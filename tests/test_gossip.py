@@ -110,14 +110,15 @@ def test_join_waits_for_three_peers_that_know_the_volume():
 def test_join_takes_the_newest_epoch_its_writer_and_every_truncation_range():
     """Any write quorum overlaps these three: the newest epoch and every durable range are among them."""
     replies = {
-        "b": status(4, {0: 90}, truncations=[(10, 1010)], writer="w4:1"),
-        "c": status(6, {0: 80}, truncations=[(10, 1010), (500, 1500)], writer="w6:1"),
-        "d": status(5, {0: 70}, truncations=[(300, 1300)], writer="w5:1"),
-        "e": status(0, rebuilding=True, truncations=[(1, 99)]),  # an emptied peer's word counts for nothing
+        "b": status(4, {0: 90}, truncations=[(10, 1010, 2)], writer="w4:1"),
+        "c": status(6, {0: 80}, truncations=[(10, 1010, 2), (500, 1500, 6)], writer="w6:1"),
+        "d": status(5, {0: 70}, truncations=[(300, 1300, 5), (400, 1600, 4)], writer="w5:1"),
+        "e": status(0, rebuilding=True, truncations=[(1, 99, 0)]),  # an emptied peer's word counts for nothing
     }
     decision = decide_join(replies, 5)
     assert decision.done and decision.epoch == 6 and decision.writer == "w6:1"
-    assert sorted(decision.truncations) == [(10, 1010), (300, 1300), (500, 1500)]
+    # (400, 1600] of epoch 4 is void: epoch 5's recovery chose a floor below it, so never saw it.
+    assert sorted(decision.truncations) == [(10, 1010, 2), (300, 1300, 5), (500, 1500, 6)]
 
 
 def test_a_read_quorum_of_empty_epoch_zero_peers_is_a_new_volume():

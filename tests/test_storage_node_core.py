@@ -78,7 +78,7 @@ def test_truncate_writes_a_marker_to_every_pg_and_replay_matches():
         node.step({"id": pg, "t": sp.APPEND, "epoch": 1, "pg": pg, "records": sealed([r for r in records if r.pg == pg])}, pg)
     node.step({"id": 9, "t": sp.TRUNCATE, "epoch": 2, "above_lsn": 6, "lsn_floor": 1006}, "truncate")
     ready, replies = persist_and_advance(node, disk)  # appends and the truncation in one group
-    assert ready.meta == NodeMeta(epoch=2, lsn_floor=1006, truncations=((6, 1006),))
+    assert ready.meta == NodeMeta(epoch=2, lsn_floor=1006, truncations=((6, 1006, 2),))
     assert disk[-1] == TruncateEntry(6, 2, 1006)  # one marker for the whole node
     by_pg = entries_by_pg(disk)
     assert all(entries[-1] == TruncateEntry(6, 2, 1006) for entries in by_pg.values())
@@ -105,7 +105,7 @@ def test_truncation_ranges_are_node_wide_idempotent_and_reach_later_pgs():
     node.step({"id": 2, "t": sp.TRUNCATE, "epoch": 2, "above_lsn": 1, "lsn_floor": 100}, "t")
     persist_and_advance(node, disk)
     again = node.step({"id": 3, "t": sp.TRUNCATE, "epoch": 2, "above_lsn": 1, "lsn_floor": 100}, "t2")
-    assert again["ok"] and again["truncations"] == [[1, 100]], "a known range is answered at once"
+    assert again["ok"] and again["truncations"] == [[1, 100, 2]], "a known range is answered at once"
     assert not node.has_ready(), "and writes nothing"
     # A PG this node first hears of now still refuses an old epoch's record inside the range.
     stale = RecordBuilder(first_lsn=50, last_lsn=49).heap_init(PAGES_PER_PG)
@@ -113,7 +113,7 @@ def test_truncation_ranges_are_node_wide_idempotent_and_reach_later_pgs():
     _, replies = persist_and_advance(node, disk)
     assert replies["s"]["scl"] == 0 and node.segments[1].scl == 0
     status = node.step({"id": 5, "t": sp.STATUS}, "st")
-    assert status["truncations"] == [[1, 100]]
+    assert status["truncations"] == [[1, 100, 2]]
 
 
 def test_append_many_makes_several_pgs_durable_with_one_reply():
@@ -297,10 +297,10 @@ def test_a_joining_nodes_metadata_is_written_once_it_joins():
     """The metadata file marks a member's data directory: written only after the node learned the
     volume, so a crash while joining leaves a node that joins again."""
     node, disk = Node("a1", "a", NodeMeta(), {}, joining=True), []
-    node.learn_from_peer(4, [(10, 1010)], "w:1")
+    node.learn_from_peer(4, [(10, 1010, 4)], "w:1")
     node.finish_joining()
     ready, _ = persist_and_advance(node, disk)
-    assert ready.meta == NodeMeta(epoch=4, lsn_floor=1010, truncations=((10, 1010),), writer="w:1")
+    assert ready.meta == NodeMeta(epoch=4, lsn_floor=1010, truncations=((10, 1010, 4),), writer="w:1")
     assert disk == [TruncateEntry(10, 4, 1010)]
     assert not node.has_ready()
     assert node.step({"id": 1, "t": sp.STATUS}, "t")["rebuilding"] is False
@@ -324,12 +324,12 @@ def test_learn_from_peer_makes_a_newer_epoch_and_new_ranges_durable_without_repl
     node.step({"id": 1, "t": sp.APPEND, "epoch": 2, "pg": 0, "records": sealed(records)}, "a")
     persist_and_advance(node, disk)
     assert node.learn_from_peer(1, [], None) is False, "an older epoch teaches nothing"
-    assert node.learn_from_peer(3, [(6, 1006)], "w3:1") is True
+    assert node.learn_from_peer(3, [(6, 1006, 3)], "w3:1") is True
     assert node.accepted.epoch == 3 and node.segments[0].scl == 10, "nothing applies before it is durable"
     ready, replies = persist_and_advance(node, disk)
-    assert replies == {} and ready.meta == NodeMeta(epoch=3, lsn_floor=1006, truncations=((6, 1006),), writer="w3:1")
+    assert replies == {} and ready.meta == NodeMeta(epoch=3, lsn_floor=1006, truncations=((6, 1006, 3),), writer="w3:1")
     assert disk[-1] == TruncateEntry(6, 3, 1006) and node.segments[0].scl == 6
-    assert node.learn_from_peer(3, [(6, 1006)], "w3:1") is False and not node.has_ready()
+    assert node.learn_from_peer(3, [(6, 1006, 3)], "w3:1") is False and not node.has_ready()
     stale = node.step({"id": 2, "t": sp.CHAIN, "epoch": 2, "pg": 0, "after_lsn": 0}, "s")
     assert stale["error"] == sp.ERROR_STALE_EPOCH
 
@@ -463,3 +463,28 @@ def test_status_summarizes_each_segment(tmp_path):
         "scl": records[-1].lsn, "base": records[-3].lsn, "records": 2,
         "log_bytes": sum(len(r.sealed()[1]) for r in records[-2:]), "image_bytes": segment.image.path.stat().st_size,
         "pages": 3, "damaged": False}}
+
+
+def test_a_losing_candidates_range_is_void_once_the_winners_range_is_known():
+    """Seed 281 of the simulation: candidate w13 left its range (600, 700] of epoch 13 on one node
+    only; w14, which never saw it, recovered with the floor 650 and wrote records above it. Once
+    the node learns w14's range, w13's is void: the node stops refusing w14's LSNs, never passes
+    w13's range on, and a restart does not bring it back."""
+    node, disk = Node("a1", "a", NodeMeta(epoch=12), {}), []
+    builder = RecordBuilder()
+    node.step({"id": 1, "t": sp.APPEND, "epoch": 12, "pg": 0, "records": sealed([builder.heap_init(0)])}, "a")
+    node.step({"id": 2, "t": sp.TRUNCATE, "epoch": 13, "above_lsn": 600, "lsn_floor": 700}, "loser")
+    persist_and_advance(node, disk)
+    assert node.meta.truncations == ((600, 700, 13),) and node.segments[0].in_truncated_range(660)
+    node.step({"id": 3, "t": sp.TRUNCATE, "epoch": 14, "above_lsn": 600, "lsn_floor": 650}, "winner")
+    ready, replies = persist_and_advance(node, disk)
+    assert ready.meta.truncations == ((600, 650, 14),) and replies["winner"]["truncations"] == [[600, 650, 14]]
+    assert not node.segments[0].in_truncated_range(660), "the winner's LSNs above its floor are taken again"
+    assert node.segments[0].in_truncated_range(640)
+    assert node.learn_from_peer(14, [(600, 700, 13)], None) is False, "a peer's void range is not taken"
+    late = node.step({"id": 4, "t": sp.TRUNCATE, "epoch": 14, "above_lsn": 600, "lsn_floor": 700, "range_epoch": 13},
+                     "resent")
+    assert late["ok"] and late["truncations"] == [[600, 650, 14]] and not node.has_ready()
+    by_pg = entries_by_pg(disk)
+    replayed = replay_segment(0, by_pg[0], None, {(600, 650)})
+    assert replayed.truncation_ranges == [(600, 650)], "the void marker in the log is not remembered"
