@@ -38,7 +38,7 @@ from aurora_db.constants import (
 from aurora_db.framing import FrameError, encode_frame, read_frame
 from aurora_db.records import ChecksumMismatch, checksum
 from storage_node.gossip import Pull, SegmentView, decide_join, plan_pulls, views_from_status
-from storage_node.log_file import RecordEntry, ScanReport, scan
+from storage_node.log_file import RecordEntry, ScanReport, damaged_entries, scan
 from storage_node.node import Node, NodeMeta
 from storage_node.page_image import PagePayload, PageImage, write_image
 from storage_node.segment import BelowHorizon, NotComplete, Segment
@@ -337,6 +337,8 @@ class Healer:
             return  # removed meanwhile: covered by images
         if size is not None:
             data = data[:size]
+        if not await asyncio.to_thread(damaged_entries, data):
+            return
         report = ScanReport()
         entries, _ = await asyncio.to_thread(scan, data, is_last_file=False, name=str(path), report=report)
         if not report.bad_entries:

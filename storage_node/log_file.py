@@ -139,6 +139,24 @@ def _decode_at(data: bytes, pos: int) -> tuple[LogEntry, int]:
         raise _Bad(f"undecodable payload: {error!r}", end) from None
 
 
+def damaged_entries(data: bytes) -> int:
+    """How many entries of a file's bytes fail their checksums (the scrubber's quick pass: CRCs
+    only, nothing decoded; `scan` then finds which)."""
+    damaged, pos = 0, 0
+    while pos < len(data):
+        if len(data) - pos < HEADER_BYTES:
+            return damaged + 1
+        magic, kind, reserved, length, payload_crc = _HEADER.unpack_from(data, pos)
+        (header_crc,) = _HEADER_CRC.unpack_from(data, pos + _HEADER.size)
+        end = pos + HEADER_BYTES + length
+        if magic != MAGIC or header_crc != zlib.crc32(data[pos:pos + _HEADER.size]) & 0xFFFFFFFF or end > len(data):
+            return damaged + 1  # the lengths after it cannot be trusted: scan resynchronizes
+        if zlib.crc32(data[pos + HEADER_BYTES:end]) & 0xFFFFFFFF != payload_crc:
+            damaged += 1
+        pos = end
+    return damaged
+
+
 def _next_good_entry(data: bytes, start: int) -> int | None:
     """The first offset at or after `start` where a whole, verified entry begins."""
     pos = data.find(MAGIC, start)

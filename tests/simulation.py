@@ -91,6 +91,7 @@ PARTITION_MS = (200, 3_000)
 IMAGE_HEADER_DAMAGE_CHANCE = 0.2  # of page image damage, in the image's header entry (else in a page)
 LOG_FILE_BYTES_SIM = 16 * 1024  # small log files: sealed, scrubbed and collected within a run
 COALESCE_RECORDS_MIN_SIM = 16  # coalesce small segments too (COALESCE_RECORDS_MIN is 20 000)
+SCRUB_INTERVAL_MS_SIM = 5_000  # scrub often enough that damage heals within the convergence deadline
 STORAGE_PORT = 7100
 TRACE_LINES_KEPT = 200
 
@@ -192,12 +193,15 @@ async def _inline_to_thread(func, /, *args, **kwargs):
 @contextlib.contextmanager
 def patched(network: "Network"):
     """The process-wide seams the simulation needs, restored afterwards: sockets, threads and
-    fsync (durability is modelled by what a crash keeps), and a small coalescing threshold."""
-    saved = (asyncio.open_connection, asyncio.to_thread, os.fsync, os.fdatasync, healer_module.COALESCE_RECORDS_MIN)
+    fsync (durability is modelled by what a crash keeps), a small coalescing threshold and a short
+    scrubbing interval."""
+    saved = (asyncio.open_connection, asyncio.to_thread, os.fsync, os.fdatasync, healer_module.COALESCE_RECORDS_MIN,
+             healer_module.SCRUB_INTERVAL_MS)
     asyncio.open_connection = network.open_connection
     asyncio.to_thread = _inline_to_thread
     os.fsync = os.fdatasync = lambda fd: None
     healer_module.COALESCE_RECORDS_MIN = COALESCE_RECORDS_MIN_SIM
+    healer_module.SCRUB_INTERVAL_MS = SCRUB_INTERVAL_MS_SIM
     loggers = {name: logging.getLogger(name) for name in ("storage_node", "compute_node", "aurora_db")}
     levels = {name: lg.level for name, lg in loggers.items()}
     handler = _ErrorLog()
@@ -208,7 +212,7 @@ def patched(network: "Network"):
         yield handler
     finally:
         (asyncio.open_connection, asyncio.to_thread, os.fsync, os.fdatasync,
-         healer_module.COALESCE_RECORDS_MIN) = saved
+         healer_module.COALESCE_RECORDS_MIN, healer_module.SCRUB_INTERVAL_MS) = saved
         for name, lg in loggers.items():
             lg.setLevel(levels[name])
             lg.removeHandler(handler)

@@ -273,3 +273,15 @@ def test_a_rewrite_without_a_record_no_segment_needs_updates_what_the_file_holds
     log_file.rewrite(seq, [e for e in original if e.record.pg == 0])  # PG 1's were lost, and are covered elsewhere
     assert log_file.remove_covered({0: highest_pg0}) == [seq]
     log_file.close()
+
+
+def test_the_scrubbers_quick_pass_counts_damaged_entries_by_checksum_alone():
+    from storage_node.log_file import damaged_entries
+
+    entries = make_entries(6)
+    data = b"".join(encode_entry(entry) for entry in entries)
+    assert damaged_entries(data) == 0
+    flipped = bytearray(data)
+    flipped[HEADER_BYTES + 2] ^= 0xFF  # inside the first entry's payload
+    assert damaged_entries(bytes(flipped)) == 1
+    assert damaged_entries(data[:-3]) == 1, "a cut entry counts"

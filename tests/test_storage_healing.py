@@ -5,7 +5,7 @@ repairs them, an emptied node is rebuilt from its peers, and a paused node catch
 Aurora 2017, 3.3: "the storage node ... gossip[s] with peers to fill gaps ... coalesce[s] log
 records into new data pages ... periodically garbage collect[s] old versions ... periodically
 validate[s] CRC codes on pages". The cluster's files are made small here (AURORA_DB_LOG_FILE_BYTES_MAX,
-AURORA_DB_COALESCE_RECORDS_MIN) so that each mechanism runs within seconds.
+AURORA_DB_COALESCE_RECORDS_MIN, AURORA_DB_SCRUB_INTERVAL_MS) so that each mechanism runs within seconds.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from aurora_db.cluster import request_frame
 from tests.live_cluster import STORAGE_NODE_IDS, WRITER, LiveCluster, wait_until
 from tests.test_faults import assert_rows_are, create_rows_table, insert_rows
 
-SMALL_FILES = {"AURORA_DB_LOG_FILE_BYTES_MAX": "200000", "AURORA_DB_COALESCE_RECORDS_MIN": "500"}
+SMALL_FILES = {"AURORA_DB_LOG_FILE_BYTES_MAX": "200000", "AURORA_DB_COALESCE_RECORDS_MIN": "500",
+               "AURORA_DB_SCRUB_INTERVAL_MS": "2000"}
 SMALL_CACHE_PAGES = 16  # the writer reads nearly every page from storage
 
 
