@@ -2,9 +2,11 @@
 
 Responsibilities: accept connections and read frames (at most FRAME_BYTES_MAX; bad bytes close
 that connection only); keep at most IN_FLIGHT_REQUESTS_MAX requests outstanding per connection,
-answering them in the order received; run the group fsync; store the node's metadata (epoch, LSN floor,
-truncation ranges and the epoch's writer address) in DATA/epoch atomically; keep one log for all the node's segments in DATA/log; on
-start, scan that log and rebuild every segment from its entries.
+answering them in the order received; run the group fsync; store the node's metadata (epoch, LSN
+floor, truncation ranges and the epoch's writer address) in DATA/epoch atomically; keep one log for
+all the node's segments in DATA/log and a page image per PG in DATA/pages; on start, open the
+images, scan the log and rebuild every segment from its image and its entries; run the healer
+(storage_node/healer.py: joining, gossip, coalescing, collection, scrubbing) beside it.
 Invariants:
   - Persist before ack: a reply that depends on records, a truncation marker or a raised epoch is
     sent only after the write and fsync that cover it (Node.ready -> persist -> Node.advance).
