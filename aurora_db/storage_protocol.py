@@ -86,6 +86,9 @@ Requests and their successful replies ({"id", "ok": True, ...}):
   no epoch is checked or raised.
   status also answers segments: {pg: {scl, base, records, log_bytes, image_bytes, pages, damaged}},
   horizon, and rebuilding (the node started empty and is learning the volume from its peers).
+  status with brief: True (a peer's gossip round, every second) answers only epoch, writer,
+  rebuilding, pgs, truncations and segments: {pg: {scl, base, damaged}}: nothing that costs a
+  pass over a segment's pages.
 
 Failed replies: {"id", "ok": False, "error": code, "message": text}. Codes: stale_epoch,
 not_complete, bad_request (malformed, or records that contradict the segment's chain), checksum

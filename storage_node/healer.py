@@ -145,7 +145,7 @@ class Healer:
     async def _statuses(self) -> dict[str, dict]:
         async def ask(peer: PeerLink):
             try:
-                return peer.node_id, await peer.request({"t": sp.STATUS})
+                return peer.node_id, await peer.request({"t": sp.STATUS, "brief": True})
             except PeerError:
                 return peer.node_id, None
         answers = await asyncio.gather(*(ask(peer) for peer in self.peers.values()))

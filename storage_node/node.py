@@ -434,6 +434,11 @@ class Node:
 
     def _answer(self, request: dict) -> dict:
         request_id, kind = request.get("id"), request.get("t")
+        if kind == sp.STATUS and request.get("brief") is True:  # a peer's gossip round: SCLs, bases, metadata
+            return sp.ok(request_id, epoch=self.meta.epoch, writer=self.meta.writer, rebuilding=self.joining,
+                         pgs=self.scls(), truncations=truncation.to_wire(self.meta.truncations),
+                         segments={pg: {"scl": s.scl, "base": s.base_lsn, "damaged": s.damaged is not None}
+                                   for pg, s in self.segments.items()})
         if kind == sp.STATUS:
             return sp.ok(request_id, node_id=self.node_id, az=self.az, epoch=self.meta.epoch,
                          lsn_floor=self.meta.lsn_floor, pgs=self.scls(), vdl_hint=self.vdl_hint(),
