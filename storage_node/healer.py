@@ -39,7 +39,7 @@ from aurora_db.framing import FrameError, encode_frame, read_frame
 from aurora_db.records import ChecksumMismatch, checksum
 from storage_node.gossip import Pull, SegmentView, decide_join, plan_pulls, views_from_status
 from storage_node.log_file import RecordEntry, ScanReport, damaged_entries, scan
-from storage_node.node import Node, NodeMeta
+from storage_node.node import BadRequest, Node, NodeMeta
 from storage_node.page_image import PagePayload, PageImage, write_image
 from storage_node.segment import BelowHorizon, NotComplete, Segment
 
@@ -191,12 +191,16 @@ class Healer:
             records = reply["records"]
             if not records:
                 return
-            for start in range(0, len(records), BATCH_RECORDS_MAX):
-                self.node.take_from_peer(pull.pg, records[start:start + BATCH_RECORDS_MAX])
+            try:
+                for start in range(0, len(records), BATCH_RECORDS_MAX):
+                    self.node.take_from_peer(pull.pg, records[start:start + BATCH_RECORDS_MAX])
+                last_lsn = RecordEntry.from_sealed(*records[-1]).lsn
+            except (ChecksumMismatch, BadRequest) as error:  # a damaged or malformed record: not ours to keep
+                raise PeerError(f"peer {peer.node_id}: PG {pull.pg}: {error}") from None
             await self._persist()
             log.info("PG %d: took %d records in (%d, %d] from %s (SCL now %d)", pull.pg, len(records), after,
                      pull.upto_lsn, peer.node_id, self._segment(pull.pg).scl)
-            after = RecordEntry.from_sealed(*records[-1]).lsn
+            after = last_lsn
             if not reply["more"]:
                 return
 
