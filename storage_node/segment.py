@@ -175,6 +175,8 @@ class Segment:
             result.conflicts.append(f"record {lsn} is at or below SCL {tip} but not in the chain")
             return
         if record.prev_pg == tip:
+            self._held[lsn] = entry  # pending records were counted when they arrived
+            self.held_bytes += len(entry.body)
             self._extend(entry)
             self._drain_pending()
             result.added += 1
@@ -198,12 +200,10 @@ class Segment:
                 result.added -= 1
 
     def _extend(self, entry: RecordEntry) -> None:
+        """Chain a held record (its bytes are already counted in held_bytes)."""
         record = entry.record
         assert record.prev_pg == self.scl and record.lsn > self.scl, (record.lsn, record.prev_pg, self.scl)
         self._chain.append(record.lsn)
-        if record.lsn not in self._held:
-            self.held_bytes += len(entry.body)
-        self._held[record.lsn] = entry
         self.vdl_hint = max(self.vdl_hint, record.vdl)
         self._page_lsns.setdefault(record.page_id, []).append(record.lsn)
         if record.op.endswith("_init"):
