@@ -44,7 +44,10 @@ class ExplainPlan(Plan):
 
     def run(self, ctx: Context) -> Result:
         self.inner.runtime.begin(ctx)
-        return Result("EXPLAIN", self.columns, [(line,) for line in self.inner.explain(ctx)])
+        try:
+            return Result("EXPLAIN", self.columns, [(line,) for line in self.inner.explain(ctx)])
+        finally:
+            self.inner.runtime.end()
 
 
 def nest(header: str, children: list[str]) -> list[str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import weakref
 
 from compute_node import sql_types as t
 from compute_node.backend import (
@@ -102,12 +103,14 @@ class View:
     relations: dict  # oid -> Relation, in pg_class order
 
 
-_view_memo: list = [None, None]  # [ctx, View]: the last statement's view (engine calls take turns)
+# [weak reference to ctx, View]: the last statement's view (engine calls take turns). Weak: a
+# statement's context holds its snapshot, and a snapshot kept alive holds back pruning (heap.py).
+_view_memo: list = [None, None]
 
 
 def view(ctx) -> View:
     """The statement's View, computed once per statement context."""
-    if _view_memo[0] is ctx:
+    if _view_memo[0] is not None and _view_memo[0]() is ctx:
         return _view_memo[1]
     tables = dict(sorted(ctx.catalog.tables(ctx.snapshot, ctx.xid).items()))
     relations = {}
@@ -120,7 +123,7 @@ def view(ctx) -> View:
             if sequence is not None and column.sequence not in relations:
                 relations[column.sequence] = Relation(column.sequence, sequence, "S", table, column=column)
     result = View(tables, relations)
-    _view_memo[0], _view_memo[1] = ctx, result
+    _view_memo[0], _view_memo[1] = weakref.ref(ctx), result
     return result
 
 

@@ -354,9 +354,14 @@ class SelectPlan(Plan):
         return keys
 
     def run(self, ctx: Context) -> Result:
-        if self.root:
-            self.runtime.begin(ctx)
-        rows = self.rows(ctx)
+        if not self.root:
+            rows = self.rows(ctx)
+            return Result(f"SELECT {len(rows)}", self.columns, rows)
+        self.runtime.begin(ctx)
+        try:
+            rows = self.rows(ctx)
+        finally:
+            self.runtime.end()
         return Result(f"SELECT {len(rows)}", self.columns, rows)
 
     def explain(self, ctx: Context) -> list[str]:

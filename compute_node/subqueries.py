@@ -28,6 +28,12 @@ class Runtime:
         self.ctx = ctx
         self.cache.clear()
 
+    def end(self) -> None:
+        """After the statement: a cached plan keeps neither the session nor its snapshot alive (a
+        snapshot still referenced holds back pruning: compute_node/heap.py)."""
+        self.ctx = None
+        self.cache.clear()
+
 
 def plan_query(node: exp.Expression, tables: dict, param_types: list[str], outer, runtime):
     """A plan for a SELECT or a compound query (UNION / EXCEPT / INTERSECT)."""

@@ -15,9 +15,13 @@ from compute_node.catalog import ColumnDef, IndexDef, TableDef
 from compute_node.catalog_functions import quote_ident
 
 
+class _Context(types.SimpleNamespace):
+    """A statement context's catalog part (a class of its own: pg_catalog remembers a context weakly)."""
+
+
 def _context(*tables: TableDef):
     catalog = types.SimpleNamespace(tables=lambda snapshot, xid: {table.name: table for table in tables})
-    return types.SimpleNamespace(catalog=catalog, snapshot=None, xid=None)
+    return _Context(catalog=catalog, snapshot=None, xid=None)
 
 
 USERS = TableDef("users", 40, (ColumnDef("id", "int4", -1, True), ColumnDef("name", "varchar", 20, False),
