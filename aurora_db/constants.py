@@ -97,6 +97,8 @@ assert FOLLOW_IDLE_CHECK_MS > 2 * STREAM_HEARTBEAT_MS
 STORAGE_STATUS_TIMEOUT_MS = 500  # asking every storage node which epoch and writer it knows, at once
 STARTUP_PROBE_MS = 2_000  # a node started as writer looks this long for a live writer already serving
 ROLE_CHANGE_GRACE_MS = 100  # a fenced writer lets sessions report their own errors before it ends them
+READER_FEEDBACK_INTERVAL_MS = 250  # a reader reports its oldest snapshot's xmin to its writer at most this often
+FOLLOWER_UNACKED_SNAPSHOTS_MAX = 100_000  # snapshots sent to a reader that it has not acknowledged, at most
 FOLLOWERS_MAX = 16  # readers following one writer's redo stream (Aurora: up to 15 replicas)
 FOLLOWER_BUFFER_BYTES_MAX = 64 * 1024 * 1024  # unsent redo for one reader before it is disconnected
 REPLICA_PENDING_RECORDS_MAX = 2 * LSN_ALLOCATION_LIMIT  # records a reader holds above the VDL it applied

@@ -9,7 +9,8 @@ and a record is applied only to the page it names, in increasing LSN order.
 Page kinds:
   meta   the volume's root (page 0): a small key -> value map
   clog   transaction status, one byte per transaction id (DESIGN.md 4: commit records in the log)
-  heap   table rows as MVCC tuples [xmin, xmax, values], slots never move
+  heap   table rows as MVCC tuples [xmin, xmax, values], slots never move; HOT links and
+         pruning's redirects, dead stubs and free slots (HeapPage)
   btree  a B+tree node: sorted keys with row ids (leaf) or child page ids (internal)
   table  a table's physical root: its heap page chain and its index roots
   sequence  one sequence (SERIAL, identity): its bounds and the limit below which values may have
@@ -35,6 +36,8 @@ XID_COMMITTED = 1
 XID_ABORTED = 2
 
 TUPLE_OVERHEAD_BYTES = 24
+LINE_POINTER_BYTES = 4  # a heap slot without a tuple: free, a redirect or a dead stub
+SLOT_DEAD = -1
 KEY_OVERHEAD_BYTES = 16
 PAGE_HEADER_BYTES = 64
 ROW_BYTES_MAX = PAGE_BYTES_MAX - PAGE_HEADER_BYTES  # a row lives in one heap page
@@ -77,22 +80,41 @@ class ClogPage(Page):
 
 
 class HeapPage(Page):
-    """Tuples are [xmin, xmax, values]; xmax 0 means live. Slots are appended, never moved."""
+    """Slots never move: an index entry names (page, slot). A slot holds one of
+      [xmin, xmax, values]  a tuple (xmax 0: live);
+      None                  free: no index entry names it, so any insert may take it;
+      k >= 0                a redirect to slot k: a HOT chain's root whose oldest versions were pruned;
+      SLOT_DEAD (-1)        a dead stub: every version of its chain was pruned, but index entries
+                            may still name it (so it is never reused).
+    links[s] = n: slot n holds the HOT successor of slot s's tuple, the next version made by an
+    UPDATE that changed no indexed column and fit this page, so it got no index entry of its own.
+    `heap_only` holds such successors' slots: pruning may free them, as nothing but a chain names them."""
 
-    __slots__ = ("tuples", "next_page", "used_bytes")
+    __slots__ = ("tuples", "next_page", "links", "heap_only", "used_bytes")
     kind = "heap"
 
-    def __init__(self, page_id, lsn, tuples=None, next_page=0):
+    def __init__(self, page_id, lsn, tuples=None, next_page=0, links=None, heap_only=None):
         super().__init__(page_id, lsn)
-        self.tuples = [list(t) for t in tuples] if tuples else []
+        self.tuples = [list(t) if isinstance(t, (list, tuple)) else t for t in tuples] if tuples else []
         self.next_page = next_page
-        self.used_bytes = PAGE_HEADER_BYTES + sum(tuple_bytes(t[2]) for t in self.tuples)
+        self.links = dict(zip(links[::2], links[1::2])) if links else {}
+        self.heap_only = set(heap_only) if heap_only else set()
+        self.used_bytes = PAGE_HEADER_BYTES + sum(tuple_bytes(t[2]) if t.__class__ is list else LINE_POINTER_BYTES
+                                                  for t in self.tuples)
 
     def fits(self, values: list) -> bool:
         return self.used_bytes + tuple_bytes(values) <= PAGE_BYTES_MAX
 
+    def free_slot(self) -> int:
+        """Where a new tuple goes: the first free slot, else a new one at the end."""
+        try:
+            return self.tuples.index(None)
+        except ValueError:
+            return len(self.tuples)
+
     def state(self):
-        return [self.tuples, self.next_page]
+        links = [n for pair in sorted(self.links.items()) for n in pair]
+        return [self.tuples, self.next_page, links, sorted(self.heap_only)]
 
 
 class BTreePage(Page):
@@ -166,7 +188,7 @@ def from_wire(wire: list) -> Page:
     if cls in (MetaPage, TablePage, ClogPage, SequencePage):
         return cls(page_id, lsn, state)
     if cls is HeapPage:
-        return HeapPage(page_id, lsn, state[0], state[1])
+        return HeapPage(page_id, lsn, *state)
     return BTreePage(page_id, lsn, state[0], state[1], state[2], state[3])
 
 
@@ -200,13 +222,53 @@ def _clog_set(page: ClogPage, xid, status):
 
 
 def _heap_insert(page: HeapPage, slot, xmin, values):
-    assert slot == len(page.tuples), f"heap insert at slot {slot} of page {page.page_id} with {len(page.tuples)} slots"
-    page.tuples.append([xmin, 0, values])
-    page.used_bytes += tuple_bytes(values)
+    tuples = page.tuples
+    if slot == len(tuples):
+        tuples.append([xmin, 0, values])
+        page.used_bytes += tuple_bytes(values)
+    else:
+        assert tuples[slot] is None, f"heap insert into slot {slot} of page {page.page_id}, which is taken"
+        tuples[slot] = [xmin, 0, values]
+        page.used_bytes += tuple_bytes(values) - LINE_POINTER_BYTES
 
 
 def _heap_set_xmax(page: HeapPage, slot, xmax):
     page.tuples[slot][1] = xmax
+
+
+def _heap_hot_update(page: HeapPage, old_slot, xid, new_slot, values):
+    """A HOT update: xmax on the old version and its successor, with no index entry, on this page."""
+    page.tuples[old_slot][1] = xid
+    _heap_insert(page, new_slot, xid, values)
+    page.links[old_slot] = new_slot
+    page.heap_only.add(new_slot)
+
+
+def _heap_prune(page: HeapPage, redirects, dead, freed):
+    """Versions no snapshot can see any more (compute_node/heap.py plans which): `redirects` pairs
+    [root, target, ...] make a chain's root point past its pruned versions, `dead` roots become
+    stubs, `freed` heap-only slots become free. Trailing free slots are dropped."""
+    tuples = page.tuples
+    for root, target in zip(redirects[::2], redirects[1::2]):
+        _empty_slot(page, root)
+        tuples[root] = target
+    for slot in dead:
+        _empty_slot(page, slot)
+        tuples[slot] = SLOT_DEAD
+    for slot in freed:
+        _empty_slot(page, slot)
+        tuples[slot] = None
+        page.heap_only.discard(slot)
+    while tuples and tuples[-1] is None:
+        tuples.pop()
+        page.used_bytes -= LINE_POINTER_BYTES
+
+
+def _empty_slot(page: HeapPage, slot) -> None:
+    entry = page.tuples[slot]
+    if entry.__class__ is list:
+        page.used_bytes -= tuple_bytes(entry[2]) - LINE_POINTER_BYTES
+    page.links.pop(slot, None)
 
 
 def _heap_set_next(page: HeapPage, next_page):
@@ -245,6 +307,8 @@ _OPS = {
     "clog_set": _clog_set,
     "heap_insert": _heap_insert,
     "heap_set_xmax": _heap_set_xmax,
+    "heap_hot_update": _heap_hot_update,
+    "heap_prune": _heap_prune,
     "heap_set_next": _heap_set_next,
     "btree_insert": _btree_insert,
     "table_set": _table_set,

@@ -117,6 +117,15 @@ class BTree:
 
     # --- insert -------------------------------------------------------------------------------
 
+    def page_count(self) -> int:
+        """Every node of the tree, root included (pg_relation_size)."""
+        count, level = 0, [self.root_page_id]
+        while level:
+            count += len(level)
+            nodes = [self.store.get(page_id) for page_id in level]
+            level = [child for node in nodes if not node.is_leaf for child in node.vals]
+        return count
+
     def prepare_insert(self, key: tuple) -> list[int]:
         """Before the MTR: the root-to-leaf path, fetched (and pinned by the caller's MTR)."""
         return self._descend(key, rightmost=True)

@@ -89,6 +89,11 @@ class TableDef:
     def primary_index(self) -> IndexDef | None:
         return self.indexes[0] if self.indexes and self.indexes[0].primary else None
 
+    @property
+    def indexed_positions(self) -> tuple[int, ...]:
+        """The positions of the columns some index holds: an UPDATE that changes none is HOT-eligible."""
+        return tuple({self.column_index(name) for index in self.indexes for name in index.columns})
+
     def index(self, name: str) -> IndexDef | None:
         return next((index for index in self.indexes if index.name == name), None)
 

@@ -1,6 +1,6 @@
 """SQL functions over the catalog, as psql's meta-commands and drivers call them: pg_get_userbyid,
 pg_table_is_visible, format_type, pg_get_indexdef, pg_get_viewdef, pg_get_constraintdef, pg_get_expr,
-obj_description, pg_encoding_to_char, ..., and the casts to regclass, regtype, regnamespace, regrole.
+obj_description, pg_encoding_to_char, pg_relation_size, ..., and the casts to regclass, regtype, regnamespace, regrole.
 
 A function reads the catalog when it runs, through the statement's context (scope.runtime.ctx), so
 it sees the statement's snapshot, as pg_catalog's tables do (pg_catalog.view). Invariants: the
@@ -11,10 +11,13 @@ cast cannot find is PostgreSQL's error (42P01, 42704, 3F000).
 
 from __future__ import annotations
 
+from aurora_db.constants import PAGE_BYTES_MAX
 from aurora_db.errors import DatabaseError, FeatureNotSupported, UndefinedColumn, UndefinedFunction, UndefinedTable
 from compute_node import deparse
+from compute_node import indexes as ix
 from compute_node import pg_catalog as pg
 from compute_node import sql_types as t
+from compute_node.heap import Heap
 from compute_node.introspection import CURRENT_DATABASE, CURRENT_SCHEMA, SERVER_VERSION_TEXT
 
 
@@ -193,6 +196,18 @@ def _pg_get_statisticsobjdef_columns(ctx, oid):
     return None  # pg_statistic_ext is empty: no oid names a statistics object
 
 
+def _pg_relation_size(ctx, oid):
+    """Bytes of a table's heap pages or an index's nodes (PostgreSQL's main fork); 0 for others."""
+    relation = _relation(ctx, oid)
+    if relation is None:
+        return None
+    if relation.kind == "r":
+        return Heap(ctx.store, relation.table.table_page_id).page_count() * PAGE_BYTES_MAX
+    if relation.kind == "i":
+        return ix.tree_of(ctx.store, relation.table, relation.index).page_count() * PAGE_BYTES_MAX
+    return 0
+
+
 def _pg_get_serial_sequence(ctx, table_name, column_name):
     table = pg.view(ctx).tables.get(_unqualified(table_name))
     if table is None:
@@ -234,6 +249,7 @@ FUNCTIONS = {
     "pg_get_statisticsobjdef_columns": _function("pg_get_statisticsobjdef_columns", ("int8",), "text",
                                                  _pg_get_statisticsobjdef_columns),
     "pg_get_serial_sequence": _function("pg_get_serial_sequence", ("text", "text"), "text", _pg_get_serial_sequence),
+    "pg_relation_size": _function("pg_relation_size", ("int8",), "int8", _pg_relation_size),
     "quote_ident": _function("quote_ident", ("text",), "text", lambda ctx, name: quote_ident(name),
                              reads_catalog=False),
     "to_regclass": _function("to_regclass", ("text",), "regclass", _to_reg("regclass")),

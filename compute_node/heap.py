@@ -1,16 +1,36 @@
 """A table's rows: MVCC tuples in a chain of heap pages, found from the table's root page.
 
-A row id (tid) is (page_id, slot); slots never move, so index entries stay valid. An UPDATE is a
-new tuple plus xmax on the old one, as in PostgreSQL. Invariants: the table page names the first
-and last heap page; tuples are only appended to the last page; a new page is linked in the same
-MTR that inserts into it.
+A row id (tid) is (page_id, slot); slots never move, so index entries stay valid. An UPDATE ends
+the old version (xmax, as in PostgreSQL) and writes a new one. When no indexed column changes and
+the new version fits the old one's page, it is a HOT update (PostgreSQL's heap-only tuples): one
+redo record, the new version linked from the old one and no new index entry. An index entry then
+names a chain's root, and `versions` walks the chain.
+
+Pruning (PostgreSQL's heap_page_prune) reclaims versions no snapshot can see any more, a page at
+a time: a chain's root becomes a redirect past its pruned versions (or a dead stub once the whole
+chain is dead), and pruned heap-only versions free their slots for later inserts. That bounds a
+page under steady updates: the space an update needs comes back from the versions it ended.
+
+A version that an UPDATE moved off its page (no room for a HOT one) or a DELETE ended leaves its
+page on a short in-memory list; a new row goes to such a page, pruned, before the last page.
+
+Invariants: the table page names the first and last heap page; a new page is linked in the same
+MTR that inserts into it; HOT versions go to their chain's page; a
+chain is walked only while each link's successor has xmin equal to its predecessor's xmax (a link
+left by an aborted or undone update leads nowhere); pruning frees only heap-only versions, and
+only ones before the chain's first version some snapshot may still see.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
+from aurora_db import pages
 from compute_node.page_store import META_PAGE, PageStore
+
+Tid = tuple[int, int]
+REUSABLE_PAGES_PER_TABLE_MAX = 64  # pages remembered per table as worth pruning for new rows
+REUSE_TRIES_PER_INSERT = 2  # remembered pages an insert prunes at most, looking for room
 
 
 class Heap:
@@ -27,17 +47,52 @@ class Heap:
         store.log(table_page_id, "table_init", {"first_heap": heap_page_id, "last_heap": heap_page_id, "indexes": {}})
         return table_page_id
 
-    def prepare_insert(self, values: list) -> int:
-        """Before the MTR: returns the page the tuple goes to, or 0 if a new page is needed."""
+    def prepare_insert(self, values: list, dead_to_all: Callable[[], Callable[[int, int], bool]] | None = None) -> int:
+        """Before the MTR: returns the page the tuple goes to, or 0 if a new page is needed. With
+        `dead_to_all` (Transactions.dead_to_all), a page an update or delete left dead versions on
+        is pruned and reused first (PostgreSQL's free space map, kept in memory only)."""
+        if dead_to_all is not None:
+            target = self._reusable_page(values, dead_to_all)
+            if target:
+                return target
         table = self.store.get(self.table_page_id)
         last = self.store.get(table.values["last_heap"])
         return last.page_id if last.fits(values) else 0
 
-    def pages_for_insert(self) -> list[int]:
-        """The existing pages an insert may read or change: pin them at the MTR's start."""
-        return [META_PAGE, self.table_page_id, self.store.get(self.table_page_id).values["last_heap"]]
+    def _reusable_page(self, values: list, dead_to_all) -> int:
+        """A remembered page the tuple fits, pruned if need be (at most REUSE_TRIES_PER_INSERT are
+        pruned per insert). A page with versions that only a snapshot still holds goes to the back
+        of the list; one with no ended version left is forgotten."""
+        candidates = self.store.reusable_pages.get(self.table_page_id)
+        dead = None
+        for _ in range(min(REUSE_TRIES_PER_INSERT, len(candidates or ()))):
+            page_id = candidates.pop(0)
+            page = self.store.get(page_id)
+            if page.fits(values):
+                candidates.insert(0, page_id)
+                return page_id
+            dead = dead or dead_to_all()
+            if self.prune(page_id, dead) and self.store.get(page_id).fits(values):
+                candidates.insert(0, page_id)
+                return page_id
+            if has_ended_versions(self.store.get(page_id)):
+                candidates.append(page_id)
+        return 0
 
-    def insert(self, values: list, xid: int, target_page_id: int) -> tuple[int, int]:
+    def note_dead_versions(self, page_id: int) -> None:
+        """An UPDATE that moved a row off `page_id`, or a DELETE, left a version there to prune later."""
+        candidates = self.store.reusable_pages.setdefault(self.table_page_id, [])
+        if page_id not in candidates:
+            if len(candidates) >= REUSABLE_PAGES_PER_TABLE_MAX:
+                candidates.pop(0)
+            candidates.append(page_id)
+
+    def pages_for_insert(self, target_page_id: int = 0) -> list[int]:
+        """The existing pages an insert may read or change: pin them at the MTR's start."""
+        pinned = [META_PAGE, self.table_page_id, self.store.get(self.table_page_id).values["last_heap"]]
+        return pinned + [target_page_id] if target_page_id and target_page_id not in pinned else pinned
+
+    def insert(self, values: list, xid: int, target_page_id: int) -> Tid:
         """Inside an MTR, after prepare_insert. Returns the new tuple's tid."""
         if not target_page_id:
             table = self.store.get(self.table_page_id)
@@ -46,25 +101,140 @@ class Heap:
             self.store.log(target_page_id, "heap_init", 0)
             self.store.log(old_last, "heap_set_next", target_page_id)
             self.store.log(self.table_page_id, "table_set", "last_heap", target_page_id)
-        page = self.store.get(target_page_id)
-        slot = len(page.tuples)
+        slot = self.store.get(target_page_id).free_slot()
         self.store.log(target_page_id, "heap_insert", slot, xid, values)
         return target_page_id, slot
 
-    def set_xmax(self, tid: tuple[int, int], xid: int) -> None:
+    def hot_slot(self, old_tid: Tid, values: list) -> int | None:
+        """Before the MTR: the slot a HOT successor of `old_tid` takes on its page, or None if it
+        does not fit there."""
+        page = self.store.get(old_tid[0])
+        return page.free_slot() if page.fits(values) else None
+
+    def hot_update(self, old_tid: Tid, xid: int, slot: int, values: list) -> Tid:
+        """Inside an MTR on the old version's page: end it and link its successor in `slot`."""
+        self.store.log(old_tid[0], "heap_hot_update", old_tid[1], xid, slot, values)
+        return old_tid[0], slot
+
+    def set_xmax(self, tid: Tid, xid: int) -> None:
         with self.store.mtr(tid[0]):
             self.store.log(tid[0], "heap_set_xmax", tid[1], xid)
 
-    def fetch(self, tid) -> list:
-        """[xmin, xmax, values] of one tuple."""
+    def fetch(self, tid: Tid) -> list:
+        """[xmin, xmax, values] of one tuple (a tid a scan or `versions` gave, never a redirect)."""
         return self.store.get(tid[0]).tuples[tid[1]]
 
-    def scan(self) -> Iterator[tuple[tuple[int, int], list]]:
+    def versions(self, tid: Tid) -> Iterator[tuple[Tid, list]]:
+        """The versions of the chain an index entry names, oldest first, as (tid, [xmin, xmax,
+        values]): at most one of them is visible to any snapshot."""
+        page = self.store.get(tid[0])
+        yield from chain(page, tid[1])
+
+    def scan(self) -> Iterator[tuple[Tid, list]]:
         """Every tuple, visible or not, as (tid, [xmin, xmax, values])."""
         page_id = self.store.get(self.table_page_id).values["first_heap"]
         while page_id:
             page = self.store.get(page_id)
             tuples = page.tuples
             for slot in range(len(tuples)):
-                yield (page_id, slot), tuples[slot]
+                entry = tuples[slot]
+                if entry.__class__ is list:
+                    yield (page_id, slot), entry
             page_id = page.next_page
+
+    def page_count(self) -> int:
+        """The heap pages of the table (pg_relation_size)."""
+        count, page_id = 0, self.store.get(self.table_page_id).values["first_heap"]
+        while page_id:
+            count += 1
+            page_id = self.store.get(page_id).next_page
+        return count
+
+    def chains(self) -> Iterator[tuple[Tid, list[tuple[Tid, list]]]]:
+        """Every chain as (root tid, its versions oldest first): what an index entry names."""
+        page_id = self.store.get(self.table_page_id).values["first_heap"]
+        while page_id:
+            page = self.store.get(page_id)
+            heap_only = page.heap_only
+            for slot, entry in enumerate(page.tuples):
+                if entry is None or slot in heap_only or (entry.__class__ is int and entry < 0):
+                    continue
+                yield (page_id, slot), list(chain(page, slot))
+            page_id = page.next_page
+
+    def prune(self, page_id: int, dead: Callable[[int, int], bool]) -> bool:
+        """Prune one page in its own MTR (it changes no row any snapshot sees, so it stands whether
+        or not the transaction that asked for it commits). True if anything was reclaimed."""
+        plan = plan_prune(self.store.get(page_id), dead)
+        if plan is None:
+            return False
+        with self.store.mtr(page_id):
+            self.store.log(page_id, "heap_prune", *plan)
+        return True
+
+
+def chain(page: pages.HeapPage, slot: int) -> Iterator[tuple[Tid, list]]:
+    """The versions of the chain rooted at `slot` of `page` (see Heap.versions)."""
+    tuples, links = page.tuples, page.links
+    entry = tuples[slot]
+    if entry.__class__ is int:
+        if entry < 0:
+            return  # a dead stub
+        slot, entry = entry, tuples[entry]
+    if entry is None:
+        return
+    while True:
+        yield (page.page_id, slot), entry
+        successor_slot = links.get(slot)
+        if successor_slot is None:
+            return
+        successor = tuples[successor_slot]
+        if successor.__class__ is not list or not entry[1] or successor[0] != entry[1]:
+            return  # the update that linked it was undone or aborted
+        slot, entry = successor_slot, successor
+
+
+def has_ended_versions(page: pages.HeapPage) -> bool:
+    """Does a version on `page` have a deleter (committed or not)? Pruning may reclaim it some day."""
+    return any(entry.__class__ is list and entry[1] for entry in page.tuples)
+
+
+def plan_prune(page: pages.HeapPage, dead: Callable[[int, int], bool]) -> tuple[list, list, list] | None:
+    """The arguments of a heap_prune record for `page` (redirects, dead stubs, freed slots), or
+    None if nothing can go. `dead(xmin, xmax)` says whether no snapshot, now or later, can see a
+    version: its inserter aborted, or its deleter committed before every snapshot's xmin.
+
+    Per chain, the leading versions that are dead go: a root that is a tuple or a redirect becomes a
+    redirect to the first version still visible to someone, or a dead stub if none is left (index
+    entries name the root); the heap-only ones among them are freed. Heap-only versions no chain
+    reaches (their update was undone or aborted) are freed once dead."""
+    tuples, heap_only = page.tuples, page.heap_only
+    if not heap_only and not has_ended_versions(page):
+        return None  # nothing ended, nothing aborted that a chain holds: the common case of a full page
+    redirects, stubs, freed = [], [], []
+    reached: set[int] = set()
+    for slot, entry in enumerate(tuples):
+        if entry is None or slot in heap_only or (entry.__class__ is int and entry < 0):
+            continue
+        versions = [version_slot for (_, version_slot), _ in chain(page, slot)]
+        reached.update(versions)
+        gone = 0
+        for version_slot in versions:
+            xmin, xmax, _ = tuples[version_slot]
+            if not dead(xmin, xmax):
+                break
+            gone += 1
+        if not gone:
+            continue
+        freed.extend(version_slot for version_slot in versions[:gone] if version_slot in heap_only)
+        if gone == len(versions):
+            stubs.append(slot)
+        elif entry.__class__ is list or entry != versions[gone]:
+            redirects += [slot, versions[gone]]
+    for slot in heap_only:
+        entry = tuples[slot]
+        if slot not in reached and entry.__class__ is list and dead(entry[0], entry[1]):
+            freed.append(slot)
+    if not (redirects or stubs or freed):
+        return None
+    return redirects, stubs, sorted(freed)

@@ -1,15 +1,17 @@
 """Secondary and primary-key indexes: key encoding, upkeep on every row version, uniqueness, builds,
 and the lookup API the query planner calls for index scans.
 
-Every index of a table gets an entry for every row version (tuple) of it, made in the same MTR as
-the heap tuple (DESIGN.md 2: "a row insert plus its index entries"); entries are never removed, so
-a reader always checks a tuple's visibility (MVCC) after following an index entry.
+Every index of a table gets an entry for every row version (tuple) of it that is not a HOT
+successor (compute_node/heap.py), made in the same MTR as the heap tuple (DESIGN.md 2: "a row
+insert plus its index entries"). An entry names the root of a chain of versions that share its
+key; entries are never removed (a pruned chain leaves a redirect or a dead stub), so a reader
+walks the chain and checks each version's visibility (MVCC) after following an index entry.
 
 Key encoding. A primary-key index holds the raw column values (its columns are NOT NULL; this is
 what compute_node/sources.py looks up). Any other index holds, per column, a pair (0, value), or
 (1, None) for NULL, flattened into one tuple: NULLs sort last, as in PostgreSQL, and keys with NULLs
 still compare. Invariants: a unique index never holds two live tuples with equal keys without a
-NULL; an index is built from every tuple whose inserter did not abort.
+NULL; an index is built with one entry per chain that holds a version some snapshot may see.
 
 Planner API (all run on the engine thread, with a Context `ctx` of sources.py):
   find_index(table, columns) -> IndexDef | None
@@ -17,13 +19,15 @@ Planner API (all run on the engine thread, with a Context `ctx` of sources.py):
   index_lookup(ctx, table, index, key_values) -> list[tid]
       tids of tuples whose first len(key_values) index columns equal key_values (a prefix is fine);
       [] if a value is None (= NULL never matches). Values must have the column's Python type
-      (cast with sql_types.cast first). The tuples may be invisible: use fetch_visible.
+      (cast with sql_types.cast first). They name chains, whose versions may be invisible: use
+      fetch_visible.
   index_range(ctx, table, index, low=None, high=None, low_inclusive=True, high_inclusive=True)
       -> Iterator[tid] in key order; low/high are tuples of values for the leading columns
       (None: unbounded). Rows whose leading column is NULL are never returned, as no comparison
       is true for NULL.
   index_order(ctx, table, index) -> Iterator[tid]: every entry in key order, NULLs last.
-  fetch_visible(ctx, table, tids) -> Iterator[(tid, values)]: the tuples visible to ctx's snapshot.
+  fetch_visible(ctx, table, tids) -> Iterator[(tid, values)]: per chain, the version visible to
+      ctx's snapshot, if any.
   index_scan(ctx, table, index, low, high, ...) -> Iterator[(tid, values)]: index_range + fetch_visible.
   unique_lookup(ctx, table, index, key_values) -> Iterator[(tid, values)]: the one visible tuple of a
       unique index's full key, if any, read newest version first (compute_node/index_scans.py).
@@ -122,11 +126,14 @@ def index_order(ctx, table: TableDef, index: IndexDef) -> Iterator[tuple[int, in
 
 
 def fetch_visible(ctx, table: TableDef, tids) -> Iterator[tuple[tuple[int, int], list]]:
+    """The version of each entry's chain (heap.py) that ctx's snapshot sees, if any."""
     heap = Heap(ctx.store, table.table_page_id)
+    visible = ctx.visible
     for tid in tids:
-        xmin, xmax, values = heap.fetch(tid)
-        if ctx.visible(xmin, xmax):
-            yield tid, values
+        for version_tid, (xmin, xmax, values) in heap.versions(tid):
+            if visible(xmin, xmax):
+                yield version_tid, values
+                break
 
 
 def index_scan(ctx, table: TableDef, index: IndexDef, low=None, high=None, low_inclusive: bool = True,
@@ -144,10 +151,10 @@ def unique_lookup(ctx, table: TableDef, index: IndexDef, key_values) -> Iterator
         return
     heap = Heap(ctx.store, table.table_page_id)
     for tid in tree_of(ctx.store, table, index).newest_first(encode(index, key_values)):
-        xmin, xmax, values = heap.fetch(tid)
-        if ctx.visible(xmin, xmax):
-            yield tid, values
-            return
+        for version_tid, (xmin, xmax, values) in heap.versions(tid):
+            if ctx.visible(xmin, xmax):
+                yield version_tid, values
+                return
 
 
 # --- upkeep on writes -------------------------------------------------------------------------
@@ -184,8 +191,7 @@ def check_unique(ctx, table: TableDef, index: IndexDef, row: list) -> None:
         return
     heap = Heap(ctx.store, table.table_page_id)
     key = encode(index, values)
-    for _, tid in tree_of(ctx.store, table, index).range(key, key):
-        xmin, xmax, _ = heap.fetch(tid)
+    for xmin, xmax in holders(heap, tree_of(ctx.store, table, index).range(key, key)):
         if xmin != ctx.xid:
             status = ctx.transactions.status(xmin)
             if status == XID_ABORTED:
@@ -206,34 +212,51 @@ def check_unique(ctx, table: TableDef, index: IndexDef, row: list) -> None:
                               detail=f"{describe_key(index, values)} already exists.")
 
 
+def holders(heap: Heap, entries) -> Iterator[tuple[int, int]]:
+    """(xmin, xmax) of every version of the chains that index entries (key, tid) name."""
+    for _, tid in entries:
+        for _, (xmin, xmax, _) in heap.versions(tid):
+            yield xmin, xmax
+
+
 # --- builds -----------------------------------------------------------------------------------
 
 
 def build(ctx, table: TableDef, index: IndexDef) -> None:
     """Fill the empty tree of `index` from the table's tuples. The caller made sure no other open
     transaction wrote the table, so every tuple's status is final or ours. Raises 23505 (nothing
-    reachable is changed) if a unique index would hold two live equal keys."""
+    reachable is changed) if a unique index would hold two live equal keys.
+
+    One entry per HOT chain (heap.py), naming its root, with the key of its newest version that a
+    snapshot may still see: older versions of a chain may hold other values of the new index's
+    columns (they were not indexed when it was updated), but only snapshots taken before this
+    transaction committed see them, and those do not see the index (the catalog is read through
+    the statement's snapshot)."""
     heap = Heap(ctx.store, table.table_page_id)
     positions = column_positions(table, index)
     status = ctx.transactions.status
     entries = []
     live = []  # keys of tuples that are live now, for the uniqueness check
-    for tid, (xmin, xmax, values) in heap.scan():
-        if xmin != ctx.xid and status(xmin) == XID_ABORTED:
+    for root_tid, versions in heap.chains():
+        newest = None  # the key of the chain's newest version that some snapshot may still see
+        for _, (xmin, xmax, values) in versions:
+            if xmin != ctx.xid and status(xmin) == XID_ABORTED:
+                continue
+            if xmax and xmax != ctx.xid and status(xmax) == XID_COMMITTED:
+                continue
+            key_values = [values[i] for i in positions]
+            newest = encode(index, key_values)
+            size = pages.key_bytes(newest)
+            if size > pages.KEY_BYTES_MAX:
+                raise ProgramLimitExceeded(f'index row size {size} exceeds maximum {pages.KEY_BYTES_MAX} '
+                                           f'for index "{index.name}"')
+            if index.unique and xmax != ctx.xid and None not in key_values:
+                live.append(newest)
+        if newest is None:
             continue
-        if xmax and xmax != ctx.xid and status(xmax) == XID_COMMITTED:
-            continue
-        key_values = [values[i] for i in positions]
-        key = encode(index, key_values)
-        size = pages.key_bytes(key)
-        if size > pages.KEY_BYTES_MAX:
-            raise ProgramLimitExceeded(f'index row size {size} exceeds maximum {pages.KEY_BYTES_MAX} '
-                                       f'for index "{index.name}"')
-        entries.append((key, tid))
+        entries.append((newest, root_tid))
         if len(entries) > INDEX_BUILD_ROWS_MAX:
             raise ProgramLimitExceeded(f"an index build is limited to {INDEX_BUILD_ROWS_MAX} rows")
-        if index.unique and xmax != ctx.xid and None not in key_values:
-            live.append(key)
     if index.unique:
         live.sort()
         for previous, key in zip(live, live[1:]):

@@ -11,7 +11,15 @@ connection only carries frames from the writer:
   state    {"t": "state", "vdl", "xmax", "active", "at_ms"}: the writer's VDL and snapshot at
            `at_ms` (wall clock, milliseconds); the records it covers were sent before it. Sent
            when either changes, and at least every STREAM_HEARTBEAT_MS.
+Hello and state frames carry a sequence number, `seq`. A reader sends one kind of frame back:
+  feedback {"t": "feedback", "seq", "xmin"}: having applied every frame up to `seq`, the lowest
+           xmin of the snapshots its queries hold or the next one takes (PostgreSQL's
+           hot_standby_feedback); at most every READER_FEEDBACK_INTERVAL_MS, after a state frame.
 Invariants:
+  - The writer prunes no row version a reader's snapshot may see (readers_xmin): a follower's
+    horizon is the lower of its last feedback and the xmin of every snapshot sent to it that no
+    feedback has acknowledged yet, so a snapshot is covered from the moment it is sent. A
+    follower with more than FOLLOWER_UNACKED_SNAPSHOTS_MAX of them is disconnected.
   - The snapshot in a frame sees only commits at or below the frame's VDL: a transaction leaves
     the writer's active set only once its commit is durable (or it aborted), so a reader that has
     applied every record up to VDL and reads through that snapshot sees a state that existed on
@@ -32,7 +40,13 @@ import logging
 import time
 from typing import Callable
 
-from aurora_db.constants import BATCH_RECORDS_MAX, FOLLOWERS_MAX, FOLLOWER_BUFFER_BYTES_MAX, LSN_ALLOCATION_LIMIT
+from aurora_db.constants import (
+    BATCH_RECORDS_MAX,
+    FOLLOWER_BUFFER_BYTES_MAX,
+    FOLLOWERS_MAX,
+    FOLLOWER_UNACKED_SNAPSHOTS_MAX,
+    LSN_ALLOCATION_LIMIT,
+)
 from aurora_db.framing import encode_frame
 from aurora_db.quorum import DurabilityTracker
 from aurora_db.records import Record
@@ -44,6 +58,7 @@ FOLLOW = "follow"
 HELLO = "hello"
 RECORDS = "records"
 STATE = "state"
+FEEDBACK = "feedback"
 
 
 def wall_clock_ms() -> float:
@@ -65,7 +80,8 @@ class RedoStream:
         self.tracker = tracker
         self._snapshot = snapshot
         self._clock_ms = clock_ms
-        self._followers: set[asyncio.WriteTransport] = set()
+        self._followers: dict[asyncio.WriteTransport, FollowerSnapshots] = {}
+        self._seq = 0  # of the last hello or state frame
         self._retained: collections.deque[tuple[int, list]] = collections.deque()  # (lsn, [crc, body]) above VDL
         self._state_due = False
         self._last_state: tuple | None = None
@@ -81,18 +97,31 @@ class RedoStream:
             return False
         self._prune()
         vdl, snapshot = self.tracker.vdl, self._snapshot()
-        hello = {"t": HELLO, "ok": True, "epoch": self.epoch, "vdl": vdl,
+        self._seq += 1
+        snapshots = FollowerSnapshots()
+        snapshots.sent(self._seq, snapshot.xmin)
+        hello = {"t": HELLO, "ok": True, "epoch": self.epoch, "vdl": vdl, "seq": self._seq,
                  "pg_points": {str(pg): lsn for pg, lsn in self.tracker.durable_pg_tail.items()},
                  "xmax": snapshot.xmax, "active": sorted(snapshot.active), "at_ms": self._clock_ms()}
         transport.write(encode_frame(hello))
         for frame in _record_frames([sealed for _, sealed in self._retained]):
             transport.write(frame)
-        self._followers.add(transport)
+        self._followers[transport] = snapshots
         log.info("a reader follows from VDL %d (%d records above it sent first)", vdl, len(self._retained))
         return True
 
     def unsubscribe(self, transport: asyncio.WriteTransport) -> None:
-        self._followers.discard(transport)
+        self._followers.pop(transport, None)
+
+    def feedback(self, transport: asyncio.WriteTransport, seq: int, xmin: int) -> None:
+        """A follower applied every frame up to `seq`, and its snapshots' lowest xmin is `xmin`."""
+        snapshots = self._followers.get(transport)
+        if snapshots is not None:
+            snapshots.acknowledged(seq, xmin)
+
+    def readers_xmin(self) -> int | None:
+        """The lowest xmin a follower's snapshot may have, None with no follower."""
+        return min((x for x in (s.xmin() for s in self._followers.values()) if x is not None), default=None)
 
     def publish(self, records: list[Record], sealed: list[list]) -> None:
         """Records just shipped to storage (whole MTRs, in LSN order), with their sealed forms."""
@@ -134,8 +163,15 @@ class RedoStream:
             self._last_state = state if self._followers else None
             return
         self._last_state = state
-        self._send(encode_frame({"t": STATE, "vdl": vdl, "xmax": snapshot.xmax, "active": sorted(snapshot.active),
-                                 "at_ms": self._clock_ms()}))
+        self._seq += 1
+        for transport, snapshots in list(self._followers.items()):
+            snapshots.sent(self._seq, snapshot.xmin)
+            if len(snapshots.unacknowledged) > FOLLOWER_UNACKED_SNAPSHOTS_MAX:
+                log.warning("a reader acknowledged none of the last %d snapshots: disconnecting it (it starts again)",
+                            FOLLOWER_UNACKED_SNAPSHOTS_MAX)
+                self._drop(transport)
+        self._send(encode_frame({"t": STATE, "seq": self._seq, "vdl": vdl, "xmax": snapshot.xmax,
+                                 "active": sorted(snapshot.active), "at_ms": self._clock_ms()}))
 
     def _prune(self) -> None:
         vdl = self.tracker.vdl
@@ -145,16 +181,47 @@ class RedoStream:
     def _send(self, frame: bytes) -> None:
         for transport in list(self._followers):
             if transport.is_closing():
-                self._followers.discard(transport)
+                self._followers.pop(transport, None)
                 continue
             transport.write(frame)
             if transport.get_write_buffer_size() > FOLLOWER_BUFFER_BYTES_MAX:
                 log.warning("a reader is %d bytes behind the redo stream: disconnecting it (it starts again)",
                             transport.get_write_buffer_size())
-                self._followers.discard(transport)
-                transport.abort()
+                self._drop(transport)
+
+    def _drop(self, transport: asyncio.WriteTransport) -> None:
+        self._followers.pop(transport, None)
+        transport.abort()
 
     def close(self) -> None:
         for transport in self._followers:
             transport.abort()
         self._followers.clear()
+
+
+class FollowerSnapshots:
+    """The snapshots one follower may hold: those sent to it that no feedback acknowledged yet,
+    and the lowest xmin its last feedback reported."""
+
+    __slots__ = ("unacknowledged", "reported_xmin")
+
+    def __init__(self):
+        self.unacknowledged: collections.deque[tuple[int, int]] = collections.deque()  # (seq, xmin), seq ascending
+        self.reported_xmin: int | None = None
+
+    def sent(self, seq: int, xmin: int) -> None:
+        if self.unacknowledged and self.unacknowledged[-1][1] == xmin:
+            self.unacknowledged[-1] = (seq, xmin)  # one entry per xmin, acknowledged with its last frame
+        else:
+            self.unacknowledged.append((seq, xmin))
+
+    def acknowledged(self, seq: int, xmin: int) -> None:
+        while self.unacknowledged and self.unacknowledged[0][0] <= seq:
+            self.unacknowledged.popleft()
+        self.reported_xmin = xmin
+
+    def xmin(self) -> int | None:
+        xmins = [xmin for _, xmin in self.unacknowledged]
+        if self.reported_xmin is not None:
+            xmins.append(self.reported_xmin)
+        return min(xmins, default=None)

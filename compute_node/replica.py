@@ -165,7 +165,16 @@ class ReplicaTransactions(Transactions):
         self.horizon = 0  # a reader never decides that an id without a commit record aborted
 
     def snapshot(self) -> Snapshot:
-        return self.state.snapshot
+        snapshot = self.state.snapshot
+        self._snapshots.add(snapshot)
+        return snapshot
+
+    def oldest_xmin(self) -> int:
+        """The lowest xmin of the snapshots this reader's queries still hold, or of the one the next
+        query takes: what it reports to its writer, which prunes no version these may see."""
+        with self._lock:
+            held = [snapshot.xmin for snapshot in list(self._snapshots)]
+        return min(held + [self.state.snapshot.xmin])
 
     def begin(self) -> int:
         raise ReadOnlyTransaction(READ_ONLY_MESSAGE.format("a write"))

@@ -26,6 +26,7 @@ import os
 
 from aurora_db.constants import (
     FOLLOW_IDLE_CHECK_MS,
+    READER_FEEDBACK_INTERVAL_MS,
     READ_QUORUM,
     RECONNECT_INTERVAL_MS,
     REPLACE_STORAGE_TIMEOUT_MS,
@@ -40,7 +41,7 @@ from aurora_db.process import run_until_stopped
 from compute_node import pg_server
 from compute_node.engine import Engine
 from compute_node.recovery import recover
-from compute_node.redo_stream import FOLLOW, RECORDS, STATE, RedoStream, wall_clock_ms
+from compute_node.redo_stream import FEEDBACK, FOLLOW, RECORDS, STATE, RedoStream, wall_clock_ms
 from compute_node.replica import ReplicaState, StreamBroken
 from compute_node.session import EngineSession
 from compute_node.storage_client import NodeUnreachable, RequestFailed, StorageClient
@@ -169,6 +170,7 @@ class ComputeNode:
         engine.log_writer.on_shipped = stream.publish  # before the first MTR: readers miss no record
         engine.log_writer.on_vdl_advanced = stream.notify
         engine.transactions.on_end = stream.notify
+        engine.transactions.readers_xmin = stream.readers_xmin
         self.stream = stream
         await engine.call(engine.open_volume)
         self._transition("recovered")
@@ -401,16 +403,19 @@ class ComputeNode:
             client.read_point_source = lambda: engine.log_writer.vdl  # a reader reads at what it applied
             self.following = address
             log.info("following the writer at %s (epoch %d) from VDL %d", address, state.epoch, state.applied_lsn)
-            await self._apply_frames(client, reader, state, address)
+            await self._apply_frames(client, reader, writer, state, address)
         finally:
             writer.close()
 
-    async def _apply_frames(self, client: StorageClient, reader: asyncio.StreamReader, state: ReplicaState,
-                            address: str) -> None:
+    async def _apply_frames(self, client: StorageClient, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                            state: ReplicaState, address: str) -> None:
         """Until the stream ends, or storage holds a newer epoch than the writer followed (asked
-        every FOLLOW_IDLE_CHECK_MS, frames or not: a writer cut off from storage may still send)."""
+        every FOLLOW_IDLE_CHECK_MS, frames or not: a writer cut off from storage may still send).
+        Reports the oldest snapshot its queries hold at least every READER_FEEDBACK_INTERVAL_MS
+        (a state frame comes every STREAM_HEARTBEAT_MS at least)."""
         loop = asyncio.get_running_loop()
         next_check = loop.time() + FOLLOW_IDLE_CHECK_MS / 1000
+        next_feedback = loop.time()
         frame_read = loop.create_task(read_frame(reader))  # never cancelled mid-frame: one read at a time
         try:
             while True:
@@ -430,6 +435,10 @@ class ComputeNode:
                     state.on_records(frame["records"])
                 elif kind == STATE:
                     await self.engine.apply_stream(frame, wall_clock_ms())
+                    if loop.time() >= next_feedback:  # having applied it: it acknowledges the frame's snapshot
+                        next_feedback = loop.time() + READER_FEEDBACK_INTERVAL_MS / 1000
+                        writer.write(encode_frame({"t": FEEDBACK, "seq": frame["seq"],
+                                                   "xmin": self.engine.transactions.oldest_xmin()}))
         finally:
             frame_read.cancel()
 
@@ -474,13 +483,19 @@ class ComputeNode:
 
     @staticmethod
     async def _serve_follower(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stream: RedoStream) -> None:
-        """The connection carries the redo stream until the reader goes (it sends nothing more)."""
+        """The connection carries the redo stream until the reader goes; the reader sends only its
+        feedback (a malformed frame ends the connection: FrameError, KeyError, ValueError)."""
         if not stream.subscribe(writer.transport):
             writer.write(encode_frame({"ok": False, "error": "too_many_readers", "message": "follower limit reached"}))
             return
         try:
-            while await reader.read(4096):
-                pass
+            while True:
+                frame = await read_frame(reader)
+                if frame.get("t") != FEEDBACK:
+                    raise FrameError(f"a follower sent {frame.get('t')!r}")
+                stream.feedback(writer.transport, int(frame["seq"]), int(frame["xmin"]))
+        except (KeyError, ValueError, TypeError) as error:
+            log.warning("a follower sent a malformed feedback frame: %r", error)
         finally:
             stream.unsubscribe(writer.transport)
 

@@ -53,8 +53,8 @@ _RESET = re.compile(r"^\s*reset\s+(all|[a-z_][a-z0-9_.]*)\s*;?\s*$", re.IGNORECA
 # Session cleanup that connection pools send (asyncpg's reset query), for features we do not have:
 # without cursors, notifications or advisory locks there is nothing to close, unlisten or unlock.
 _NO_OPS = {"close all": "CLOSE CURSOR ALL", "unlisten *": "UNLISTEN"}
-# VACUUM and ANALYZE have nothing to do yet (no dead-tuple reclamation, no statistics): accepted as
-# PostgreSQL accepts them, so tools such as pgbench -i run unchanged.
+# VACUUM and ANALYZE have nothing to do (writes prune dead versions as they go, compute_node/heap.py;
+# there are no statistics): accepted as PostgreSQL accepts them, so pgbench -i runs unchanged.
 _MAINTENANCE = re.compile(r"^\s*(vacuum|analy[sz]e)\b[^;]*;?\s*$", re.IGNORECASE)
 
 

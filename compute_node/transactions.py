@@ -20,6 +20,7 @@ import asyncio
 import dataclasses
 import logging
 import threading
+import weakref
 from typing import Callable
 
 from aurora_db.pages import XID_ABORTED, XID_COMMITTED, XID_IN_PROGRESS, XIDS_PER_CLOG_PAGE
@@ -58,10 +59,15 @@ class RowLockWait(Exception):
         self.xid = xid
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, weakref_slot=True)
 class Snapshot:
     xmax: int  # ids at or above this had not started
     active: frozenset  # ids in progress (or committed but not yet durable) when it was taken
+
+    @property
+    def xmin(self) -> int:
+        """Every id below this had ended when the snapshot was taken: it sees their final status."""
+        return min(self.active, default=self.xmax)
 
 
 def clog_page_of(xid: int) -> int:
@@ -82,6 +88,8 @@ class Transactions:
         self._waits_for: dict[int, int] = {}  # waiter xid -> blocker xid: acyclic
         self._ended: dict[int, list[tuple[asyncio.AbstractEventLoop, asyncio.Future]]] = {}  # blocker -> waits
         self.on_end: Callable[[], None] | None = None  # a transaction left the active set (the redo stream)
+        self._snapshots: weakref.WeakSet[Snapshot] = weakref.WeakSet()  # every snapshot still referenced
+        self.readers_xmin: Callable[[], int | None] = lambda: None  # readers' oldest snapshots (the redo stream)
 
     def log_bootstrap(self) -> None:
         """Inside the bootstrap MTR: the first transaction status page and the id limit."""
@@ -114,7 +122,32 @@ class Transactions:
 
     def snapshot(self) -> Snapshot:
         with self._lock:
-            return Snapshot(self.next_xid, frozenset(self.active))
+            snapshot = Snapshot(self.next_xid, frozenset(self.active))
+            self._snapshots.add(snapshot)
+        return snapshot
+
+    def prune_horizon(self) -> int:
+        """An id below which every commit is seen as committed by every snapshot that exists now or
+        will be taken, here and on the readers (which report theirs): the lowest xmin of the
+        snapshots still referenced, of the readers' and of the next snapshot."""
+        with self._lock:
+            horizon = min((snapshot.xmin for snapshot in list(self._snapshots)), default=self.next_xid)
+            horizon = min(horizon, self.next_xid, *self.active)
+        readers = self.readers_xmin()
+        return horizon if readers is None else min(horizon, readers)
+
+    def dead_to_all(self) -> Callable[[int, int], bool]:
+        """For pruning: does no snapshot, now or later, see a version (xmin, xmax)? True if its
+        inserter aborted, or its deleter committed below the prune horizon."""
+        horizon = self.prune_horizon()
+        status = self.status
+
+        def dead(xmin: int, xmax: int) -> bool:
+            if xmin != BOOTSTRAP_XID and status(xmin) == XID_ABORTED:
+                return True
+            return 0 < xmax < horizon and status(xmax) == XID_COMMITTED
+
+        return dead
 
     def write_commit(self, xid: int) -> int:
         """Log the commit record; returns the commit LSN. The id stays active until finish().

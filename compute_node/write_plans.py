@@ -150,8 +150,7 @@ def _wait_for_key_holders(ctx: Context, table: TableDef, index, row: list) -> No
     heap = Heap(ctx.store, table.table_page_id)
     key = ix.encode(index, values)
     status = ctx.transactions.status
-    for _, tid in ix.tree_of(ctx.store, table, index).range(key, key):
-        xmin, xmax, _ = heap.fetch(tid)
+    for xmin, xmax in ix.holders(heap, ix.tree_of(ctx.store, table, index).range(key, key)):
         for holder in (xmin, xmax):
             if holder and holder != ctx.xid and status(holder) == XID_IN_PROGRESS:
                 raise RowLockWait(holder)
@@ -165,14 +164,20 @@ def check_sizes(table: TableDef, values: list) -> None:
     ix.check_key_sizes(table, values)
 
 
-def write_row(ctx: Context, table: TableDef, values: list, old_tid=None) -> tuple:
-    """Insert one row version (and, for an UPDATE, end the old one) with its entry in every index,
-    in one MTR."""
+def write_row(ctx: Context, table: TableDef, values: list, old_tid=None, old_values: list | None = None) -> tuple:
+    """Insert one row version (and, for an UPDATE, end the old one `old_tid`, whose values are
+    `old_values`) with its entry in every index, in one MTR; or, for an UPDATE that changes no
+    indexed column, a HOT update (heap.py) when the new version fits the old one's page, after
+    pruning that page if it must."""
     check_sizes(table, values)
+    if old_tid is not None and old_values is not None and _keys_unchanged(table, values, old_values):
+        tid = _hot_update(ctx, table, values, old_tid)
+        if tid is not None:
+            return tid
     store = ctx.store
     xid = ctx.ensure_xid()
     heap = Heap(store, table.table_page_id)
-    target = heap.prepare_insert(values)
+    target = heap.prepare_insert(values, ctx.transactions.dead_to_all)
     entries = ix.prepare_entries(store, table, values)
     records = HEAP_INSERT_RECORDS_MAX + 1 + sum(BTree.insert_records_max(path) for _, _, path in entries)
     if records > MTR_RECORDS_MAX:
@@ -180,14 +185,41 @@ def write_row(ctx: Context, table: TableDef, values: list, old_tid=None) -> tupl
                                    f"records, more than the {MTR_RECORDS_MAX} of one MTR")
     old_page = [old_tid[0]] if old_tid is not None else []
     ctx.catalog.note_writer(table, xid)
-    with store.mtr(*heap.pages_for_insert(), *(p for _, _, path in entries for p in path), *old_page):
+    with store.mtr(*heap.pages_for_insert(target), *(p for _, _, path in entries for p in path), *old_page):
         if old_tid is not None:
             old_xmax = store.get(old_tid[0]).tuples[old_tid[1]][1]
             store.log(old_tid[0], "heap_set_xmax", old_tid[1], xid)
         tid = heap.insert(values, xid, target)
         ix.insert_entries(entries, tid)
     if old_tid is not None:
+        heap.note_dead_versions(old_tid[0])
         note_undo(ctx, old_tid, old_xmax)
+    note_undo(ctx, tid, None)
+    return tid
+
+
+def _keys_unchanged(table: TableDef, values: list, old_values: list) -> bool:
+    return all(values[i] == old_values[i] for i in table.indexed_positions)
+
+
+def _hot_update(ctx: Context, table: TableDef, values: list, old_tid) -> tuple | None:
+    """The new version in the old one's page, linked from it, in one record; None if it does not
+    fit there even after pruning the page."""
+    store = ctx.store
+    heap = Heap(store, table.table_page_id)
+    slot = heap.hot_slot(old_tid, values)
+    if slot is None:
+        if not heap.prune(old_tid[0], ctx.transactions.dead_to_all()):
+            return None
+        slot = heap.hot_slot(old_tid, values)
+        if slot is None:
+            return None
+    xid = ctx.ensure_xid()
+    ctx.catalog.note_writer(table, xid)
+    with store.mtr(old_tid[0]):
+        old_xmax = store.get(old_tid[0]).tuples[old_tid[1]][1]
+        tid = heap.hot_update(old_tid, xid, slot, values)
+    note_undo(ctx, old_tid, old_xmax)
     note_undo(ctx, tid, None)
     return tid
 
@@ -305,7 +337,7 @@ def _with_context(runtime, ctx: Context, fn):
     try:
         return fn(ctx)
     finally:
-        runtime.ctx = None
+        runtime.end()
 
 
 # --- INSERT -----------------------------------------------------------------------------------
@@ -505,7 +537,7 @@ class UpdatePlan(_TargetedPlan):
             if not lock_row(ctx, heap.fetch(tid)[1]):
                 continue
             check_unique(ctx, table, new_values, values)
-            write_row(ctx, table, new_values, old_tid=tid)
+            write_row(ctx, table, new_values, old_tid=tid, old_values=values)
             count += 1
             if self.returning:
                 returned.append(self.returning.row(new_values, ctx.params))
@@ -538,6 +570,7 @@ class DeletePlan(_TargetedPlan):
             ctx.catalog.note_writer(self.table, xid)
             with ctx.store.mtr(tid[0]):
                 ctx.store.log(tid[0], "heap_set_xmax", tid[1], xid)
+            heap.note_dead_versions(tid[0])
             note_undo(ctx, tid, old_xmax)
             count += 1
             if self.returning:
