@@ -26,6 +26,8 @@ after a page crosses the wire.
 
 from __future__ import annotations
 
+from typing import Callable
+
 from aurora_db.constants import BATCH_RECORDS_MAX, FRAME_BYTES_MAX, PAGE_BYTES_MAX
 from aurora_db.records import LazyArgs, Record
 from aurora_db.values import packb
@@ -90,7 +92,7 @@ class HeapPage(Page):
     UPDATE that changed no indexed column and fit this page, so it got no index entry of its own.
     `heap_only` holds such successors' slots: pruning may free them, as nothing but a chain names them."""
 
-    __slots__ = ("tuples", "next_page", "links", "heap_only", "used_bytes")
+    __slots__ = ("tuples", "next_page", "links", "heap_only", "_used_bytes")
     kind = "heap"
 
     def __init__(self, page_id, lsn, tuples=None, next_page=0, links=None, heap_only=None):
@@ -99,8 +101,19 @@ class HeapPage(Page):
         self.next_page = next_page
         self.links = dict(zip(links[::2], links[1::2])) if links else {}
         self.heap_only = set(heap_only) if heap_only else set()
-        self.used_bytes = PAGE_HEADER_BYTES + sum(tuple_bytes(t[2]) if t.__class__ is list else LINE_POINTER_BYTES
-                                                  for t in self.tuples)
+        self._used_bytes = None  # computed on first use: storage materializes pages and never asks
+
+    @property
+    def used_bytes(self) -> int:
+        if self._used_bytes is None:
+            self._used_bytes = PAGE_HEADER_BYTES + sum(
+                tuple_bytes(t[2]) if t.__class__ is list else LINE_POINTER_BYTES for t in self.tuples)
+        return self._used_bytes
+
+    def grow(self, change: Callable[[], int]) -> None:
+        """Apply a change of size (a function: it costs an encoding) if the size is known yet."""
+        if self._used_bytes is not None:
+            self._used_bytes += change()
 
     def fits(self, values: list) -> bool:
         return self.used_bytes + tuple_bytes(values) <= PAGE_BYTES_MAX
@@ -121,7 +134,7 @@ class BTreePage(Page):
     """A B+tree node. Leaf: keys[i] -> vals[i] (a row id [page, slot]); `right` is the next leaf.
     Internal: len(vals) == len(keys) + 1 and child vals[i] holds keys k with keys[i-1] <= k < keys[i]."""
 
-    __slots__ = ("is_leaf", "keys", "vals", "right", "used_bytes")
+    __slots__ = ("is_leaf", "keys", "vals", "right", "_used_bytes")
     kind = "btree"
 
     def __init__(self, page_id, lsn, is_leaf=True, keys=None, vals=None, right=0):
@@ -130,7 +143,13 @@ class BTreePage(Page):
         self.keys = [tuple(k) for k in keys] if keys else []
         self.vals = [tuple(v) if isinstance(v, list) else v for v in vals] if vals else []
         self.right = right
-        self.used_bytes = PAGE_HEADER_BYTES + sum(key_bytes(k) for k in self.keys)
+        self._used_bytes = None  # computed on first use, as HeapPage's
+
+    @property
+    def used_bytes(self) -> int:
+        if self._used_bytes is None:
+            self._used_bytes = PAGE_HEADER_BYTES + sum(key_bytes(k) for k in self.keys)
+        return self._used_bytes
 
     def fits(self, key) -> bool:
         return self.used_bytes + key_bytes(key) <= PAGE_BYTES_MAX
@@ -225,11 +244,11 @@ def _heap_insert(page: HeapPage, slot, xmin, values):
     tuples = page.tuples
     if slot == len(tuples):
         tuples.append([xmin, 0, values])
-        page.used_bytes += tuple_bytes(values)
+        page.grow(lambda: tuple_bytes(values))
     else:
         assert tuples[slot] is None, f"heap insert into slot {slot} of page {page.page_id}, which is taken"
         tuples[slot] = [xmin, 0, values]
-        page.used_bytes += tuple_bytes(values) - LINE_POINTER_BYTES
+        page.grow(lambda: tuple_bytes(values) - LINE_POINTER_BYTES)
 
 
 def _heap_set_xmax(page: HeapPage, slot, xmax):
@@ -261,13 +280,13 @@ def _heap_prune(page: HeapPage, redirects, dead, freed):
         page.heap_only.discard(slot)
     while tuples and tuples[-1] is None:
         tuples.pop()
-        page.used_bytes -= LINE_POINTER_BYTES
+        page.grow(lambda: -LINE_POINTER_BYTES)
 
 
 def _empty_slot(page: HeapPage, slot) -> None:
     entry = page.tuples[slot]
     if entry.__class__ is list:
-        page.used_bytes -= tuple_bytes(entry[2]) - LINE_POINTER_BYTES
+        page.grow(lambda: LINE_POINTER_BYTES - tuple_bytes(entry[2]))
     page.links.pop(slot, None)
 
 
@@ -282,7 +301,8 @@ def _btree_insert(page: BTreePage, pos, key, val):
         page.vals.insert(pos, tuple(val))
     else:
         page.vals.insert(pos + 1, val)
-    page.used_bytes += key_bytes(key)
+    if page._used_bytes is not None:
+        page._used_bytes += key_bytes(key)
 
 
 def _table_set(page: TablePage, key, value):

@@ -226,14 +226,18 @@ class FileContents:
     """What one log file holds: each PG's record LSNs, in the order written."""
 
     lsns_by_pg: dict[int, list[int]] = dataclasses.field(default_factory=dict)
+    highest_by_pg: dict[int, int] = dataclasses.field(default_factory=dict)  # each PG's highest LSN here
 
     def add(self, entry: LogEntry) -> None:
         if isinstance(entry, RecordEntry):
-            self.lsns_by_pg.setdefault(entry.record.pg, []).append(entry.lsn)
+            pg, lsn = entry.record.pg, entry.lsn
+            self.lsns_by_pg.setdefault(pg, []).append(lsn)
+            if lsn > self.highest_by_pg.get(pg, 0):
+                self.highest_by_pg[pg] = lsn
 
     def covered(self, bases: dict[int, int]) -> bool:
         """Every record is at or below its PG's base (in a durable page image): the file is garbage."""
-        return all(max(lsns) <= bases.get(pg, 0) for pg, lsns in self.lsns_by_pg.items())
+        return all(highest <= bases.get(pg, 0) for pg, highest in self.highest_by_pg.items())
 
 
 class LogFile:
@@ -366,8 +370,7 @@ class LogFile:
         the LSN their base must reach to free it."""
         held: dict[int, int] = {}
         for seq in sorted(self.contents)[:-files_retained or None]:
-            for pg, lsns in self.contents[seq].lsns_by_pg.items():
-                highest = max(lsns)
+            for pg, highest in self.contents[seq].highest_by_pg.items():
                 if highest > bases.get(pg, 0):
                     held[pg] = max(held.get(pg, 0), highest)
         return held
