@@ -11,8 +11,11 @@ a time: a chain's root becomes a redirect past its pruned versions (or a dead st
 chain is dead), and pruned heap-only versions free their slots for later inserts. That bounds a
 page under steady updates: the space an update needs comes back from the versions it ended.
 
-A version that an UPDATE moved off its page (no room for a HOT one) or a DELETE ended leaves its
-page on a short in-memory list; a new row goes to such a page, pruned, before the last page.
+A version that an UPDATE moved off its page (no room for a HOT one) or a DELETE ended is counted
+against its page, in memory (ReusablePages); once a page has REUSE_ENDED_VERSIONS_MIN of them, a
+new row goes there, pruned, before the last page. A page with fewer (a full page that one row
+left, as after a bulk load) is not worth a prune record per new row: its HOT updates reuse that
+room.
 
 Invariants: the table page names the first and last heap page; a new page is linked in the same
 MTR that inserts into it; HOT versions go to their chain's page; a
@@ -31,6 +34,8 @@ from compute_node.page_store import META_PAGE, PageStore
 Tid = tuple[int, int]
 REUSABLE_PAGES_PER_TABLE_MAX = 64  # pages remembered per table as worth pruning for new rows
 REUSE_TRIES_PER_INSERT = 2  # remembered pages an insert prunes at most, looking for room
+REUSE_ENDED_VERSIONS_MIN = 4  # a page is worth pruning for new rows once this many versions ended on it
+ENDED_TALLY_PAGES_MAX = 4096  # pages whose ended versions are counted below that, per table
 
 
 class Heap:
@@ -63,9 +68,12 @@ class Heap:
         """A remembered page the tuple fits, pruned if need be (at most REUSE_TRIES_PER_INSERT are
         pruned per insert). A page with versions that only a snapshot still holds goes to the back
         of the list; one with no ended version left is forgotten."""
-        candidates = self.store.reusable_pages.get(self.table_page_id)
+        reusable = self.store.reusable_pages.get(self.table_page_id)
+        if reusable is None:
+            return 0
+        candidates = reusable.candidates
         dead = None
-        for _ in range(min(REUSE_TRIES_PER_INSERT, len(candidates or ()))):
+        for _ in range(min(REUSE_TRIES_PER_INSERT, len(candidates))):
             page_id = candidates.pop(0)
             page = self.store.get(page_id)
             if page.fits(values):
@@ -79,13 +87,10 @@ class Heap:
                 candidates.append(page_id)
         return 0
 
-    def note_dead_versions(self, page_id: int) -> None:
-        """An UPDATE that moved a row off `page_id`, or a DELETE, left a version there to prune later."""
-        candidates = self.store.reusable_pages.setdefault(self.table_page_id, [])
-        if page_id not in candidates:
-            if len(candidates) >= REUSABLE_PAGES_PER_TABLE_MAX:
-                candidates.pop(0)
-            candidates.append(page_id)
+    def note_ended_versions(self, page_id: int, versions: int) -> None:
+        """An UPDATE that moved a row off `page_id`, or a DELETE, ended `versions` there (the row's
+        version and the HOT versions the page holds, an estimate): they are pruned later."""
+        self.store.reusable_pages.setdefault(self.table_page_id, ReusablePages()).note(page_id, versions)
 
     def pages_for_insert(self, target_page_id: int = 0) -> list[int]:
         """The existing pages an insert may read or change: pin them at the MTR's start."""
@@ -171,6 +176,30 @@ class Heap:
         with self.store.mtr(page_id):
             self.store.log(page_id, "heap_prune", *plan)
         return True
+
+
+class ReusablePages:
+    """One table's pages worth pruning for new rows: an in-memory free space map, a hint that is
+    never logged. Both maps are bounded (the oldest entries go first)."""
+
+    __slots__ = ("ended", "candidates")
+
+    def __init__(self):
+        self.ended: dict[int, int] = {}  # page -> versions ended there, while below the minimum
+        self.candidates: list[int] = []  # pages with at least REUSE_ENDED_VERSIONS_MIN, oldest first
+
+    def note(self, page_id: int, versions: int) -> None:
+        if page_id in self.candidates:
+            return
+        count = self.ended.pop(page_id, 0) + versions
+        if count >= REUSE_ENDED_VERSIONS_MIN:
+            if len(self.candidates) >= REUSABLE_PAGES_PER_TABLE_MAX:
+                self.candidates.pop(0)
+            self.candidates.append(page_id)
+            return
+        if len(self.ended) >= ENDED_TALLY_PAGES_MAX:
+            del self.ended[next(iter(self.ended))]
+        self.ended[page_id] = count
 
 
 def chain(page: pages.HeapPage, slot: int) -> Iterator[tuple[Tid, list]]:

@@ -73,9 +73,9 @@ class PageStore:
         self.records_made = 0
         self._inline: tuple[float, int] | None = None  # (deadline, records_made limit) of an inline call
         self._fetching: dict[int, _Fetch] = {}  # at most one per session: each waits for its own
-        # Table page -> heap pages where an UPDATE or DELETE left versions to prune, oldest first (a
-        # hint, not logged: compute_node/heap.py reuses their space for new rows).
-        self.reusable_pages: dict[int, list[int]] = {}
+        # Table page -> heap.ReusablePages: where UPDATEs and DELETEs left versions to prune (a hint,
+        # not logged: compute_node/heap.py reuses their space for new rows).
+        self.reusable_pages: dict[int, object] = {}
 
     # --- inline calls (Engine.call_restartable) -----------------------------------------------
 

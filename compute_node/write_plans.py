@@ -187,12 +187,13 @@ def write_row(ctx: Context, table: TableDef, values: list, old_tid=None, old_val
     ctx.catalog.note_writer(table, xid)
     with store.mtr(*heap.pages_for_insert(target), *(p for _, _, path in entries for p in path), *old_page):
         if old_tid is not None:
-            old_xmax = store.get(old_tid[0]).tuples[old_tid[1]][1]
+            ended_page = store.get(old_tid[0])
+            old_xmax, ended = ended_page.tuples[old_tid[1]][1], 1 + len(ended_page.heap_only)
             store.log(old_tid[0], "heap_set_xmax", old_tid[1], xid)
         tid = heap.insert(values, xid, target)
         ix.insert_entries(entries, tid)
     if old_tid is not None:
-        heap.note_dead_versions(old_tid[0])
+        heap.note_ended_versions(old_tid[0], ended)
         note_undo(ctx, old_tid, old_xmax)
     note_undo(ctx, tid, None)
     return tid
@@ -569,8 +570,9 @@ class DeletePlan(_TargetedPlan):
                 continue
             ctx.catalog.note_writer(self.table, xid)
             with ctx.store.mtr(tid[0]):
+                ended = 1 + len(ctx.store.get(tid[0]).heap_only)
                 ctx.store.log(tid[0], "heap_set_xmax", tid[1], xid)
-            heap.note_dead_versions(tid[0])
+            heap.note_ended_versions(tid[0], ended)
             note_undo(ctx, tid, old_xmax)
             count += 1
             if self.returning:

@@ -15,7 +15,7 @@ import pytest
 
 from aurora_db import pages
 from aurora_db.records import Record
-from compute_node.heap import chain, plan_prune
+from compute_node.heap import REUSE_ENDED_VERSIONS_MIN, ReusablePages, chain, plan_prune
 from tests.live_cluster import LiveCluster, wait_until
 
 COMMITTED, ABORTED, RUNNING = 1, 2, 0
@@ -126,6 +126,18 @@ def test_a_link_whose_successor_was_not_made_by_the_old_versions_deleter_is_not_
     assert values_of(page.page, root) == ["a"]
     assert page.prune({10: COMMITTED, 11: COMMITTED}, horizon=100) == ([], [], [undone])
     same_after_the_wire(page.page)
+
+
+def test_a_page_is_pruned_for_new_rows_only_once_enough_versions_ended_on_it():
+    reusable = ReusablePages()
+    reusable.note(10, 1)  # one row moved off a full page (a bulk-loaded one): not worth a prune per insert
+    assert reusable.candidates == []
+    for _ in range(REUSE_ENDED_VERSIONS_MIN - 1):
+        reusable.note(10, 1)  # more rows moved or deleted there
+    assert reusable.candidates == [10]
+    reusable.note(11, REUSE_ENDED_VERSIONS_MIN)  # a hot row's HOT versions, all left behind at once
+    reusable.note(10, 1)
+    assert reusable.candidates == [10, 11]
 
 
 # --- SQL on a real cluster --------------------------------------------------------------------
