@@ -1,7 +1,8 @@
 """The writer's redo stream to its readers (DESIGN.md 5): every finished MTR, and the writer's VDL
 with its transaction snapshot each time either changes.
 
-A reader follows by sending {"t": "follow"} on the writer's admin port. From then on that
+A reader follows by sending {"t": "follow", "xmin"} on the writer's admin port (xmin: the oldest
+snapshot its queries still hold from an earlier stream, or None). From then on that
 connection only carries frames from the writer:
   hello    {"t": "hello", "ok": True, "epoch", "vdl", "pg_points": {pg: lsn}, "xmax", "active", "at_ms"}
            where to start: the reader reads a page of PG `pg` at read point pg_points[pg] (the PG's
@@ -19,7 +20,10 @@ Invariants:
   - The writer prunes no row version a reader's snapshot may see (readers_xmin): a follower's
     horizon is the lower of its last feedback and the xmin of every snapshot sent to it that no
     feedback has acknowledged yet, so a snapshot is covered from the moment it is sent. A
-    follower with more than FOLLOWER_UNACKED_SNAPSHOTS_MAX of them is disconnected.
+    follower with more than FOLLOWER_UNACKED_SNAPSHOTS_MAX of them is disconnected. While a
+    reader has no stream (it lost one and has not followed again), nothing holds pruning back for
+    it: a long query that outlives the reader's stream may miss rows, as PostgreSQL's
+    hot_standby_feedback leaves the same gap.
   - The snapshot in a frame sees only commits at or below the frame's VDL: a transaction leaves
     the writer's active set only once its commit is durable (or it aborted), so a reader that has
     applied every record up to VDL and reads through that snapshot sees a state that existed on
@@ -90,7 +94,7 @@ class RedoStream:
     def followers(self) -> int:
         return len(self._followers)
 
-    def subscribe(self, transport: asyncio.WriteTransport) -> bool:
+    def subscribe(self, transport: asyncio.WriteTransport, held_xmin: int | None = None) -> bool:
         """Start a follower: its hello, then every retained record above the hello's VDL. False if
         there are FOLLOWERS_MAX already."""
         if len(self._followers) >= FOLLOWERS_MAX:
@@ -99,6 +103,7 @@ class RedoStream:
         vdl, snapshot = self.tracker.vdl, self._snapshot()
         self._seq += 1
         snapshots = FollowerSnapshots()
+        snapshots.reported_xmin = held_xmin  # a reader that followed before: its queries' snapshots
         snapshots.sent(self._seq, snapshot.xmin)
         hello = {"t": HELLO, "ok": True, "epoch": self.epoch, "vdl": vdl, "seq": self._seq,
                  "pg_points": {str(pg): lsn for pg, lsn in self.tracker.durable_pg_tail.items()},

@@ -385,7 +385,8 @@ class ComputeNode:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)),
                                                 FOLLOW_IDLE_CHECK_MS / 1000)
         try:
-            writer.write(encode_frame({"t": FOLLOW, "id": 1}))
+            held_xmin = self.engine.transactions.oldest_xmin() if self.engine is not None else None
+            writer.write(encode_frame({"t": FOLLOW, "id": 1, "xmin": held_xmin}))  # snapshots held from before
             hello = await asyncio.wait_for(read_frame(reader), FOLLOW_IDLE_CHECK_MS / 1000)
             if not hello.get("ok"):
                 raise StreamBroken(f"it does not stream redo: {hello.get('message')}")
@@ -461,7 +462,7 @@ class ComputeNode:
                 kind = request.get("t")
                 if kind == FOLLOW:
                     if self.role is Role.WRITER and self.stream is not None:
-                        await self._serve_follower(reader, writer, self.stream)
+                        await self._serve_follower(reader, writer, self.stream, request.get("xmin"))
                         return
                     reply = {"ok": False, "error": "not_writer", "message": f"this node is {self.role.value}"}
                 elif kind == ADMIN_STATUS:
@@ -482,10 +483,12 @@ class ComputeNode:
             writer.close()
 
     @staticmethod
-    async def _serve_follower(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stream: RedoStream) -> None:
+    async def _serve_follower(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stream: RedoStream,
+                              held_xmin) -> None:
         """The connection carries the redo stream until the reader goes; the reader sends only its
-        feedback (a malformed frame ends the connection: FrameError, KeyError, ValueError)."""
-        if not stream.subscribe(writer.transport):
+        feedback (a malformed frame ends the connection: FrameError, KeyError, ValueError).
+        `held_xmin`: the oldest snapshot a reader that followed before still holds, if any."""
+        if not stream.subscribe(writer.transport, int(held_xmin) if isinstance(held_xmin, int) else None):
             writer.write(encode_frame({"ok": False, "error": "too_many_readers", "message": "follower limit reached"}))
             return
         try:
