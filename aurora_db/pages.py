@@ -305,6 +305,16 @@ def _btree_insert(page: BTreePage, pos, key, val):
         page._used_bytes += key_bytes(key)
 
 
+def _btree_delete(page: BTreePage, positions):
+    """VACUUM: remove a leaf's entries at `positions` (ascending); their tuples are gone."""
+    assert page.is_leaf, f"btree_delete on internal page {page.page_id}"
+    for position in reversed(positions):
+        key = page.keys.pop(position)
+        page.vals.pop(position)
+        if page._used_bytes is not None:
+            page._used_bytes -= key_bytes(key)
+
+
 def _table_set(page: TablePage, key, value):
     page.values[key] = value
 
@@ -331,6 +341,7 @@ _OPS = {
     "heap_prune": _heap_prune,
     "heap_set_next": _heap_set_next,
     "btree_insert": _btree_insert,
+    "btree_delete": _btree_delete,
     "table_set": _table_set,
     "sequence_set": _sequence_set,
 }

@@ -117,6 +117,13 @@ class BTree:
 
     # --- insert -------------------------------------------------------------------------------
 
+    def leaf_ids(self) -> Iterator[int]:
+        """Every leaf, left to right."""
+        page_id = self._leftmost_leaf()
+        while page_id:
+            yield page_id
+            page_id = self.store.get(page_id).right
+
     def page_count(self) -> int:
         """Every node of the tree, root included (pg_relation_size)."""
         count, level = 0, [self.root_page_id]

@@ -28,13 +28,15 @@ from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
 from aurora_db.constants import ENGINE_INLINE_MISSES_MAX
-from aurora_db.errors import DatabaseError, FeatureNotSupported, SyntaxError_
+from aurora_db.errors import DatabaseError, FeatureNotSupported, SyntaxError_, UndefinedTable
 from aurora_db.quorum import DurabilityTracker
 from compute_node import copy as copy_text
+from compute_node import indexes as ix
 from compute_node import introspection
 from compute_node import sql_types as t
 from compute_node.catalog import Catalog
 from compute_node.explain import is_explain
+from compute_node.heap import Heap
 from compute_node.executor import Context, Plan, plan_statement
 from compute_node.log_writer import LogWriter, WouldWait
 from compute_node.page_store import PageMiss, PageStore
@@ -321,6 +323,22 @@ class Engine:
         """A driver's catalog query that the session recognized (introspection.py)."""
         tables = self.catalog.tables(self.transactions.snapshot(), session.xid)
         return canned.answer(params, tables, session.settings)
+
+    def vacuum(self, names: list[str]) -> int:
+        """VACUUM of the tables named (every table if none): see heap.Heap.vacuum. Returns the
+        dead stubs freed. Raises 42P01 for a name that is no table."""
+        tables = self.catalog.tables(self.transactions.snapshot(), None)
+        if names:
+            missing = [name for name in names if name not in tables or tables[name].is_view]
+            if missing:
+                raise UndefinedTable(f'relation "{missing[0]}" does not exist')
+        chosen = [tables[name] for name in names] if names else [t for t in tables.values() if not t.is_view]
+        dead = self.transactions.dead_to_all()
+        freed = 0
+        for table in chosen:
+            trees = [ix.tree_of(self.store, table, index) for index in table.indexes]
+            freed += Heap(self.store, table.table_page_id).vacuum(dead, trees)
+        return freed
 
     def begin_xid(self) -> int:
         return self.transactions.begin()

@@ -11,6 +11,8 @@ a time: a chain's root becomes a redirect past its pruned versions (or a dead st
 chain is dead), and pruned heap-only versions free their slots for later inserts. That bounds a
 page under steady updates: the space an update needs comes back from the versions it ended.
 
+VACUUM (Heap.vacuum) also removes the index entries that name dead stubs, and frees the stubs.
+
 A version that an UPDATE moved off its page (no room for a HOT one) or a DELETE ended is counted
 against its page, in memory (ReusablePages); once a page has REUSE_ENDED_VERSIONS_MIN of them, a
 new row goes there, pruned, before the last page. A page with fewer (a full page that one row
@@ -166,6 +168,36 @@ class Heap:
                     continue
                 yield (page_id, slot), list(chain(page, slot))
             page_id = page.next_page
+
+    def vacuum(self, dead: Callable[[int, int], bool], trees) -> int:
+        """PostgreSQL's lazy VACUUM of this table: prune every page, remove the entries of the
+        B-trees `trees` (all of the table's indexes) that name dead stubs, then free those stubs
+        for new rows. Returns the stubs freed. Every step is an MTR of one page that a rerun
+        finds done (the engine reruns a call that met a page miss). Safe beside an index built
+        meanwhile: a build names no stub (`chains` skips them)."""
+        heap_page_ids = []
+        page_id = self.store.get(self.table_page_id).values["first_heap"]
+        while page_id:
+            heap_page_ids.append(page_id)
+            self.prune(page_id, dead)
+            page_id = self.store.get(page_id).next_page
+        stubs = {(page_id, slot) for page_id in heap_page_ids
+                 for slot, entry in enumerate(self.store.get(page_id).tuples) if entry == pages.SLOT_DEAD}
+        if not stubs:
+            return 0
+        for tree in trees:
+            for leaf_id in list(tree.leaf_ids()):
+                positions = [i for i, tid in enumerate(self.store.get(leaf_id).vals) if tid in stubs]
+                if positions:
+                    with self.store.mtr(leaf_id):
+                        self.store.log(leaf_id, "btree_delete", positions)
+        by_page: dict[int, list[int]] = {}
+        for page_id, slot in sorted(stubs):
+            by_page.setdefault(page_id, []).append(slot)
+        for page_id, slots in by_page.items():
+            with self.store.mtr(page_id):
+                self.store.log(page_id, "heap_prune", [], [], slots)
+        return len(stubs)
 
     def prune(self, page_id: int, dead: Callable[[int, int], bool]) -> bool:
         """Prune one page in its own MTR (it changes no row any snapshot sees, so it stands whether

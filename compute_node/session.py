@@ -24,7 +24,7 @@ import re
 
 from aurora_db.constants import SERVER_VERSION
 from aurora_db.errors import (DatabaseError, FeatureNotSupported, InFailedTransaction, InternalError,
-                              InvalidParameterValue, QuorumTimeout, ReadOnlyTransaction)
+                              InvalidParameterValue, QuorumTimeout, ReadOnlyTransaction, SyntaxError_)
 from compute_node import copy as copy_text
 from compute_node import introspection
 from compute_node import sql_types as t
@@ -53,9 +53,26 @@ _RESET = re.compile(r"^\s*reset\s+(all|[a-z_][a-z0-9_.]*)\s*;?\s*$", re.IGNORECA
 # Session cleanup that connection pools send (asyncpg's reset query), for features we do not have:
 # without cursors, notifications or advisory locks there is nothing to close, unlisten or unlock.
 _NO_OPS = {"close all": "CLOSE CURSOR ALL", "unlisten *": "UNLISTEN"}
-# VACUUM and ANALYZE have nothing to do (writes prune dead versions as they go, compute_node/heap.py;
-# there are no statistics): accepted as PostgreSQL accepts them, so pgbench -i runs unchanged.
+# VACUUM prunes every page and removes the index entries of pruned rows (compute_node/heap.py;
+# writes prune as they go too); ANALYZE has nothing to do (there are no statistics).
 _MAINTENANCE = re.compile(r"^\s*(vacuum|analy[sz]e)\b[^;]*;?\s*$", re.IGNORECASE)
+_VACUUM_OPTIONS = re.compile(r"^\s*vacuum\b\s*(\([^)]*\))?\s*(?:(?:full|freeze|verbose|analy[sz]e)\b\s*)*", re.IGNORECASE)
+_VACUUM_TABLE = re.compile(r'^\s*(?:(?:public|"public")\.)?("(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)\s*$')
+
+
+def vacuum_tables(sql: str) -> list[str]:
+    """The tables a VACUUM statement names (none: every table). Its options change nothing here:
+    VACUUM prunes and cleans indexes (heap.py); FULL, FREEZE and ANALYZE have nothing more to do."""
+    text = sql.strip().rstrip(";")
+    rest = re.sub(r"\([^)]*\)", "", text[_VACUUM_OPTIONS.match(text).end():])  # a table's column list
+    names = []
+    for part in filter(None, (item.strip() for item in rest.split(","))):
+        match = _VACUUM_TABLE.match(part)
+        if match is None:
+            raise SyntaxError_(f'syntax error at or near "{part.split()[0]}"')
+        name = match.group(1)
+        names.append(name[1:-1].replace('""', '"') if name.startswith('"') else name.lower())
+    return names
 
 
 class NoActiveSqlTransaction(DatabaseError):
@@ -377,8 +394,12 @@ class EngineSession:
             return Result(statement.setting[0])
         if kind == "maintenance":
             (word,) = statement.setting
-            if word == "VACUUM" and (self.state is not BlockState.IDLE or statement.in_script):
-                raise ActiveSqlTransaction("VACUUM cannot run inside a transaction block")
+            if word == "VACUUM":
+                if self.state is not BlockState.IDLE or statement.in_script:
+                    raise ActiveSqlTransaction("VACUUM cannot run inside a transaction block")
+                if self.engine.read_only:
+                    raise ReadOnlyTransaction("cannot execute VACUUM during recovery")
+                await self.engine.call_restartable(self.engine.vacuum, vacuum_tables(statement.sql))
             return Result(word)
         implicit = self.state is BlockState.IDLE
         autocommit = self._autocommit(statement, sync_follows)
