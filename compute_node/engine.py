@@ -36,8 +36,8 @@ from compute_node import introspection
 from compute_node import sql_types as t
 from compute_node.catalog import Catalog
 from compute_node.explain import is_explain
-from compute_node.heap import Heap
 from compute_node.executor import Context, Plan, plan_statement
+from compute_node.heap import Heap
 from compute_node.log_writer import LogWriter, WouldWait
 from compute_node.page_store import PageMiss, PageStore
 from compute_node.plan_cache import PlanCache

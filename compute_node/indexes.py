@@ -4,8 +4,9 @@ and the lookup API the query planner calls for index scans.
 Every index of a table gets an entry for every row version (tuple) of it that is not a HOT
 successor (compute_node/heap.py), made in the same MTR as the heap tuple (DESIGN.md 2: "a row
 insert plus its index entries"). An entry names the root of a chain of versions that share its
-key; entries are never removed (a pruned chain leaves a redirect or a dead stub), so a reader
-walks the chain and checks each version's visibility (MVCC) after following an index entry.
+key; a pruned chain leaves a redirect or a dead stub, and only VACUUM removes the entries that name
+a stub (heap.Heap.vacuum), so a reader walks the chain and checks each version's visibility (MVCC)
+after following an index entry.
 
 Key encoding. A primary-key index holds the raw column values (its columns are NOT NULL; this is
 what compute_node/sources.py looks up). Any other index holds, per column, a pair (0, value), or
