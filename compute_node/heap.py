@@ -179,7 +179,7 @@ class Heap:
         page_id = self.store.get(self.table_page_id).values["first_heap"]
         while page_id:
             heap_page_ids.append(page_id)
-            self.prune(page_id, dead)
+            self.prune(page_id, dead, thorough=True)
             page_id = self.store.get(page_id).next_page
         stubs = {(page_id, slot) for page_id in heap_page_ids
                  for slot, entry in enumerate(self.store.get(page_id).tuples) if entry == pages.SLOT_DEAD}
@@ -197,12 +197,13 @@ class Heap:
         for page_id, slots in by_page.items():
             with self.store.mtr(page_id):
                 self.store.log(page_id, "heap_prune", [], [], slots)
+            self.note_ended_versions(page_id, max(len(slots), REUSE_ENDED_VERSIONS_MIN))  # room for new rows now
         return len(stubs)
 
-    def prune(self, page_id: int, dead: Callable[[int, int], bool]) -> bool:
+    def prune(self, page_id: int, dead: Callable[[int, int], bool], thorough: bool = False) -> bool:
         """Prune one page in its own MTR (it changes no row any snapshot sees, so it stands whether
         or not the transaction that asked for it commits). True if anything was reclaimed."""
-        plan = plan_prune(self.store.get(page_id), dead)
+        plan = plan_prune(self.store.get(page_id), dead, thorough)
         if plan is None:
             return False
         with self.store.mtr(page_id):
@@ -260,7 +261,8 @@ def has_ended_versions(page: pages.HeapPage) -> bool:
     return any(entry.__class__ is list and entry[1] for entry in page.tuples)
 
 
-def plan_prune(page: pages.HeapPage, dead: Callable[[int, int], bool]) -> tuple[list, list, list] | None:
+def plan_prune(page: pages.HeapPage, dead: Callable[[int, int], bool],
+               thorough: bool = False) -> tuple[list, list, list] | None:
     """The arguments of a heap_prune record for `page` (redirects, dead stubs, freed slots), or
     None if nothing can go. `dead(xmin, xmax)` says whether no snapshot, now or later, can see a
     version: its inserter aborted, or its deleter committed before every snapshot's xmin.
@@ -268,10 +270,12 @@ def plan_prune(page: pages.HeapPage, dead: Callable[[int, int], bool]) -> tuple[
     Per chain, the leading versions that are dead go: a root that is a tuple or a redirect becomes a
     redirect to the first version still visible to someone, or a dead stub if none is left (index
     entries name the root); the heap-only ones among them are freed. Heap-only versions no chain
-    reaches (their update was undone or aborted) are freed once dead."""
+    reaches (their update was undone or aborted) are freed once dead. Unless `thorough` (VACUUM),
+    a page where no version ended and no HOT version is held is passed over at once: the common
+    case of a full page, and rows that an aborted transaction inserted are left to VACUUM."""
     tuples, heap_only = page.tuples, page.heap_only
-    if not heap_only and not has_ended_versions(page):
-        return None  # nothing ended, nothing aborted that a chain holds: the common case of a full page
+    if not thorough and not heap_only and not has_ended_versions(page):
+        return None
     redirects, stubs, freed = [], [], []
     reached: set[int] = set()
     for slot, entry in enumerate(tuples):

@@ -317,6 +317,15 @@ def test_vacuum_removes_the_index_entries_of_deleted_rows_and_their_slots_take_n
         assert connection.execute("SELECT pad FROM churn WHERE id = 450").fetchone() == ("q" * 100,)
         with pytest.raises(psycopg.errors.UniqueViolation):
             connection.execute("INSERT INTO churn VALUES (450, 'again', '')")
+        connection.execute("BEGIN")  # rows of a transaction that aborted: VACUUM reclaims them too
+        connection.execute("INSERT INTO churn SELECT g, 'gone-' || g, %s FROM generate_series(1001, 1500) g",
+                           ("r" * 100,))
+        connection.execute("ROLLBACK")
+        connection.execute("VACUUM churn")
+        connection.execute("INSERT INTO churn SELECT g, 'kept-' || g, %s FROM generate_series(1001, 1500) g",
+                           ("r" * 100,))
+        connection.execute("DELETE FROM churn WHERE id > 1000")
+        assert relation_size(connection, "churn") <= sizes[0] + 8192 + 500 * 150  # room for one batch only
         with pytest.raises(psycopg.errors.UndefinedTable):
             connection.execute("VACUUM no_such_table")
         connection.execute("VACUUM")  # every table
