@@ -278,8 +278,13 @@ def plan_prune(page: pages.HeapPage, dead: Callable[[int, int], bool],
         return None
     redirects, stubs, freed = [], [], []
     reached: set[int] = set()
+    links = page.links
     for slot, entry in enumerate(tuples):
         if entry is None or slot in heap_only or (entry.__class__ is int and entry < 0):
+            continue
+        if entry.__class__ is list and slot not in links:  # a row with one version: most of them
+            if dead(entry[0], entry[1]):
+                stubs.append(slot)
             continue
         versions = [version_slot for (_, version_slot), _ in chain(page, slot)]
         reached.update(versions)
