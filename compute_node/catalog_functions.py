@@ -74,7 +74,7 @@ def _argument(node, scope, type_name: str, function: str):
     fn, actual = _compile(node, scope, type_name)
     if actual in (type_name, "unknown"):
         return fn
-    if type_name in t.INTEGERS and (actual in t.INTEGERS or actual in t.REG_TYPES):
+    if (type_name in t.INTEGERS or type_name in t.REG_TYPES) and (actual in t.INTEGERS or actual in t.REG_TYPES):
         return fn  # oids and reg* values are integers
     if type_name == "text" and actual in t.STRINGS:
         return fn
@@ -249,7 +249,7 @@ FUNCTIONS = {
     "pg_get_statisticsobjdef_columns": _function("pg_get_statisticsobjdef_columns", ("int8",), "text",
                                                  _pg_get_statisticsobjdef_columns),
     "pg_get_serial_sequence": _function("pg_get_serial_sequence", ("text", "text"), "text", _pg_get_serial_sequence),
-    "pg_relation_size": _function("pg_relation_size", ("int8",), "int8", _pg_relation_size),
+    "pg_relation_size": _function("pg_relation_size", ("regclass",), "int8", _pg_relation_size),
     "quote_ident": _function("quote_ident", ("text",), "text", lambda ctx, name: quote_ident(name),
                              reads_catalog=False),
     "to_regclass": _function("to_regclass", ("text",), "regclass", _to_reg("regclass")),

@@ -150,7 +150,10 @@ def cluster(sql_cluster):
 
 
 def relation_size(connection, name: str) -> int:
-    return connection.execute("SELECT pg_relation_size(%s::regclass)", (name,)).fetchone()[0]
+    size = connection.execute("SELECT pg_relation_size(%s::regclass)", (name,)).fetchone()[0]
+    literal = connection.execute(f"SELECT pg_relation_size('{name}')").fetchone()[0]  # as psql users write it
+    assert literal == size
+    return size
 
 
 def test_steady_updates_of_the_same_rows_keep_the_table_and_its_index_the_same_size(cluster):
