@@ -3,26 +3,16 @@ PostgreSQL 15 oracle (tests/pg_oracle.py)."""
 
 from __future__ import annotations
 
-import random
 import subprocess
 import sys
 
 import psycopg
 import pytest
 
-from aurora_db.cluster import PORT_SPAN, port_is_free
+from tests.live_cluster import free_port_range
 from tests.pg_oracle import postgres_server  # noqa: F401  (re-exported fixture)
 
 CLUSTER_COMMAND_TIMEOUT_S = 180
-
-
-def free_port_range() -> int:
-    """A base port P such that P .. P+PORT_SPAN-1 are all free now."""
-    for _ in range(200):
-        base = random.randrange(20_000, 60_000)
-        if all(port_is_free(base + offset) for offset in range(PORT_SPAN)):
-            return base
-    raise RuntimeError("no free range of ports found")
 
 
 def aurora_db(*arguments: str, check: bool = True) -> subprocess.CompletedProcess:

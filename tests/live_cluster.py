@@ -28,6 +28,8 @@ from aurora_db.cluster import (LISTEN_HOST, PORT_SPAN, load_layout, node_is_runn
 
 AURORA_DB = str(Path(sys.executable).with_name("aurora-db"))
 PORT_RANGE_TRIES_MAX = 200
+PORT_RANGE_LOW = 10_000  # cluster ports are chosen from here up to the ephemeral ports
+EPHEMERAL_PORTS_LOW_DEFAULT = 32_768  # Linux's default, where /proc does not say
 READY_TIMEOUT_S = 120  # per phase of `up`: storage nodes, the writer (recovery first), readers, proxy
 COMMAND_TIMEOUT_S = 600  # `up` has four phases of READY_TIMEOUT_S plus stopping a failed start
 STOP_TIMEOUT_S = 60
@@ -46,12 +48,21 @@ class ClusterCommandFailed(Exception):
 
 
 def free_port_range() -> int:
-    """A base port P such that P .. P+PORT_SPAN-1 are all free now."""
+    """A base port P such that P .. P+PORT_SPAN-1 are all free now, below the kernel's ephemeral
+    ports: an outgoing connection (a client, a storage link) never takes one of them between this
+    check and the cluster's bind."""
     for _ in range(PORT_RANGE_TRIES_MAX):
-        base = random.randrange(20_000, 60_000)
+        base = random.randrange(PORT_RANGE_LOW, _ephemeral_ports_low() - PORT_SPAN)
         if all(port_is_free(base + offset) for offset in range(PORT_SPAN)):
             return base
     raise RuntimeError("no free range of ports found")
+
+
+def _ephemeral_ports_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return EPHEMERAL_PORTS_LOW_DEFAULT
 
 
 def wait_until(condition: Callable[[], T], what: str, timeout_s: float = CONDITION_TIMEOUT_S) -> T:
