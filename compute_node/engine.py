@@ -332,7 +332,7 @@ class Engine:
             missing = [name for name in names if name not in tables or tables[name].is_view]
             if missing:
                 raise UndefinedTable(f'relation "{missing[0]}" does not exist')
-        chosen = [tables[name] for name in names] if names else [t for t in tables.values() if not t.is_view]
+        chosen = [tables[name] for name in names] if names else [table for table in tables.values() if not table.is_view]
         dead = self.transactions.dead_to_all()
         freed = 0
         for table in chosen:

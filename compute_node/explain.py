@@ -43,11 +43,8 @@ class ExplainPlan(Plan):
         self.tables = self.inner.tables
 
     def run(self, ctx: Context) -> Result:
-        self.inner.runtime.begin(ctx)
-        try:
-            return Result("EXPLAIN", self.columns, [(line,) for line in self.inner.explain(ctx)])
-        finally:
-            self.inner.runtime.end()
+        lines = self.inner.runtime.run(ctx, self.inner.explain)
+        return Result("EXPLAIN", self.columns, [(line,) for line in lines])
 
 
 def nest(header: str, children: list[str]) -> list[str]:

@@ -20,10 +20,10 @@ left, as after a bulk load) is not worth a prune record per new row: its HOT upd
 room.
 
 Invariants: the table page names the first and last heap page; a new page is linked in the same
-MTR that inserts into it; HOT versions go to their chain's page; a
-chain is walked only while each link's successor has xmin equal to its predecessor's xmax (a link
-left by an aborted or undone update leads nowhere); pruning frees only heap-only versions, and
-only ones before the chain's first version some snapshot may still see.
+MTR that inserts into it; HOT versions go to their chain's page; a chain is walked only while each
+link's successor has xmin equal to its predecessor's xmax (a link left by an aborted or undone
+update leads nowhere); pruning frees only heap-only versions, and only ones before the chain's
+first version some snapshot may still see; VACUUM frees a dead stub only once no index names it.
 """
 
 from __future__ import annotations
@@ -162,11 +162,9 @@ class Heap:
         page_id = self.store.get(self.table_page_id).values["first_heap"]
         while page_id:
             page = self.store.get(page_id)
-            heap_only = page.heap_only
             for slot, entry in enumerate(page.tuples):
-                if entry is None or slot in heap_only or (entry.__class__ is int and entry < 0):
-                    continue
-                yield (page_id, slot), list(chain(page, slot))
+                if is_root(page, slot, entry):
+                    yield (page_id, slot), list(chain(page, slot))
             page_id = page.next_page
 
     def vacuum(self, dead: Callable[[int, int], bool], trees) -> int:
@@ -256,6 +254,14 @@ def chain(page: pages.HeapPage, slot: int) -> Iterator[tuple[Tid, list]]:
         slot, entry = successor_slot, successor
 
 
+def is_root(page: pages.HeapPage, slot: int, entry) -> bool:
+    """Does slot `slot` (holding `entry`) start a chain an index entry may name: a tuple that is no
+    HOT successor, or a redirect? (Not a free slot, not a dead stub.)"""
+    if entry.__class__ is list:
+        return slot not in page.heap_only
+    return entry is not None and entry >= 0
+
+
 def has_ended_versions(page: pages.HeapPage) -> bool:
     """Does a version on `page` have a deleter (committed or not)? Pruning may reclaim it some day."""
     return any(entry.__class__ is list and entry[1] for entry in page.tuples)
@@ -280,7 +286,7 @@ def plan_prune(page: pages.HeapPage, dead: Callable[[int, int], bool],
     reached: set[int] = set()
     links = page.links
     for slot, entry in enumerate(tuples):
-        if entry is None or slot in heap_only or (entry.__class__ is int and entry < 0):
+        if not is_root(page, slot, entry):
             continue
         if entry.__class__ is list and slot not in links:  # a row with one version: most of them
             if dead(entry[0], entry[1]):

@@ -354,14 +354,7 @@ class SelectPlan(Plan):
         return keys
 
     def run(self, ctx: Context) -> Result:
-        if not self.root:
-            rows = self.rows(ctx)
-            return Result(f"SELECT {len(rows)}", self.columns, rows)
-        self.runtime.begin(ctx)
-        try:
-            rows = self.rows(ctx)
-        finally:
-            self.runtime.end()
+        rows = self.runtime.run(ctx, self.rows) if self.root else self.rows(ctx)
         return Result(f"SELECT {len(rows)}", self.columns, rows)
 
     def explain(self, ctx: Context) -> list[str]:

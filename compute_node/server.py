@@ -488,7 +488,7 @@ class ComputeNode:
         """The connection carries the redo stream until the reader goes; the reader sends only its
         feedback (a malformed frame ends the connection: FrameError, KeyError, ValueError).
         `held_xmin`: the oldest snapshot a reader that followed before still holds, if any."""
-        if not stream.subscribe(writer.transport, int(held_xmin) if isinstance(held_xmin, int) else None):
+        if not stream.subscribe(writer.transport, held_xmin if isinstance(held_xmin, int) else None):
             writer.write(encode_frame({"ok": False, "error": "too_many_readers", "message": "follower limit reached"}))
             return
         try:

@@ -24,15 +24,17 @@ class Runtime:
         self.tables: dict[str, tuple] = {}  # every table and view the statement reads: name -> catalog tid
         self.views_expanding: list[int] = []  # while planning: oids of the views being expanded, outermost first
 
-    def begin(self, ctx) -> None:
+    def run(self, ctx, fn):
+        """fn(ctx) as one statement's run: begun on ctx, and cleared after, so that a cached plan
+        keeps neither the session nor its snapshot alive (a snapshot still referenced holds back
+        pruning: compute_node/heap.py)."""
         self.ctx = ctx
         self.cache.clear()
-
-    def end(self) -> None:
-        """After the statement: a cached plan keeps neither the session nor its snapshot alive (a
-        snapshot still referenced holds back pruning: compute_node/heap.py)."""
-        self.ctx = None
-        self.cache.clear()
+        try:
+            return fn(ctx)
+        finally:
+            self.ctx = None
+            self.cache.clear()
 
 
 def plan_query(node: exp.Expression, tables: dict, param_types: list[str], outer, runtime):

@@ -129,10 +129,10 @@ class Transactions:
     def prune_horizon(self) -> int:
         """An id below which every commit is seen as committed by every snapshot that exists now or
         will be taken, here and on the readers (which report theirs): the lowest xmin of the
-        snapshots still referenced, of the readers' and of the next snapshot."""
+        snapshots still referenced and of the readers', and no higher than any open transaction
+        (the next snapshot's xmin)."""
         with self._lock:
-            horizon = min((snapshot.xmin for snapshot in list(self._snapshots)), default=self.next_xid)
-            horizon = min(horizon, self.next_xid, *self.active)
+            horizon = min([snapshot.xmin for snapshot in list(self._snapshots)] + [self.next_xid, *self.active])
         readers = self.readers_xmin()
         return horizon if readers is None else min(horizon, readers)
 
@@ -143,7 +143,7 @@ class Transactions:
         status = self.status
 
         def dead(xmin: int, xmax: int) -> bool:
-            if xmin != BOOTSTRAP_XID and status(xmin) == XID_ABORTED:
+            if status(xmin) == XID_ABORTED:
                 return True
             return 0 < xmax < horizon and status(xmax) == XID_COMMITTED
 

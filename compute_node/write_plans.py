@@ -261,11 +261,8 @@ def compile_default(column: ColumnDef, param_types: list[str]):
                                  column.type_name)
 
     def default(ctx):
-        runtime.ctx = ctx
-        try:
-            return t.assign(fn([], ctx.params), type_name, column.type_name, column.type_modifier)
-        finally:
-            runtime.ctx = None  # a cached plan keeps no session alive
+        return runtime.run(ctx, lambda ctx: t.assign(fn([], ctx.params), type_name, column.type_name,
+                                                     column.type_modifier))
     return default
 
 
@@ -330,15 +327,6 @@ def _returning(node, source, param_types, runtime):
     if not returning:
         return None
     return _Returning(returning, source, Scope(source.scope_columns(), param_types, runtime=runtime))
-
-
-def _with_context(runtime, ctx: Context, fn):
-    """fn(ctx) with `runtime` begun on ctx, cleared after (a cached plan keeps no session alive)."""
-    runtime.begin(ctx)
-    try:
-        return fn(ctx)
-    finally:
-        runtime.end()
 
 
 # --- INSERT -----------------------------------------------------------------------------------
@@ -439,7 +427,7 @@ class InsertPlan(Plan):
         return values
 
     def run(self, ctx: Context) -> Result:
-        return _with_context(self.runtime, ctx, self._insert)
+        return self.runtime.run(ctx, self._insert)
 
     def _insert(self, ctx: Context) -> Result:
         table = self.table
@@ -517,7 +505,7 @@ class UpdatePlan(_TargetedPlan):
         self.columns = self.returning.columns if self.returning else None
 
     def run(self, ctx: Context) -> Result:
-        return _with_context(self.runtime, ctx, self._update)
+        return self.runtime.run(ctx, self._update)
 
     def _update(self, ctx: Context) -> Result:
         table = self.table
@@ -556,7 +544,7 @@ class DeletePlan(_TargetedPlan):
         self.columns = self.returning.columns if self.returning else None
 
     def run(self, ctx: Context) -> Result:
-        return _with_context(self.runtime, ctx, self._delete)
+        return self.runtime.run(ctx, self._delete)
 
     def _delete(self, ctx: Context) -> Result:
         check_table_writable(ctx, self.table)
