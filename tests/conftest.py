@@ -9,7 +9,7 @@ import sys
 import psycopg
 import pytest
 
-from tests.live_cluster import free_port_range
+from aurora_db.local_cluster import free_port_range
 from tests.pg_oracle import postgres_server  # noqa: F401  (re-exported fixture)
 
 CLUSTER_COMMAND_TIMEOUT_S = 180

@@ -15,7 +15,7 @@ import time
 import psycopg
 import pytest
 
-from tests.live_cluster import LiveCluster, wait_until
+from aurora_db.local_cluster import LiveCluster, wait_until
 
 pytestmark = pytest.mark.slow
 

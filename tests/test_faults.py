@@ -1,5 +1,5 @@
 """Fault tests on a real cluster: real processes on 127.0.0.1, killed with SIGKILL, restarted with
-`aurora-db up` (tests/live_cluster.py). Each test checks one promise of DESIGN.md 2, 3 and 6:
+`aurora-db up` (aurora_db/local_cluster.py). Each test checks one promise of DESIGN.md 2, 3 and 6:
 
   V = 6, Vw = 4, Vr = 3. Lose a whole AZ (2 nodes): reads and writes go on. Lose an AZ plus one
   more node (3 nodes): reads go on, no data is lost, writes wait until a fourth segment is back.
@@ -24,7 +24,7 @@ import pytest
 
 from aurora_db.cluster import request_frame
 from aurora_db.framing import encode_frame
-from tests.live_cluster import CONDITION_TIMEOUT_S, STORAGE_NODE_IDS, WRITER, LiveCluster, wait_until
+from aurora_db.local_cluster import CONDITION_TIMEOUT_S, STORAGE_NODE_IDS, WRITER, LiveCluster, wait_until
 
 SMALL_CACHE_PAGES = 16  # CACHE_PAGES_MIN: far less than the data, so reads go to storage
 ROWS_PER_INSERT = 100

@@ -16,7 +16,7 @@ import pytest
 from aurora_db import pages
 from aurora_db.records import Record
 from compute_node.heap import REUSE_ENDED_VERSIONS_MIN, ReusablePages, chain, plan_prune
-from tests.live_cluster import LiveCluster, wait_until
+from aurora_db.local_cluster import LiveCluster, wait_until
 
 COMMITTED, ABORTED, RUNNING = 1, 2, 0
 

@@ -28,7 +28,7 @@ import pytest
 
 from aurora_db.cluster import (Layout, Processes, load_layout, request_frame, start_cluster, stop_cluster)
 from tests.conftest import free_port_range
-from tests.live_cluster import LiveCluster, wait_until
+from aurora_db.local_cluster import LiveCluster, wait_until
 from tests.test_faults import GARBAGE, closed_by_peer, pg_startup, send_and_expect_close
 
 FAKE_PROGRAM = (sys.executable, str(Path(__file__).with_name("fake_node.py")))

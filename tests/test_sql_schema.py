@@ -311,7 +311,7 @@ def test_sequences_and_indexes_survive_a_writer_crash(tmp_path):
     """A sequence hands out values from a batch reserved by a redo record: after kill -9 of the
     writer (a 16-page cache, so pages come back from storage) no value is given twice, and the
     indexes, rebuilt only from the log, still enforce uniqueness."""
-    from tests.live_cluster import WRITER, LiveCluster
+    from aurora_db.local_cluster import WRITER, LiveCluster
 
     with LiveCluster(tmp_path / "crash", cache_pages=16) as cluster:
         cluster.up()

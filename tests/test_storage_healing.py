@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from aurora_db.cluster import request_frame
-from tests.live_cluster import STORAGE_NODE_IDS, WRITER, LiveCluster, wait_until
+from aurora_db.local_cluster import STORAGE_NODE_IDS, WRITER, LiveCluster, wait_until
 from tests.test_faults import assert_rows_are, create_rows_table, insert_rows
 
 SMALL_FILES = {"AURORA_DB_LOG_FILE_BYTES_MAX": "200000", "AURORA_DB_COALESCE_RECORDS_MIN": "500",

@@ -1,6 +1,7 @@
-"""A real local cluster for fault tests: six storage nodes, a writer, `readers` readers (none unless
-asked) and the proxy, started and stopped with the real `aurora-db up | down | status` commands, and
-killed with real signals. Clients connect through the proxy's writer endpoint, P.
+"""A real local cluster driven from Python, for fault tests, benchmarks and `aurora-db torture`: six
+storage nodes, a writer, `readers` readers (none unless asked) and the proxy, started and stopped
+with the real `aurora-db up | down | status` commands, and killed with real signals. Clients
+connect through the proxy's writer endpoint, P.
 
 Invariants: every cluster gets a range of ports that was free when it was created; `close()` always
 runs `down` and then SIGKILLs any process of this cluster that is still alive (found by pid and
@@ -16,17 +17,15 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable, TypeVar
 
 import psycopg
 
-from aurora_db.cluster import (LISTEN_HOST, PORT_SPAN, load_layout, node_is_running, port_is_free, reader_url,
+from aurora_db.cluster import (DEFAULT_PROGRAM, LISTEN_HOST, PORT_SPAN, load_layout, node_is_running, port_is_free, reader_url,
                                read_proc_cmdline, request_frame)
 
-AURORA_DB = str(Path(sys.executable).with_name("aurora-db"))
 PORT_RANGE_TRIES_MAX = 200
 PORT_RANGE_LOW = 10_000  # cluster ports are chosen from here up to the ephemeral ports
 EPHEMERAL_PORTS_LOW_DEFAULT = 32_768  # Linux's default, where /proc does not say
@@ -81,18 +80,26 @@ class LiveCluster:
     """One cluster directory, its ports, and the environment its processes start with."""
 
     def __init__(self, directory: Path, *, cache_pages: int | None = None, env: dict[str, str] | None = None,
-                 readers: int = 0):
+                 readers: int = 0, port: int | None = None):
         self.directory = Path(directory).resolve()
-        self.port = free_port_range()
+        self.port = port or free_port_range()
         self.cache_pages = cache_pages
         self.readers = readers
         self.env = {**os.environ, **(env or {})}
         self._pids_seen: set[int] = set()
 
+    @classmethod
+    def existing(cls, directory: Path) -> "LiveCluster":
+        """A cluster an earlier `aurora-db up --data DIRECTORY` made: its own port and reader count."""
+        layout = load_layout(Path(directory).resolve())
+        if layout is None:
+            raise ClusterCommandFailed(f"no cluster in {directory} (start one with aurora-db up --data {directory})")
+        return cls(directory, readers=len(layout.readers), port=layout.port)
+
     # --- the real CLI -------------------------------------------------------------------------
 
     def _run(self, *arguments: str, timeout_s: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess:
-        return subprocess.run([AURORA_DB, *arguments], capture_output=True, text=True, timeout=timeout_s,
+        return subprocess.run([*DEFAULT_PROGRAM, *arguments], capture_output=True, text=True, timeout=timeout_s,
                               env=self.env)
 
     def up(self) -> str:
