@@ -266,7 +266,8 @@ def _heap_hot_update(page: HeapPage, old_slot, xid, new_slot, values):
 def _heap_prune(page: HeapPage, redirects, dead, freed):
     """Versions no snapshot can see any more (compute_node/heap.py plans which): `redirects` pairs
     [root, target, ...] make a chain's root point past its pruned versions, `dead` roots become
-    stubs, `freed` heap-only slots become free. Trailing free slots are dropped."""
+    stubs, `freed` heap-only slots become free, and links to them go. Trailing free slots are
+    dropped."""
     tuples = page.tuples
     for root, target in zip(redirects[::2], redirects[1::2]):
         _empty_slot(page, root)
@@ -278,6 +279,10 @@ def _heap_prune(page: HeapPage, redirects, dead, freed):
         _empty_slot(page, slot)
         tuples[slot] = None
         page.heap_only.discard(slot)
+    if freed:  # a link left by an undone or aborted update must not lead to a freed slot
+        gone = set(freed)
+        for predecessor in [s for s, successor in page.links.items() if successor in gone]:
+            del page.links[predecessor]
     while tuples and tuples[-1] is None:
         tuples.pop()
         page.grow(lambda: -LINE_POINTER_BYTES)

@@ -246,8 +246,8 @@ def chain(page: pages.HeapPage, slot: int) -> Iterator[tuple[Tid, list]]:
     while True:
         yield (page.page_id, slot), entry
         successor_slot = links.get(slot)
-        if successor_slot is None:
-            return
+        if successor_slot is None or successor_slot >= len(tuples):
+            return  # no successor, or a link to a slot pruning freed (pages older than that rule)
         successor = tuples[successor_slot]
         if successor.__class__ is not list or not entry[1] or successor[0] != entry[1]:
             return  # the update that linked it was undone or aborted

@@ -125,7 +125,20 @@ def test_a_link_whose_successor_was_not_made_by_the_old_versions_deleter_is_not_
     page.apply("heap_set_xmax", undone, 11)
     assert values_of(page.page, root) == ["a"]
     assert page.prune({10: COMMITTED, 11: COMMITTED}, horizon=100) == ([], [], [undone])
+    assert len(page.page.tuples) == 1 and root not in page.page.links  # the freed slot and its link are gone
+    assert values_of(page.page, root) == ["a"]
+    assert values_of(page.page, page.hot_update(root, 12, "c")) == ["c"]
+    assert values_of(page.page, root) == ["a", "c"]
     same_after_the_wire(page.page)
+
+
+def test_a_chain_ends_at_a_link_to_a_slot_beyond_the_page():
+    """A page materialized before pruning dropped links to the slots it freed may hold one."""
+    page = Page()
+    root = page.insert(10, "a")
+    page.page.tuples[root][1] = 11
+    page.page.links[root] = 5
+    assert values_of(page.page, root) == ["a"]
 
 
 def test_a_page_is_pruned_for_new_rows_only_once_enough_versions_ended_on_it():
