@@ -142,6 +142,28 @@ def build_parser() -> argparse.ArgumentParser:
     replace.add_argument("--node-id", default=None, help="the new node's id (default: the next free one in "
                                                           "the old node's AZ, e.g. c3)")
 
+    torture = commands.add_parser("torture", help="Jepsen-style workloads under injected faults, with history "
+                                                  "checkers (starts its own cluster unless --data is given)")
+    torture.add_argument("--seconds", type=float, default=60, help="how long each workload runs (default 60)")
+    torture.add_argument("--seed", type=int, default=None,
+                         help="draws the fault schedule and the operations (default: random, printed)")
+    torture.add_argument("--workload", action="append", default=None,
+                         choices=["all", "bank", "register", "set", "list-append"],
+                         help="a workload to run (repeat for several; default all four, one after another)")
+    torture.add_argument("--clients", type=positive_int, default=5, help="concurrent clients (default 5)")
+    torture.add_argument("--readers", type=int, default=1, choices=range(7), metavar="0-6",
+                         help="reader compute nodes of the cluster torture starts (default 1; with none, "
+                              "a killed writer is not failed over but restarted)")
+    torture.add_argument("--faults", default=None, metavar="KIND,...",
+                         help="fault kinds to draw from: kill-writer, kill-reader, kill-storage, pause, switchover "
+                              "(default all; an empty string: no faults)")
+    torture.add_argument("--data", default=None,
+                         help="use this running cluster (made by aurora-db up) instead of starting one; its "
+                              "torture_* tables are replaced")
+    torture.add_argument("--output", default=None, metavar="DIR",
+                         help="where the histories and results.json go (default ./torture-DATE-TIME)")
+    torture.add_argument("--keep", action="store_true", help="keep the data of the cluster torture started")
+
     slt = commands.add_parser("sqllogictest", help="run sqllogictest scripts against a PostgreSQL-protocol server")
     slt.add_argument("files", nargs="+", metavar="FILE", help="a .test script; files run one after another")
     slt.add_argument("--host", default=None)
@@ -172,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         from aurora_db.cluster import run_down as run
     elif args.command == "sqllogictest":
         from aurora_db.sqllogictest import run
+    elif args.command == "torture":
+        from aurora_db.torture.runner import run
     elif args.command == "proxy":
         from proxy.server import run
     elif args.command == "failover":
