@@ -156,15 +156,17 @@ class Engine:
                 self.store.install_fetched()
                 fetch = None
                 if self.store.begin_inline():
+                    sequences = self.catalog.sequences.mark()
                     try:
                         result = fn(*args)
                         self.calls_inline += 1
                         return result
                     except PageMiss as miss:
+                        self.catalog.sequences.rewind(sequences)
                         if misses < ENGINE_INLINE_MISSES_MAX:
                             fetch = self.store.start_fetch(miss.page_id)
                     except WouldWait:
-                        pass
+                        self.catalog.sequences.rewind(sequences)
                     finally:
                         self.store.end_inline()
                 if fetch is None:
@@ -310,11 +312,13 @@ class Engine:
         runs it again, or WouldWait reach call_restartable, which runs it on the engine thread.
         A commit record, once made, is never undone: nothing after it can raise either."""
         session.statement_undo = []
+        sequences = self.catalog.sequences.mark()
         try:
             return fn(*args)
         except (RowLockWait, WouldWait):
             self.store.end_inline()  # the undo never gives up half-way
             undo_statement(self.store, session.xid, session.statement_undo)
+            self.catalog.sequences.rewind(sequences)
             raise
         finally:
             session.statement_undo = None

@@ -4,9 +4,12 @@ A sequence is one page (kind "sequence") holding its bounds and `reserved`: ever
 may have been handed out. Values are reserved a batch at a time by one redo record, like
 transaction ids (transactions.py, xid_limit), and handed out from memory; a new writer (restart
 or failover) starts at `reserved`, so a value is never given twice, even after a crash. As in
-PostgreSQL, sequences are not transactional: a rolled-back INSERT still uses up its value.
+PostgreSQL, sequences are not transactional: a rolled-back INSERT still uses up its value. But a
+statement the engine itself gives up and runs again (a page miss, a row lock: engine.py) rewinds
+what it drew, so a bulk INSERT into a new table numbers its rows from 1, as PostgreSQL does.
 Invariants: nextval never runs inside an MTR; values increase by `increment` and stay within
-[min_value, max_value], else 2200H.
+[min_value, max_value], else 2200H; a rewind happens in the turn that drew the values, before
+any other statement could draw one.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ class Sequences:
     def __init__(self, store: PageStore):
         self.store = store
         self._next: dict[int, list[int]] = {}  # page id -> [next value, reserved limit]
+        self._first: dict[int, int] = {}  # page id -> the first value this process handed out
 
     def create(self, name: str, type_name: str, start: int = 1, increment: int = 1) -> int:
         """One MTR: a new sequence page; returns its id."""
@@ -35,12 +39,23 @@ class Sequences:
                                                        "max_value": SEQUENCE_MAX[type_name], "reserved": start})
         return page_id
 
+    def mark(self) -> dict[int, int]:
+        """Where every sequence in use stands, before an attempt at a statement."""
+        return {page_id: state[0] for page_id, state in self._next.items()}
+
+    def rewind(self, mark: dict[int, int]) -> None:
+        """The attempt begun at `mark` was given up: hand its values out again. Reserved batches
+        stay reserved (the limit only grows), so no value is ever given twice."""
+        for page_id, state in self._next.items():
+            state[0] = mark.get(page_id, self._first[page_id])
+
     def nextval(self, page_id: int) -> int:
         state = self._next.get(page_id)
         page = self.store.get(page_id)
         values = page.values
         if state is None:
             state = self._next[page_id] = [values["reserved"], values["reserved"]]
+            self._first[page_id] = values["reserved"]
         value = state[0]
         if value > values["max_value"]:
             raise SequenceLimitReached(

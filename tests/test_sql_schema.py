@@ -134,6 +134,9 @@ INSERT INTO {p}nd (b) VALUES (1) RETURNING a, b
 CREATE TABLE {p}bad (a int DEFAULT 'abc')
 CREATE TABLE {p}bad (a int DEFAULT b)
 CREATE TABLE {p}bad (a serial DEFAULT 1)
+CREATE TABLE {p}many (id serial PRIMARY KEY, g int)
+INSERT INTO {p}many (g) SELECT g FROM generate_series(1, 3000) g
+SELECT min(id), max(id), count(*), sum(id - g) FROM {p}many
 """
 
 TRUNCATE_ALTER = """
