@@ -15,6 +15,8 @@ Page kinds:
   table  a table's physical root: its heap page chain and its index roots
   sequence  one sequence (SERIAL, identity): its bounds and the limit below which values may have
             been handed out (values are allocated in batches; a new writer continues above it)
+  freelist  page ids the volume hands out again before it grows, as runs [first, count], first
+            out first (compute_node/free_space.py), and the next freelist page
 
 Values inside pages and records (row values, B-tree keys) are the engine's Python values. The
 types msgpack lacks travel as extension types (aurora_db/values.py): numeric as its exact
@@ -186,6 +188,26 @@ class SequencePage(Page):
         return self.values
 
 
+class FreeListPage(Page):
+    """Free page ids as runs [first, count] (count >= 1), the oldest first; `next_page` is the next
+    freelist page (0: this is the last)."""
+
+    __slots__ = ("runs", "next_page")
+    kind = "freelist"
+
+    def __init__(self, page_id, lsn, runs=None, next_page=0):
+        super().__init__(page_id, lsn)
+        self.runs = [list(run) for run in runs] if runs else []
+        self.next_page = next_page
+
+    def state(self):
+        return [self.runs, self.next_page]
+
+
+FREELIST_RUNS_MAX = 400  # runs per freelist page
+assert PAGE_HEADER_BYTES + FREELIST_RUNS_MAX * 12 <= PAGE_BYTES_MAX  # [first, count]: at most 11 bytes packed
+
+
 def tuple_bytes(values: list) -> int:
     return TUPLE_OVERHEAD_BYTES + len(packb(values))
 
@@ -194,7 +216,7 @@ def key_bytes(key: tuple) -> int:
     return KEY_OVERHEAD_BYTES + len(packb(list(key)))
 
 
-_KINDS = {cls.kind: cls for cls in (MetaPage, ClogPage, HeapPage, BTreePage, TablePage, SequencePage)}
+_KINDS = {cls.kind: cls for cls in (MetaPage, ClogPage, HeapPage, BTreePage, TablePage, SequencePage, FreeListPage)}
 
 
 def to_wire(page: Page) -> list:
@@ -208,6 +230,8 @@ def from_wire(wire: list) -> Page:
         return cls(page_id, lsn, state)
     if cls is HeapPage:
         return HeapPage(page_id, lsn, *state)
+    if cls is FreeListPage:
+        return FreeListPage(page_id, lsn, *state)
     return BTreePage(page_id, lsn, state[0], state[1], state[2], state[3])
 
 
@@ -299,6 +323,24 @@ def _heap_set_next(page: HeapPage, next_page):
     page.next_page = next_page
 
 
+def _freelist_push(page: FreeListPage, runs):
+    assert len(page.runs) + len(runs) <= FREELIST_RUNS_MAX, (page.page_id, len(page.runs), len(runs))
+    page.runs.extend([list(run) for run in runs])
+
+
+def _freelist_take(page: FreeListPage):
+    """The first run's first page is handed out."""
+    run = page.runs[0]
+    if run[1] == 1:
+        del page.runs[0]
+    else:
+        page.runs[0] = [run[0] + 1, run[1] - 1]
+
+
+def _freelist_set_next(page: FreeListPage, next_page):
+    page.next_page = next_page
+
+
 def _btree_insert(page: BTreePage, pos, key, val):
     key = tuple(key)
     page.keys.insert(pos, key)
@@ -335,6 +377,7 @@ _INITS = {
     "btree_init": lambda page_id, lsn, is_leaf, keys, vals, right: BTreePage(page_id, lsn, is_leaf, keys, vals, right),
     "table_init": lambda page_id, lsn, values: TablePage(page_id, lsn, values),
     "sequence_init": lambda page_id, lsn, values: SequencePage(page_id, lsn, values),
+    "freelist_init": lambda page_id, lsn: FreeListPage(page_id, lsn),
 }
 
 _OPS = {
@@ -349,6 +392,9 @@ _OPS = {
     "btree_delete": _btree_delete,
     "table_set": _table_set,
     "sequence_set": _sequence_set,
+    "freelist_push": _freelist_push,
+    "freelist_take": _freelist_take,
+    "freelist_set_next": _freelist_set_next,
 }
 
 OPS = frozenset(_OPS) | frozenset(_INITS)

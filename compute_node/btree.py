@@ -3,9 +3,12 @@
 Leaves hold sorted (key, tid) pairs linked left to right; internal nodes hold separators and
 children. Equal keys may repeat (MVCC keeps several versions of a row), so lookups descend to the
 leftmost leaf that can hold the key and walk right. The root page id never changes: a root split
-moves its content into two new children. Invariants: keys in a leaf are sorted; every key in
-child i of an internal node is >= keys[i-1] and <= keys[i]; a split is one MTR with the insert
-that caused it; all pages on the path are fetched and pinned before the MTR's first record.
+moves its content into two new children. VACUUM unlinks the leaves it empties (never the root,
+nor a parent's only child) and frees their pages. Invariants: keys in a leaf are sorted; every
+key in child i of an internal node is >= keys[i-1] and <= keys[i] (child 0 and the last child
+are open below and above within their parent's range); every leaf is at one depth; a split is
+one MTR with the insert that caused it; all pages on the path are fetched and pinned before the
+MTR's first record.
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ from aurora_db import pages
 from aurora_db.constants import PAGE_BYTES_MAX, PAGE_ID_MAX
 from aurora_db.errors import ProgramLimitExceeded
 from aurora_db.pages import BTreePage
+from compute_node import free_space
 from compute_node.page_store import META_PAGE, PageStore
 
 BUILD_FILL_BYTES = PAGE_BYTES_MAX * 9 // 10  # a bulk-built node is filled to 90%, as PostgreSQL's leaves
 BUILD_NODES_PER_MTR = 4  # nodes written per MTR while building: few pages pinned beyond the cache
+BUILD_FREE_PAGES_PER_MTR = 60  # page ids taken from the free list per MTR (a record each, and one
+                                # more per freelist page emptied)
 assert BUILD_FILL_BYTES >= pages.PAGE_HEADER_BYTES + 2 * (pages.KEY_BYTES_MAX + pages.KEY_OVERHEAD_BYTES)
 
 
@@ -169,17 +175,16 @@ class BTree:
             separator = keys[middle]
             left_keys, left_vals = keys[:middle], vals[:middle + 1]
             right_keys, right_vals = keys[middle + 1:], vals[middle + 1:]
-        wire = lambda ks, vs: ([list(k) for k in ks], [list(v) if isinstance(v, tuple) else v for v in vs])
         if depth == 0:  # the root keeps its page id: both halves move to new children
             left_id = self.store.allocate_page()
             right_id = self.store.allocate_page()
-            self.store.log(right_id, "btree_init", page.is_leaf, *wire(right_keys, right_vals), 0 if not page.is_leaf else page.right)
-            self.store.log(left_id, "btree_init", page.is_leaf, *wire(left_keys, left_vals), right_id if page.is_leaf else 0)
+            self.store.log(right_id, "btree_init", page.is_leaf, *_wire(right_keys, right_vals), 0 if not page.is_leaf else page.right)
+            self.store.log(left_id, "btree_init", page.is_leaf, *_wire(left_keys, left_vals), right_id if page.is_leaf else 0)
             self.store.log(page.page_id, "btree_init", False, [list(separator)], [left_id, right_id], 0)
             return
         right_id = self.store.allocate_page()
-        self.store.log(right_id, "btree_init", page.is_leaf, *wire(right_keys, right_vals), page.right if page.is_leaf else 0)
-        self.store.log(page.page_id, "btree_init", page.is_leaf, *wire(left_keys, left_vals), right_id if page.is_leaf else 0)
+        self.store.log(right_id, "btree_init", page.is_leaf, *_wire(right_keys, right_vals), page.right if page.is_leaf else 0)
+        self.store.log(page.page_id, "btree_init", page.is_leaf, *_wire(left_keys, left_vals), right_id if page.is_leaf else 0)
         parent = self.store.get(path[depth - 1])
         position = parent.vals.index(page.page_id)  # the new right node goes just after this child
         if parent.fits(separator):
@@ -190,6 +195,47 @@ class BTree:
         parent_keys.insert(position, separator)
         parent_vals.insert(position + 1, right_id)
         self._split(path, depth - 1, parent_keys, parent_vals)
+
+    # --- VACUUM -------------------------------------------------------------------------------
+
+    def drop_empty_leaves(self) -> int:
+        """VACUUM, after removing entries: unlink every empty leaf but the root and a parent's only
+        child, and give its page to the free list, in one MTR per leaf (its parent, its left
+        neighbour's link, the free list). Returns how many went. A descent never reaches an
+        unlinked leaf and a walk to the right skips it; keys in its range now descend to its left
+        neighbour (or, for a first child, its right one), which may hold them (PostgreSQL too only
+        deletes empty pages, it merges none)."""
+        leaves = self._leaves_with_parents()
+        dropped = 0
+        for position in range(len(leaves) - 1, -1, -1):  # right to left: positions on the left stay valid
+            leaf_id, parent_id = leaves[position]
+            if parent_id is None or self.store.get(leaf_id).keys or len(self.store.get(parent_id).vals) < 2:
+                continue
+            left_id = leaves[position - 1][0] if position else 0
+            free_space.warm(self.store)
+            with self.store.mtr(META_PAGE, parent_id, leaf_id, *([left_id] if left_id else []),
+                                *free_space.tail_pages(self.store)):
+                parent, leaf = self.store.get(parent_id), self.store.get(leaf_id)
+                child = parent.vals.index(leaf_id)
+                keys, vals = list(parent.keys), list(parent.vals)
+                del vals[child]
+                del keys[max(child - 1, 0)]
+                self.store.log(parent_id, "btree_init", False, *_wire(keys, vals), 0)
+                if left_id:
+                    left = self.store.get(left_id)
+                    self.store.log(left_id, "btree_init", True, *_wire(left.keys, left.vals), leaf.right)
+                free_space.release(self.store, [[leaf_id, 1]])
+            dropped += 1
+        return dropped
+
+    def _leaves_with_parents(self) -> list[tuple[int, int | None]]:
+        """(leaf, its parent or None for a root leaf), left to right: every leaf is at one depth."""
+        level: list[tuple[int, int | None]] = [(self.root_page_id, None)]
+        while True:
+            nodes = [(self.store.get(page_id), parent_id) for page_id, parent_id in level]
+            if nodes[0][0].is_leaf:
+                return level
+            level = [(child, node.page_id) for node, _ in nodes for child in node.vals]
 
     # --- bulk build ---------------------------------------------------------------------------
 
@@ -222,12 +268,31 @@ class BTree:
                            [list(v) if isinstance(v, tuple) else v for v in vals], 0)
 
     def _allocate_pages(self, count: int) -> list[int]:
-        with self.store.mtr(META_PAGE):
-            first = self.store.get(META_PAGE).values["next_page_id"]
-            if first + count >= PAGE_ID_MAX:
-                raise ProgramLimitExceeded("the volume has no page ids left")
-            self.store.log(META_PAGE, "meta_set", "next_page_id", first + count)
-        return list(range(first, first + count))
+        """`count` page ids: the free list's first (BUILD_FREE_PAGES_PER_MTR per MTR), then the
+        volume grows by the rest in one record."""
+        ids: list[int] = []
+        while len(ids) < count:
+            with self.store.mtr(META_PAGE):
+                taken = [page_id for page_id in (self.store.take_free_page()
+                                                 for _ in range(min(count - len(ids), BUILD_FREE_PAGES_PER_MTR)))
+                         if page_id is not None]
+            if not taken:
+                break
+            ids += taken
+        rest = count - len(ids)
+        if rest:
+            with self.store.mtr(META_PAGE):
+                first = self.store.get(META_PAGE).values["next_page_id"]
+                if first + rest >= PAGE_ID_MAX:
+                    raise ProgramLimitExceeded("the volume has no page ids left")
+                self.store.log(META_PAGE, "meta_set", "next_page_id", first + rest)
+            ids += range(first, first + rest)
+        return ids
+
+
+def _wire(keys: list, vals: list) -> tuple[list, list]:
+    """A node's keys and values as a btree_init record carries them."""
+    return [list(k) for k in keys], [list(v) if isinstance(v, tuple) else v for v in vals]
 
 
 def _pack(entries: list) -> list[list]:

@@ -117,7 +117,7 @@ def _checked_row(table: TableDef) -> list:
     return values
 
 
-def _decode(tid, values) -> TableDef:
+def decode_row(tid, values) -> TableDef:
     name, table_page_id, columns, primary_key = values[:4]
     if len(values) > 4:
         indexes = tuple(IndexDef(n, tuple(c), u, r, p, k) for n, c, u, r, p, k in values[4])
@@ -218,7 +218,7 @@ class Catalog:
     def _decode_cached(self, tid, values) -> TableDef:
         table = self._decoded.get(tid)
         if table is None:
-            table = self._decoded[tid] = _decode(tid, values)
+            table = self._decoded[tid] = decode_row(tid, values)
         return table
 
     def get(self, name: str, snapshot: Snapshot, xid: int | None) -> TableDef:
@@ -250,7 +250,7 @@ class Catalog:
         row_target = heap.prepare_insert(values)
         with self.store.mtr(*heap.pages_for_insert()):
             tid = heap.insert(values, xid, row_target)
-        return _decode(tid, values)
+        return decode_row(tid, values)
 
     def make_pages(self, primary_key: bool) -> tuple[int, int]:
         """One MTR: a table root page, its first heap page and, if asked, its primary-key root.
@@ -304,7 +304,7 @@ class Catalog:
         with self.store.mtr(*heap.pages_for_insert(), old.tid[0]):
             self.store.log(old.tid[0], "heap_set_xmax", old.tid[1], xid)
             tid = heap.insert(values, xid, row_target)
-        return _decode(tid, values)
+        return decode_row(tid, values)
 
     def drop(self, table: TableDef, xid: int) -> None:
         self.heap.set_xmax(table.tid, xid)

@@ -1,6 +1,6 @@
 """SQL functions over the catalog, as psql's meta-commands and drivers call them: pg_get_userbyid,
 pg_table_is_visible, format_type, pg_get_indexdef, pg_get_viewdef, pg_get_constraintdef, pg_get_expr,
-obj_description, pg_encoding_to_char, pg_relation_size, ..., and the casts to regclass, regtype, regnamespace, regrole.
+obj_description, pg_encoding_to_char, pg_relation_size, pg_database_size, ..., and the casts to regclass, regtype, regnamespace, regrole.
 
 A function reads the catalog when it runs, through the statement's context (scope.runtime.ctx), so
 it sees the statement's snapshot, as pg_catalog's tables do (pg_catalog.view). Invariants: the
@@ -14,15 +14,21 @@ from __future__ import annotations
 from aurora_db.constants import PAGE_BYTES_MAX
 from aurora_db.errors import DatabaseError, FeatureNotSupported, UndefinedColumn, UndefinedFunction, UndefinedTable
 from compute_node import deparse
+from compute_node import free_space
 from compute_node import indexes as ix
 from compute_node import pg_catalog as pg
 from compute_node import sql_types as t
 from compute_node.heap import Heap
 from compute_node.introspection import CURRENT_DATABASE, CURRENT_SCHEMA, SERVER_VERSION_TEXT
+from compute_node.page_store import META_PAGE
 
 
 class UndefinedObject(DatabaseError):
     sqlstate = "42704"
+
+
+class InvalidCatalogName(DatabaseError):
+    sqlstate = "3D000"
 
 
 class InvalidSchemaName(DatabaseError):
@@ -208,6 +214,14 @@ def _pg_relation_size(ctx, oid):
     return 0
 
 
+def _pg_database_size(ctx, name):
+    """Bytes of the volume's pages in use: every page it grew to, less those on its free list."""
+    if name != CURRENT_DATABASE:
+        raise InvalidCatalogName(f'database "{name}" does not exist')
+    pages_used = ctx.store.get(META_PAGE).values["next_page_id"] - free_space.free_page_count(ctx.store)
+    return pages_used * PAGE_BYTES_MAX
+
+
 def _pg_get_serial_sequence(ctx, table_name, column_name):
     table = pg.view(ctx).tables.get(_unqualified(table_name))
     if table is None:
@@ -250,6 +264,7 @@ FUNCTIONS = {
                                                  _pg_get_statisticsobjdef_columns),
     "pg_get_serial_sequence": _function("pg_get_serial_sequence", ("text", "text"), "text", _pg_get_serial_sequence),
     "pg_relation_size": _function("pg_relation_size", ("regclass",), "int8", _pg_relation_size),
+    "pg_database_size": _function("pg_database_size", ("text",), "int8", _pg_database_size),
     "quote_ident": _function("quote_ident", ("text",), "text", lambda ctx, name: quote_ident(name),
                              reads_catalog=False),
     "to_regclass": _function("to_regclass", ("text",), "regclass", _to_reg("regclass")),

@@ -31,6 +31,7 @@ from aurora_db.constants import ENGINE_INLINE_MISSES_MAX
 from aurora_db.errors import DatabaseError, FeatureNotSupported, SyntaxError_, UndefinedTable
 from aurora_db.quorum import DurabilityTracker
 from compute_node import copy as copy_text
+from compute_node import free_space
 from compute_node import indexes as ix
 from compute_node import introspection
 from compute_node import sql_types as t
@@ -39,7 +40,7 @@ from compute_node.explain import is_explain
 from compute_node.executor import Context, Plan, plan_statement
 from compute_node.heap import Heap
 from compute_node.log_writer import LogWriter, WouldWait
-from compute_node.page_store import PageMiss, PageStore
+from compute_node.page_store import META_PAGE, PageMiss, PageStore
 from compute_node.plan_cache import PlanCache
 from compute_node.recovery import RecoveredVolume
 from compute_node.replica import ReplicaLog, ReplicaState, ReplicaTransactions
@@ -210,6 +211,7 @@ class Engine:
                 self.transactions.log_bootstrap()
                 self.catalog.log_bootstrap()
         self.transactions.recover()
+        free_space.warm(self.store)
 
     def parse(self, sql: str) -> exp.Expression:
         node = self._parsed.get(sql)
@@ -329,8 +331,9 @@ class Engine:
         return canned.answer(params, tables, session.settings)
 
     def vacuum(self, names: list[str]) -> int:
-        """VACUUM of the tables named (every table if none): see heap.Heap.vacuum. Returns the
-        dead stubs freed. Raises 42P01 for a name that is no table."""
+        """VACUUM of the tables named (every table if none): see heap.Heap.vacuum. Then, whatever
+        was named, the pages of dropped relations go to the free list (free_space.reclaim).
+        Returns the dead stubs freed. Raises 42P01 for a name that is no table."""
         tables = self.catalog.tables(self.transactions.snapshot(), None)
         if names:
             missing = [name for name in names if name not in tables or tables[name].is_view]
@@ -342,7 +345,16 @@ class Engine:
         for table in chosen:
             trees = [ix.tree_of(self.store, table, index) for index in table.indexes]
             freed += Heap(self.store, table.table_page_id).vacuum(dead, trees)
+        free_space.reclaim(self.store, self.catalog.heap, dead, self._forget_relation)
         return freed
+
+    def _forget_relation(self, roots: set[free_space.Root]) -> None:
+        """What is remembered in memory by the page ids of the heaps and sequences freed."""
+        for kind, page_id in roots:
+            if kind == "table":
+                self.store.reusable_pages.pop(page_id, None)
+            elif kind == "sequence":
+                self.catalog.sequences.forget(page_id)
 
     def begin_xid(self) -> int:
         return self.transactions.begin()
@@ -368,7 +380,8 @@ class Engine:
                     "replica_lag_bytes": replica.lag_bytes}
         tracker = self.log_writer.tracker
         client = self.log_writer.client
-        return {**common, "epoch": self.volume.epoch, "vdl": tracker.vdl, "applied_lsn": tracker.vdl,
+        meta = self.store.cache.peek(META_PAGE)
+        return {**common, "volume_pages": meta.values["next_page_id"] if meta is not None else None, "epoch": self.volume.epoch, "vdl": tracker.vdl, "applied_lsn": tracker.vdl,
                 "vcl": tracker.vcl, "lsn": tracker.last_lsn, "active_transactions": len(self.transactions.active),
                 "records_made": self.store.records_made, "storage_bytes_sent": client.bytes_sent,
                 "storage_requests_sent": client.requests_sent,

@@ -169,8 +169,8 @@ class Heap:
 
     def vacuum(self, dead: Callable[[int, int], bool], trees) -> int:
         """PostgreSQL's lazy VACUUM of this table: prune every page, remove the entries of the
-        B-trees `trees` (all of the table's indexes) that name dead stubs, then free those stubs
-        for new rows. Returns the stubs freed. Every step is an MTR of one page that a rerun
+        B-trees `trees` (all of the table's indexes) that name dead stubs and unlink the leaves
+        that leaves empty (to the free list), then free those stubs for new rows. Returns the stubs freed. Every step is an MTR of one page that a rerun
         finds done (the engine reruns a call that met a page miss). Safe beside an index built
         meanwhile: a build names no stub (`chains` skips them)."""
         heap_page_ids = []
@@ -189,6 +189,7 @@ class Heap:
                 if positions:
                     with self.store.mtr(leaf_id):
                         self.store.log(leaf_id, "btree_delete", positions)
+            tree.drop_empty_leaves()
         by_page: dict[int, list[int]] = {}
         for page_id, slot in sorted(stubs):
             by_page.setdefault(page_id, []).append(slot)

@@ -207,6 +207,10 @@ class PageStore:
         try:
             for page_id in pages_used:
                 self.get(page_id)  # no record made yet: a failed fetch leaves nothing behind
+            meta = self.cache.peek(META_PAGE)
+            free_head = meta.values.get("free_head", 0) if meta is not None else 0
+            if free_head:  # allocate_page may take a page from it
+                self.get(free_head)
             yield self
         except BaseException as error:
             if self._mtr:
@@ -244,13 +248,34 @@ class PageStore:
         return page
 
     def allocate_page(self) -> int:
-        """Take the next free page id (inside an MTR: the meta page records it)."""
+        """Inside an MTR: a page id for a new page. A page the free list holds comes first (see
+        compute_node/free_space.py); else the volume grows by one page (the meta page records
+        it). The caller's init record makes the page anew."""
+        page_id = self.take_free_page()
+        if page_id is not None:
+            return page_id
         meta = self.get(META_PAGE)
         page_id = meta.values["next_page_id"]
         if page_id >= PAGE_ID_MAX:
             raise ProgramLimitExceeded("the volume has no page ids left")
         self.log(META_PAGE, "meta_set", "next_page_id", page_id + 1)
         return page_id
+
+    def take_free_page(self) -> int | None:
+        """Inside an MTR: a page id from the free list (one record), or None when the list is
+        empty, or its head page was not cached when the MTR began (mtr() pins the head it knew)."""
+        head_id = self.get(META_PAGE).values.get("free_head", 0)
+        head = self.cache.peek(head_id) if head_id else None
+        if head is None or not (head.runs or head.next_page):
+            return None
+        self.cache.pin(head_id)  # a head that changed during this MTR: nothing may evict it now
+        self._mtr_pins.append(head_id)
+        if head.runs:
+            page_id = head.runs[0][0]
+            self.log(head_id, "freelist_take")
+            return page_id
+        self.log(META_PAGE, "meta_set", "free_head", head.next_page)
+        return head_id  # an emptied freelist page that is not the last is itself free
 
     def log_bootstrap(self) -> None:
         """Inside the bootstrap MTR: the volume's meta page."""

@@ -39,6 +39,11 @@ class Sequences:
                                                        "max_value": SEQUENCE_MAX[type_name], "reserved": start})
         return page_id
 
+    def forget(self, page_id: int) -> None:
+        """The sequence's page was freed (its table dropped): its batch is gone with it."""
+        self._next.pop(page_id, None)
+        self._first.pop(page_id, None)
+
     def mark(self) -> dict[int, int]:
         """Where every sequence in use stands, before an attempt at a statement."""
         return {page_id: state[0] for page_id, state in self._next.items()}

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import psycopg
 import pytest
 
+from aurora_db.cluster import load_layout
 from aurora_db.local_cluster import free_port_range
 from tests.pg_oracle import postgres_server  # noqa: F401  (re-exported fixture)
 
@@ -49,6 +51,11 @@ class SqlCluster:
 
     def connect(self, **kwargs) -> psycopg.Connection:
         return psycopg.connect(self.url, autocommit=True, **kwargs)
+
+    @property
+    def admin_port(self) -> int:
+        """The admin port of the compute node started as the writer."""
+        return load_layout(Path(self.data_dir)).writer.admin_port
 
 
 @pytest.fixture(scope="session")

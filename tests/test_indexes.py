@@ -51,6 +51,9 @@ class MemoryStore:
         self.pages[page_id] = page
         return page
 
+    def take_free_page(self):
+        return None  # no free list here: the volume only grows
+
     def allocate_page(self):
         page_id = self.pages[META_PAGE].values["next_page_id"]
         self.log(META_PAGE, "meta_set", "next_page_id", page_id + 1)
