@@ -166,14 +166,15 @@ class ReplicaTransactions(Transactions):
 
     def snapshot(self) -> Snapshot:
         snapshot = self.state.snapshot
-        self._snapshots.add(snapshot)
+        with self._lock:
+            self._snapshots[id(snapshot)] = snapshot
         return snapshot
 
     def oldest_xmin(self) -> int:
         """The lowest xmin of the snapshots this reader's queries still hold, or of the one the next
         query takes: what it reports to its writer, which prunes no version these may see."""
         with self._lock:
-            held = [snapshot.xmin for snapshot in list(self._snapshots)]
+            held = [snapshot.xmin for snapshot in list(self._snapshots.values())]
         return min(held + [self.state.snapshot.xmin])
 
     def begin(self) -> int:

@@ -88,7 +88,9 @@ class Transactions:
         self._waits_for: dict[int, int] = {}  # waiter xid -> blocker xid: acyclic
         self._ended: dict[int, list[tuple[asyncio.AbstractEventLoop, asyncio.Future]]] = {}  # blocker -> waits
         self.on_end: Callable[[], None] | None = None  # a transaction left the active set (the redo stream)
-        self._snapshots: weakref.WeakSet[Snapshot] = weakref.WeakSet()  # every snapshot still referenced
+        # Every snapshot still referenced, by identity: equal snapshots (a frozen dataclass compares
+        # by value) are each held here, so the one that lives longer still holds pruning back.
+        self._snapshots: weakref.WeakValueDictionary[int, Snapshot] = weakref.WeakValueDictionary()
         self.readers_xmin: Callable[[], int | None] = lambda: None  # readers' oldest snapshots (the redo stream)
 
     def log_bootstrap(self) -> None:
@@ -123,7 +125,7 @@ class Transactions:
     def snapshot(self) -> Snapshot:
         with self._lock:
             snapshot = Snapshot(self.next_xid, frozenset(self.active))
-            self._snapshots.add(snapshot)
+            self._snapshots[id(snapshot)] = snapshot
         return snapshot
 
     def prune_horizon(self) -> int:
@@ -132,7 +134,7 @@ class Transactions:
         snapshots still referenced and of the readers', and no higher than any open transaction
         (the next snapshot's xmin)."""
         with self._lock:
-            horizon = min([snapshot.xmin for snapshot in list(self._snapshots)] + [self.next_xid, *self.active])
+            horizon = min([snapshot.xmin for snapshot in list(self._snapshots.values())] + [self.next_xid, *self.active])
         readers = self.readers_xmin()
         return horizon if readers is None else min(horizon, readers)
 

@@ -212,6 +212,25 @@ def test_an_open_snapshot_keeps_seeing_its_versions_while_others_update_the_row_
         assert writer.execute("SELECT n FROM held WHERE id = 1").fetchone() == (400,)
 
 
+def test_of_two_equal_snapshots_the_one_that_lives_longer_still_holds_pruning_back(cluster):
+    """Snapshots taken with nothing in between are equal; each is tracked on its own."""
+    with cluster.connect() as setup:
+        setup.execute("CREATE TABLE twins (id int PRIMARY KEY, n int NOT NULL, pad text)")
+        setup.execute("INSERT INTO twins VALUES (1, 0, %s), (2, 0, 'z')", ("y" * 500,))
+    with cluster.connect() as first, cluster.connect() as second, cluster.connect() as writer:
+        first.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        assert first.execute("SELECT n FROM twins WHERE id = 1").fetchone() == (0,)
+        second.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        assert second.execute("SELECT n FROM twins WHERE id = 1").fetchone() == (0,)
+        first.execute("COMMIT")
+        for _ in range(200):
+            writer.execute("UPDATE twins SET n = n + 1 WHERE id = 1")
+        assert second.execute("SELECT n FROM twins WHERE id = 1").fetchone() == (0,)
+        assert second.execute("SELECT sum(n) FROM twins").fetchone() == (0,)
+        second.execute("COMMIT")
+        assert second.execute("SELECT n FROM twins WHERE id = 1").fetchone() == (200,)
+
+
 def test_a_readers_open_snapshot_holds_back_the_writers_pruning(tmp_path):
     with LiveCluster(tmp_path / "cluster", readers=1) as cluster:
         cluster.up()
