@@ -61,7 +61,7 @@ STATEMENT_ROWS_MAX = 10_000_000
 # no thread hand-off; one that would wait for storage, or outgrows either limit, is given up
 # (its changes undone) and runs again on the engine thread, so the loop is never held long.
 ENGINE_INLINE_BUDGET_MS = 5
-ENGINE_INLINE_RECORDS_MAX = 1024
+ENGINE_INLINE_RECORDS_MAX = _positive_int_from_env("AURORA_DB_ENGINE_INLINE_RECORDS_MAX", 1024)
 ENGINE_INLINE_MISSES_MAX = 8  # page misses of one inline call, each read outside the engine's turn
 
 # Timeouts.

@@ -319,7 +319,7 @@ class Engine:
             return fn(*args)
         except (RowLockWait, WouldWait):
             self.store.end_inline()  # the undo never gives up half-way
-            undo_statement(self.store, session.xid, session.statement_undo)
+            undo_statement(self.store, session.statement_undo)
             self.catalog.sequences.rewind(sequences)
             raise
         finally:

@@ -108,17 +108,25 @@ def note_undo(ctx: Context, tid, old_xmax: int | None) -> None:
         undo.append((tid, old_xmax))
 
 
-def undo_statement(store, xid: int, undo: list) -> None:
+def undo_statement(store, undo: list) -> None:
     """Make the running statement's changes as if never made, for its own transaction and all
-    others: a tuple it inserted gets xmax = its own xid (invisible to it, and dead once it ends),
-    an xmax it set gets its old value back. Index entries stay: readers check visibility."""
+    others: an xmax it set gets its old value back, and a tuple it inserted goes at once (no
+    snapshot ever saw it): a HOT successor's slot is freed, with the link to it, and a tuple that
+    index entries name becomes a dead stub, which readers skip and VACUUM frees. So the statement,
+    run again (the engine gives up a statement that meets a row lock or outgrows its inline turn),
+    finds the room it had."""
     changes = list(reversed(undo))
     undo.clear()
     for start in range(0, len(changes), UNDO_RECORDS_PER_MTR):
         batch = changes[start:start + UNDO_RECORDS_PER_MTR]
         with store.mtr(*{tid[0] for tid, _ in batch}):
-            for tid, old_xmax in batch:
-                store.log(tid[0], "heap_set_xmax", tid[1], xid if old_xmax is None else old_xmax)
+            for (page_id, slot), old_xmax in batch:
+                if old_xmax is not None:
+                    store.log(page_id, "heap_set_xmax", slot, old_xmax)
+                elif slot in store.get(page_id).heap_only:
+                    store.log(page_id, "heap_prune", [], [], [slot])
+                else:
+                    store.log(page_id, "heap_prune", [], [slot], [])
 
 
 def check_table_writable(ctx: Context, table: TableDef) -> None:

@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from aurora_db import pages
+from aurora_db.cluster import request_frame
 from aurora_db.records import Record
 from compute_node.heap import REUSE_ENDED_VERSIONS_MIN, ReusablePages, chain, plan_prune
 from aurora_db.local_cluster import LiveCluster, wait_until
@@ -212,6 +213,26 @@ def test_an_open_snapshot_keeps_seeing_its_versions_while_others_update_the_row_
         assert writer.execute("SELECT n FROM held WHERE id = 1").fetchone() == (400,)
 
 
+def test_a_statement_given_up_halfway_and_run_again_leaves_no_versions_behind(tmp_path):
+    """With a small inline limit every full-table UPDATE is undone halfway and run again on the
+    engine thread: the versions it had made must go at once, or the rerun finds no room for HOT
+    updates and the table grows round after round."""
+    with LiveCluster(tmp_path / "cluster", env={"AURORA_DB_ENGINE_INLINE_RECORDS_MAX": "30"}) as cluster:
+        cluster.up()
+        with cluster.connect() as connection:
+            connection.execute("CREATE TABLE redone (id int PRIMARY KEY, n int NOT NULL, pad text)")
+            connection.execute("INSERT INTO redone SELECT g, 0, %s FROM generate_series(1, 100) g", ("x" * 200,))
+            moved_before = request_frame(cluster.admin_port, {"id": 1, "t": "status"})["engine_calls_moved"]
+            for round_ in range(40):
+                connection.execute("UPDATE redone SET n = n + 1")
+                if round_ == 9:
+                    settled = relation_size(connection, "redone")
+            moved = request_frame(cluster.admin_port, {"id": 1, "t": "status"})["engine_calls_moved"] - moved_before
+            assert moved >= 40  # every UPDATE was given up inline at least once
+            assert relation_size(connection, "redone") <= settled + 8192
+            assert connection.execute("SELECT count(*), min(n), max(n) FROM redone").fetchone() == (100, 40, 40)
+
+
 def test_of_two_equal_snapshots_the_one_that_lives_longer_still_holds_pruning_back(cluster):
     """Snapshots taken with nothing in between are equal; each is tracked on its own."""
     with cluster.connect() as setup:
@@ -346,7 +367,9 @@ def test_vacuum_removes_the_index_entries_of_deleted_rows_and_their_slots_take_n
                                    ("q" * 100,))
         # The table: within a page (a freed slot keeps its line pointer); without VACUUM, 1,500 more rows.
         assert relation_size(connection, "churn") <= sizes[0] + 8192
-        assert [relation_size(connection, name) for name in ("churn_pkey", "churn_tag")] == sizes[1:]
+        # The indexes: no bigger (a leaf VACUUM emptied is unlinked, so one may even be smaller).
+        assert all(relation_size(connection, name) <= size
+                   for name, size in zip(("churn_pkey", "churn_tag"), sizes[1:]))
         assert connection.execute("SELECT count(*), sum(id) FROM churn").fetchone() == (600, 180300)
         assert connection.execute("SELECT id FROM churn WHERE tag = 'tag-450'").fetchall() == [(450,)]
         assert connection.execute("SELECT pad FROM churn WHERE id = 450").fetchone() == ("q" * 100,)
