@@ -367,9 +367,11 @@ def test_vacuum_removes_the_index_entries_of_deleted_rows_and_their_slots_take_n
                                    ("q" * 100,))
         # The table: within a page (a freed slot keeps its line pointer); without VACUUM, 1,500 more rows.
         assert relation_size(connection, "churn") <= sizes[0] + 8192
-        # The indexes: no bigger (a leaf VACUUM emptied is unlinked, so one may even be smaller).
-        assert all(relation_size(connection, name) <= size
-                   for name, size in zip(("churn_pkey", "churn_tag"), sizes[1:]))
+        # The indexes: within a page each (without VACUUM, 1,500 more entries: about 8 more pages).
+        # A leaf VACUUM emptied is unlinked and its keys come back through splits; an insert the
+        # engine gave up and ran again (a loaded machine) leaves entries until the next VACUUM.
+        now = [relation_size(connection, name) for name in ("churn_pkey", "churn_tag")]
+        assert all(size <= before + 8192 for size, before in zip(now, sizes[1:])), (now, sizes)
         assert connection.execute("SELECT count(*), sum(id) FROM churn").fetchone() == (600, 180300)
         assert connection.execute("SELECT id FROM churn WHERE tag = 'tag-450'").fetchall() == [(450,)]
         assert connection.execute("SELECT pad FROM churn WHERE id = 450").fetchone() == ("q" * 100,)
