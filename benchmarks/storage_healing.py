@@ -13,8 +13,12 @@ and disk bytes per row under steady updates.
    rounds of `--seconds` each; after each round a storage node's bytes on disk divided by the rows
    in the database, split into its page images (the database itself: every row version, since
    dead versions are not reclaimed yet) and its log files (what garbage collection bounds).
+4. **Pages reused after DROP**: `pgbench -i -s 1` run `--inits` times (each drops and reloads its
+   tables, VACUUM in between); after each, the pages the volume ever grew to (the writer's
+   `volume_pages`) and the pages in use (`pg_database_size`).
 
-    .venv/bin/python -m benchmarks.storage_healing [--chain 10000] [--rounds 6] [--seconds 30] [--json]
+    .venv/bin/python -m benchmarks.storage_healing [--chain 10000] [--rounds 6] [--seconds 30] [--inits 6]
+        [--only restart|chain|disk|reuse] [--json]
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ SETTLE_S = 20
 CHAIN_DEFAULT = 10_000
 ROUNDS_DEFAULT = 6
 SECONDS_DEFAULT = 30
+INITS_DEFAULT = 6
 PGBENCH_CLIENTS = 4
 COMMIT_TIMEOUT_S = 60
 
@@ -218,12 +223,31 @@ def disk_per_row(base: Path, rounds: int, seconds: int) -> list[dict]:
     return samples
 
 
+def pages_reused(base: Path, inits: int) -> list[dict]:
+    cluster = ClusterRun(base / "reuse")
+    cluster.up()
+    samples = []
+    try:
+        for run in range(1, inits + 1):
+            run_pgbench(["-i", "-s", "1", "-q", *pgbench_arguments(cluster.writer_url)], CLUSTER_TIMEOUT_S)
+            with psycopg.connect(cluster.writer_url, autocommit=True) as connection:
+                in_use = connection.execute("SELECT pg_database_size('postgres')").fetchone()[0] // 8192
+                writer = load_layout(cluster.data_dir).writer
+                volume = request_frame(writer.admin_port, {"id": 1, "t": "status"})["volume_pages"]
+            samples.append({"run": run, "volume_pages": volume, "pages_in_use": in_use})
+            log(f"after pgbench -i run {run}: the volume grew to {volume} pages, {in_use} in use")
+    finally:
+        cluster.down()
+    return samples
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--chain", type=int, default=CHAIN_DEFAULT)
     parser.add_argument("--rounds", type=int, default=ROUNDS_DEFAULT)
     parser.add_argument("--seconds", type=int, default=SECONDS_DEFAULT)
-    parser.add_argument("--only", choices=["restart", "chain", "disk"], default=None)
+    parser.add_argument("--inits", type=int, default=INITS_DEFAULT)
+    parser.add_argument("--only", choices=["restart", "chain", "disk", "reuse"], default=None)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="aurora-healing-"))
@@ -235,6 +259,8 @@ def main() -> int:
             results["restart"] = restart_times(base)
         if args.only in (None, "disk"):
             results["disk"] = disk_per_row(base, args.rounds, args.seconds)
+        if args.only in (None, "reuse"):
+            results["reuse"] = pages_reused(base, args.inits)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     print(json.dumps(results, indent=2) if args.json else json.dumps(results))
