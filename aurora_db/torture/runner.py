@@ -59,6 +59,27 @@ class Settings:
     keep: bool
 
 
+async def _attempt(workload: Workload, connections: Connections, history: History, process: int, f: str,
+                   value) -> tuple[str, bool]:
+    """One operation, recorded in the history: (its outcome, whether the connections broke). After
+    anything but success or an expected refusal, the connections are dropped."""
+    history.invoke(process, f, value)
+    progress = Progress()
+    try:
+        async with asyncio.timeout(OPERATION_TIMEOUT_S):
+            result = await workload.apply(connections, f, value, progress)
+    except Rejected as refusal:  # an expected refusal: the connection is clean
+        history.complete(process, FAIL, value, refusal.reason)
+        return FAIL, False
+    except Exception as error:
+        type_, text = outcome_of(error, progress)
+        history.complete(process, type_, value, text)
+        await connections.drop()
+        return type_, True
+    history.complete(process, OK, result)
+    return OK, False
+
+
 async def _client(workload: Workload, connections: Connections, history: History, index: int, clients: int,
                   rng: random.Random, deadline: float) -> None:
     """One client: operations back to back until the deadline. After an operation of unknown
@@ -66,45 +87,23 @@ async def _client(workload: Workload, connections: Connections, history: History
     process = index
     while time.monotonic() < deadline:
         f, value = workload.generate(rng)
-        history.invoke(process, f, value)
-        progress = Progress()
-        try:
-            async with asyncio.timeout(OPERATION_TIMEOUT_S):
-                result = await workload.apply(connections, f, value, progress)
-        except Rejected as refusal:  # an expected refusal: the connection is clean, go on at once
-            history.complete(process, FAIL, value, refusal.reason)
-            continue
-        except Exception as error:
-            type_, text = outcome_of(error, progress)
-            history.complete(process, type_, value, text)
-            await connections.drop()
-            if type_ == INFO:
-                process += clients
+        type_, broke = await _attempt(workload, connections, history, process, f, value)
+        if type_ == INFO:
+            process += clients
+        if broke:
             await asyncio.sleep(RETRY_PAUSE_S)
-            continue
-        history.complete(process, OK, result)
 
 
 async def _final_reads(workload: Workload, connections: Connections, history: History, process: int) -> None:
+    """Each final operation, tried until it succeeds (each try is its own process)."""
     deadline = time.monotonic() + FINAL_READ_TIMEOUT_S
     for f, value in workload.final_operations():
-        while True:
-            history.invoke(process, f, value)
-            progress = Progress()
-            try:
-                async with asyncio.timeout(OPERATION_TIMEOUT_S):
-                    result = await workload.apply(connections, f, value, progress)
-            except Exception as error:
-                type_, text = outcome_of(error, progress)
-                history.complete(process, type_, value, text)
-                await connections.drop()
-                process += 1
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the final read did not succeed within {FINAL_READ_TIMEOUT_S} s: {text}")
-                await asyncio.sleep(RETRY_PAUSE_S)
-                continue
-            history.complete(process, OK, result)
-            break
+        while (await _attempt(workload, connections, history, process, f, value))[0] != OK:
+            process += 1
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the final read did not succeed within {FINAL_READ_TIMEOUT_S} s: "
+                                   f"{history.events[-1].get('error')}")
+            await asyncio.sleep(RETRY_PAUSE_S)
 
 
 async def _setup(workload: Workload, url: str) -> None:
