@@ -272,10 +272,11 @@ class BTree:
         volume grows by the rest in one record."""
         ids: list[int] = []
         while len(ids) < count:
+            wanted = min(count - len(ids), BUILD_FREE_PAGES_PER_MTR)
+            taken: list[int] = []
             with self.store.mtr(META_PAGE):
-                taken = [page_id for page_id in (self.store.take_free_page()
-                                                 for _ in range(min(count - len(ids), BUILD_FREE_PAGES_PER_MTR)))
-                         if page_id is not None]
+                while len(taken) < wanted and (page_id := self.store.take_free_page()) is not None:
+                    taken.append(page_id)
             if not taken:
                 break
             ids += taken

@@ -19,6 +19,7 @@ oid, is never freed.
 
 from __future__ import annotations
 
+import collections
 import logging
 from typing import Callable, Iterable
 
@@ -138,19 +139,21 @@ def reclaim(store: PageStore, catalog_heap, dead: Callable[[int, int], bool],
     """Free the pages of every catalog version that `dead` says no snapshot can see, except what
     another version still reaches. Each version is reclaimed in its own MTR, with its stub.
     `forget` drops in-memory state keyed by the roots freed. Returns the pages freed."""
-    versions = {tid: (xmin, xmax, decode_row(tid, values)) for tid, (xmin, xmax, values) in catalog_heap.scan()}
+    versions = [(tid, xmin, xmax, decode_row(tid, values)) for tid, (xmin, xmax, values) in catalog_heap.scan()]
+    # How many versions reach each root and carry each oid: what one version alone reaches is a
+    # count of 1, its own; a relation keeps its oid through TRUNCATE, so a page that is another
+    # version's oid stays too.
+    reaching = collections.Counter(root for *_, table in versions for root in roots_of(table))
+    oids = collections.Counter(table.oid for *_, table in versions)
     freed = 0
-    for tid, (xmin, xmax, table) in list(versions.items()):
+    for tid, xmin, xmax, table in versions:
         if not dead(xmin, xmax):
             continue
-        others = [other for other_tid, (_, _, other) in versions.items() if other_tid != tid]
-        kept_roots = set().union(*(roots_of(other) for other in others))
-        kept_pages = {other.oid for other in others}  # a relation keeps its oid through TRUNCATE
-        freed_roots = roots_of(table) - kept_roots
+        freed_roots = {root for root in roots_of(table) if reaching[root] == 1}
         pages = set()
         for root in freed_roots:
             pages.update(pages_of(store, root))
-        pages -= kept_pages
+        pages = {page_id for page_id in pages if oids[page_id] == (1 if page_id == table.oid else 0)}
         runs = runs_of(pages)
         if len(runs) > RELEASE_RUNS_MAX:
             log.warning("VACUUM: %s (%d pages in %d runs) is too scattered to free in one step; its pages stay",
@@ -160,7 +163,8 @@ def reclaim(store: PageStore, catalog_heap, dead: Callable[[int, int], bool],
         with store.mtr(META_PAGE, tid[0], *tail_pages(store)):
             release(store, runs)
             store.log(tid[0], "heap_prune", [], [tid[1]], [])
-        del versions[tid]
+        reaching.subtract(roots_of(table))
+        oids[table.oid] -= 1
         forget(freed_roots)
         freed += len(pages)
     return freed

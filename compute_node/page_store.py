@@ -207,10 +207,10 @@ class PageStore:
         try:
             for page_id in pages_used:
                 self.get(page_id)  # no record made yet: a failed fetch leaves nothing behind
-            meta = self.cache.peek(META_PAGE)
-            free_head = meta.values.get("free_head", 0) if meta is not None else 0
-            if free_head:  # allocate_page may take a page from it
-                self.get(free_head)
+            if META_PAGE in pages_used:  # an MTR that may allocate: allocate_page may take the list's head
+                free_head = self.get(META_PAGE).values.get("free_head", 0)
+                if free_head:
+                    self.get(free_head)
             yield self
         except BaseException as error:
             if self._mtr:
@@ -262,8 +262,9 @@ class PageStore:
         return page_id
 
     def take_free_page(self) -> int | None:
-        """Inside an MTR: a page id from the free list (one record), or None when the list is
-        empty, or its head page was not cached when the MTR began (mtr() pins the head it knew)."""
+        """Inside an MTR that pinned the meta page (as every MTR that allocates does; mtr() then
+        pins the list's head too): a page id from the free list (one record), or None when the
+        list is empty or its head changed to a page not cached during this MTR."""
         head_id = self.get(META_PAGE).values.get("free_head", 0)
         head = self.cache.peek(head_id) if head_id else None
         if head is None or not (head.runs or head.next_page):
