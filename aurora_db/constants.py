@@ -113,7 +113,7 @@ assert RECENT_RECORDS_PER_PG_MAX >= LSN_ALLOCATION_LIMIT  # every record not yet
 
 # Storage node.
 # A node's log file is closed and a new one started past this size: files are what garbage collection
-# removes, so a node's log stays within about (LOG_FILES_RETAINED + 1) of them. Override:
+# removes, so a node's log stays within about HELD_BYTES_MAX plus (LOG_FILES_RETAINED + 1) of them. Override:
 # AURORA_DB_LOG_FILE_BYTES_MAX (tests use small files to see them collected and scrubbed).
 LOG_FILE_BYTES_MAX = _positive_int_from_env("AURORA_DB_LOG_FILE_BYTES_MAX", 16 * 1024 * 1024)
 LOG_ENTRY_BYTES_MAX = FRAME_BYTES_MAX  # one log entry's payload: a record never exceeds a frame
@@ -130,12 +130,17 @@ READ_POINT_RENEW_MS = 1_000  # how often a compute node reports its read point t
 READ_POINT_CLIENTS_MAX = 64  # leases one storage node keeps (compute nodes, and their restarts)
 assert READ_POINT_LEASE_MS >= 5 * READ_POINT_RENEW_MS  # a few lost reports never expire a live lease
 COALESCE_INTERVAL_MS = 500  # how often a storage node looks for segments to coalesce
-# Records above a segment's base that make it write a new image (as does holding back the removal
-# of a log file older than the newest LOG_FILES_RETAINED). Override: AURORA_DB_COALESCE_RECORDS_MIN.
+# Records above a segment's base that make it write a new image (storage_node/healer.py,
+# plan_coalescing, says when else it does). Override: AURORA_DB_COALESCE_RECORDS_MIN.
 COALESCE_RECORDS_MIN = _positive_int_from_env("AURORA_DB_COALESCE_RECORDS_MIN", 20_000)
 IMAGE_REWRITE_RATIO_MAX = 4  # ... and record bytes of at least 1/4 of the image it rewrites
 COALESCE_PAGES_PER_TURN = 64  # pages materialized per event-loop turn while coalescing
+# Log files kept whatever they hold; records in older ones are coalesced or copied forward.
 LOG_FILES_RETAINED = 2
+# Record bodies a storage node holds above its images, all segments together: past it, the largest
+# holders coalesce (so the log, memory and a restart's replay stay bounded). Override:
+# AURORA_DB_HELD_BYTES_MAX.
+HELD_BYTES_MAX = _positive_int_from_env("AURORA_DB_HELD_BYTES_MAX", 64 * 1024 * 1024)
 IMAGE_CHUNK_BYTES_MAX = FRAME_BYTES_MAX // 4  # page payloads in one get_image reply
 GOSSIP_INTERVAL_MS = 1_000  # how often a storage node compares its segments with its peers'
 GOSSIP_RECORDS_PER_REQUEST = READ_RECORDS_MAX  # records pulled from a peer per request

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Awaitable, Callable
@@ -31,6 +32,7 @@ from aurora_db.constants import (
     IMAGE_REWRITE_RATIO_MAX,
     GOSSIP_INTERVAL_MS,
     GOSSIP_RECORDS_PER_REQUEST,
+    HELD_BYTES_MAX,
     LOG_FILES_RETAINED,
     PEER_REQUEST_TIMEOUT_MS,
     SCRUB_INTERVAL_MS,
@@ -242,25 +244,48 @@ class Healer:
     # --- coalescing and garbage collection (steps 5 and 7) --------------------------------------
 
     async def coalesce_once(self) -> None:
+        """One round of step 5 and 7: coalesce the segments worth it (plan_coalescing), copy the
+        records that still pin old log files forward, then remove the files nothing needs."""
         horizon = self.node.horizon()
         if horizon == 0:
             return
-        bases = {pg: s.base_lsn for pg, s in self.node.segments.items()}
-        holding_back = self.log.pgs_holding_back(bases, LOG_FILES_RETAINED)
-        for pg, segment in list(self.node.segments.items()):
-            if segment.damaged is not None:
-                continue
+        pins = self.log.pinned(self._bases(), LOG_FILES_RETAINED)
+        plan = plan_coalescing(self.node.segments, horizon, pins, copy_bytes_max=self.log.file_bytes_max // 2,
+                               held_bytes_max=HELD_BYTES_MAX)
+        for pg in plan.coalesce:
+            segment = self.node.segments[pg]
             new_base = segment.coalesce_point(horizon)
-            if new_base is None:
-                continue
-            if pg not in holding_back and not worth_coalescing(segment, new_base):
-                continue
-            await self.coalesce(segment, new_base)
-        bases = {pg: s.base_lsn for pg, s in self.node.segments.items()}
-        removed = self.log.remove_covered(bases)
+            if new_base is not None and segment.damaged is None:
+                await self.coalesce(segment, new_base)
+        await self._copy_forward(self.log.pinned(self._bases(), LOG_FILES_RETAINED))
+        removed = self.log.remove_covered(self._bases())
         if removed:
             self.node.stats["log_files_removed"] += len(removed)
-            log.info("removed %d log files covered by page images", len(removed))
+            log.info("removed %d log files covered by page images or copied forward", len(removed))
+
+    def _bases(self) -> dict[int, int]:
+        return {pg: segment.base_lsn for pg, segment in self.node.segments.items()}
+
+    async def _copy_forward(self, pins: dict[int, dict[int, list[int]]]) -> None:
+        """Write the held records that pin old files into the current one; once that is durable,
+        those files no longer need them. Damaged segments are left to their repair."""
+        copied: list[tuple[int, int]] = []  # (seq, pg) released once the copies are durable
+        entries: list[RecordEntry] = []
+        for pg, by_seq in pins.items():
+            segment = self.node.segments.get(pg)
+            if segment is None or segment.damaged is not None or self.lock(pg).locked():
+                continue
+            for seq, lsns in by_seq.items():
+                entries.extend(entry for entry in map(segment.held, lsns) if entry is not None)
+                copied.append((seq, pg))
+        if not copied:
+            return
+        self.node.copy_forward(entries)
+        await self._persist()
+        for seq, pg in copied:
+            self.log.release(seq, pg)
+        log.info("copied %d records of %d PGs forward out of old log files", len(entries),
+                 len({pg for _, pg in copied}))
 
     async def coalesce(self, segment: Segment, new_base: int) -> bool:
         """Write the segment's image at `new_base` and drop the records it covers. False if the
@@ -390,6 +415,54 @@ class Healer:
                     if entry.lsn == lsn:
                         return entry
         return None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CoalescePlan:
+    coalesce: list[int]  # PGs to write a new image of, in this order
+    reasons: dict[int, str]
+
+
+def plan_coalescing(segments: dict[int, Segment], horizon: int, pins: dict[int, dict[int, list[int]]], *,
+                    copy_bytes_max: int, held_bytes_max: int) -> CoalescePlan:
+    """Which segments write a new image this round. A new image rewrites the whole PG, so it is
+    written only when it pays:
+      - "worth": its records weigh at least 1/IMAGE_REWRITE_RATIO_MAX of its image (and are at
+        least COALESCE_RECORDS_MIN), so image bytes written stay within a few times the log's;
+      - "pins": its records pin log files older than the newest LOG_FILES_RETAINED, and copying
+        the pinned records of every PG forward would exceed `copy_bytes_max` (then the PGs with
+        the most pinned bytes coalesce, until the rest fit): copies stay a fraction of the log;
+      - "memory": the node holds more than `held_bytes_max` of record bodies (then the PGs holding
+        the most coalesce until it does not).
+    Every other pinned record is copied forward, which costs its bytes alone. A segment coalesces
+    only up to its coalesce point; damaged segments wait for their repair."""
+    reasons: dict[int, str] = {}
+    candidates = {pg: segment for pg, segment in segments.items()
+                  if segment.damaged is None and segment.coalesce_point(horizon) is not None}
+    for pg, segment in candidates.items():
+        if worth_coalescing(segment, segment.coalesce_point(horizon)):
+            reasons[pg] = "worth"
+    pinned_bytes = {}
+    for pg, by_seq in pins.items():
+        segment = segments.get(pg)
+        if segment is not None and pg not in reasons:
+            pinned_bytes[pg] = sum(len(entry.body) for lsns in by_seq.values()
+                                   for entry in map(segment.held, lsns) if entry is not None)
+    total = sum(pinned_bytes.values())
+    for pg in sorted(pinned_bytes, key=pinned_bytes.__getitem__, reverse=True):
+        if total <= copy_bytes_max:
+            break
+        if pg in candidates:
+            reasons[pg] = "pins"
+            total -= pinned_bytes[pg]
+    held = sum(segment.held_bytes for pg, segment in segments.items() if pg not in reasons)
+    for pg in sorted(candidates, key=lambda pg: candidates[pg].held_bytes, reverse=True):
+        if held <= held_bytes_max:
+            break
+        if pg not in reasons:
+            reasons[pg] = "memory"
+            held -= candidates[pg].held_bytes
+    return CoalescePlan(list(reasons), reasons)
 
 
 def worth_coalescing(segment: Segment, new_base: int) -> bool:

@@ -5,7 +5,7 @@ Responsibilities: append entries (one call, returns once written), fsync on a se
 server can cover many appends with one fsync, and on open scan every file, verify every checksum
 and hand back the entries in the order they were written. It knows which record LSNs each file
 holds, so it can remove a file all of whose records are covered by their segments' page images
-(garbage collection), and a scrubber can tell which records a damaged file lost and rewrite it.
+or copied forward into a newer file (garbage collection), and a scrubber can tell which records a damaged file lost and rewrite it.
 Invariants: entries are only ever appended, never changed, except that a scrubbed file whose
 entries do not verify is rewritten whole and atomically with good copies in the same order (or
 without a record no segment needs any more); every entry served was verified
@@ -365,15 +365,30 @@ class LogFile:
             fsync_directory(self.directory)
         return removed
 
-    def pgs_holding_back(self, bases: dict[int, int], files_retained: int) -> dict[int, int]:
-        """PGs whose records keep a file older than the newest `files_retained` from removal, with
-        the LSN their base must reach to free it."""
-        held: dict[int, int] = {}
+    def pinned(self, bases: dict[int, int], files_retained: int) -> dict[int, dict[int, list[int]]]:
+        """What keeps the files older than the newest `files_retained` from removal: pg -> {seq:
+        that PG's LSNs above its base in that file}. Coalescing a PG up to its highest LSN here, or
+        copying those records into the current file (then `release`), frees them."""
+        pins: dict[int, dict[int, list[int]]] = {}
         for seq in sorted(self.contents)[:-files_retained or None]:
-            for pg, highest in self.contents[seq].highest_by_pg.items():
-                if highest > bases.get(pg, 0):
-                    held[pg] = max(held.get(pg, 0), highest)
-        return held
+            if seq == self._seq:
+                continue
+            contents = self.contents[seq]
+            for pg, highest in contents.highest_by_pg.items():
+                base = bases.get(pg, 0)
+                if highest > base:
+                    pins.setdefault(pg, {})[seq] = [lsn for lsn in contents.lsns_by_pg[pg] if lsn > base]
+        return pins
+
+    def release(self, seq: int, pg: int) -> None:
+        """PG `pg`'s records in sealed file `seq` are durable in a newer file too (copied forward):
+        they no longer keep the file. A reopened log scans the file again and names them again,
+        which only means they are copied once more; a replay takes the duplicate copies once."""
+        assert seq != self._seq, "records are copied forward out of sealed files only"
+        contents = self.contents.get(seq)
+        if contents is not None:
+            contents.lsns_by_pg.pop(pg, None)
+            contents.highest_by_pg.pop(pg, None)
 
     def files_with_sizes(self) -> list[tuple[int, int | None]]:
         """(seq, bytes written so far for the current file, None for a sealed one), oldest first:

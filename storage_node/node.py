@@ -20,7 +20,10 @@ Invariants:
     its durable metadata, reported in status and set_epoch replies, and applied to every segment,
     including one created later; telling the node a range it already holds writes nothing.
   - Queued work is applied in `advance` in arrival order, the order it was written to the logs,
-    so a restart that replays the logs rebuilds the same segments and the same SCLs.
+    so a restart that replays the logs rebuilds the same segments and the same SCLs. Records
+    copied forward (out of an old log file, by the healer) are written again after newer ones; a
+    replay takes a copy as a duplicate, or in its original's place once that file is gone, and
+    holds every out-of-order record until its chain is whole (replay_segment).
   - At most one Ready is outstanding. Queued work is bounded by the shell: at most
     STORAGE_CONNECTIONS_MAX x IN_FLIGHT_REQUESTS_MAX requests are ever waiting.
   - Horizon (PGMRPL, DESIGN.md 2): every compute node reports its lowest read point (`read_point`,
@@ -46,6 +49,7 @@ from aurora_db.constants import (
     CHAIN_RECORDS_MAX,
     IMAGE_CHUNK_BYTES_MAX,
     PAGE_ID_MAX,
+    PENDING_RECORDS_MAX,
     READ_POINT_CLIENTS_MAX,
     READ_POINT_LEASE_MS,
     READ_RECORDS_BYTES_MAX,
@@ -57,6 +61,8 @@ from storage_node.log_file import LogEntry, RecordEntry, TruncateEntry
 from storage_node.segment import BelowHorizon, BrokenPageChain, NotComplete, Segment
 
 log = logging.getLogger(__name__)
+
+_REPLAY_PENDING_UNBOUNDED = 1 << 62
 
 
 class BadRequest(Exception):
@@ -91,6 +97,15 @@ class _Truncate:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class _CopyForward:
+    """Held records written again to the current log file, so an old file they pin can go: the
+    segments already hold them, so nothing is applied and nobody waits for a reply."""
+
+    entries: list[RecordEntry]
+    token: Any = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class _Deferred:
     """A request answered only once the epoch it raised is durable."""
 
@@ -98,7 +113,7 @@ class _Deferred:
     request: dict
 
 
-_Op = _Append | _Truncate | _Deferred
+_Op = _Append | _Truncate | _CopyForward | _Deferred
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -135,8 +150,11 @@ def replay_segment(pg: int, entries: list[LogEntry], image=None, live_ranges=Non
     """Rebuild a segment from its page image and its log, in the order the entries were written
     (records the image covers are skipped). A marker discards what was written before it, as it
     did then; its range is remembered only if it is live (`live_ranges`: (above_lsn, lsn_floor)
-    pairs; None: all), since records of a voided range were written after it was voided."""
-    segment = Segment(pg, image)
+    pairs; None: all), since records of a voided range were written after it was voided.
+
+    Every record in the log is durable, so none is dropped for the pending map's limit here: a
+    record copied forward comes after the newer records of its PG that wait for it."""
+    segment = Segment(pg, image, pending_records_max=_REPLAY_PENDING_UNBOUNDED)
     batch: list[RecordEntry] = []
     for entry in entries:
         if isinstance(entry, RecordEntry):
@@ -147,6 +165,7 @@ def replay_segment(pg: int, entries: list[LogEntry], image=None, live_ranges=Non
         segment.truncate(entry.above_lsn, entry.lsn_floor,
                          remember=live_ranges is None or (entry.above_lsn, entry.lsn_floor) in live_ranges)
     segment.add(batch)
+    segment.pending_records_max = PENDING_RECORDS_MAX  # for what arrives from now on
     return segment
 
 
@@ -178,7 +197,7 @@ class Node:
         self._ready_outstanding = False
         self.stats = {"durable_batches": 0, "durable_requests": 0,  # group fsync at work: requests per batch
                       "records_from_peers": 0, "coalesced_records": 0, "images_written": 0,
-                      "images_installed": 0, "log_files_removed": 0, "scrub_passes": 0,
+                      "images_installed": 0, "log_files_removed": 0, "records_copied_forward": 0, "scrub_passes": 0,
                       "damaged_found": 0, "damaged_repaired": 0}
 
     # --- input --------------------------------------------------------------------------------
@@ -407,6 +426,12 @@ class Node:
             self.stats["records_from_peers"] += len(entries)
         return len(entries)
 
+    def copy_forward(self, entries: list[RecordEntry]) -> None:
+        """Queue held records to be written again (see _CopyForward); durable with the next Ready."""
+        if entries:
+            self._queue(_CopyForward(entries))
+            self.stats["records_copied_forward"] += len(entries)
+
     def segment_summaries(self) -> dict[int, dict]:
         return {pg: {"scl": segment.scl, "base": segment.base_lsn, "records": segment.records_held,
                      "log_bytes": segment.held_bytes, "image_bytes": segment.image.file_bytes,
@@ -529,6 +554,8 @@ class Node:
             if isinstance(op, _Append):
                 for _, batch in op.batches:
                     entries.extend(batch)
+            elif isinstance(op, _CopyForward):
+                entries.extend(op.entries)
             elif isinstance(op, _Truncate):
                 entries.append(TruncateEntry(op.above_lsn, op.epoch, op.lsn_floor))
         return Ready(self.accepted if self._meta_to_write() else None, entries, ops, self.op_seq)
@@ -554,6 +581,8 @@ class Node:
                     segment.truncate(op.above_lsn, op.lsn_floor)
                     segment.retain_ranges(live)
                 reply = self._truncate_reply(op.request_id)
+            elif isinstance(op, _CopyForward):
+                continue
             else:
                 reply = self._answer(op.request)
             if op.token is not None:  # None: learned from a peer, nobody waits for a reply

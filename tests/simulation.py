@@ -91,6 +91,7 @@ PARTITION_MS = (200, 3_000)
 IMAGE_HEADER_DAMAGE_CHANCE = 0.2  # of page image damage, in the image's header entry (else in a page)
 LOG_FILE_BYTES_SIM = 16 * 1024  # small log files: sealed, scrubbed and collected within a run
 COALESCE_RECORDS_MIN_SIM = 16  # coalesce small segments too (COALESCE_RECORDS_MIN is 20 000)
+HELD_BYTES_MAX_SIM = 48 * 1024  # ... and when the node holds too much (HELD_BYTES_MAX is 64 MiB)
 SCRUB_INTERVAL_MS_SIM = 5_000  # scrub often enough that damage heals within the convergence deadline
 STORAGE_PORT = 7100
 TRACE_LINES_KEPT = 200
@@ -111,7 +112,7 @@ FAULT_WEIGHT_JITTER = (0.2, 3.0)
 DATA_LOSS_FAULTS = ("corrupt_image", "corrupt_log", "wipe_disk")
 
 NODE_STATS = ("records_from_peers", "coalesced_records", "images_written", "images_installed", "log_files_removed",
-              "scrub_passes", "damaged_found", "damaged_repaired")
+              "records_copied_forward", "scrub_passes", "damaged_found", "damaged_repaired")
 RECOVERY_FAILURES = (CannotConnectNow, recovery.NewerEpochSeen, NodeUnreachable, RequestFailed, StaleEpoch)
 ALARMS = ("contradict the chain", "above the stored floor", "no init record")  # error logs that mean a bug
 
@@ -196,12 +197,13 @@ def patched(network: "Network"):
     fsync (durability is modelled by what a crash keeps), a small coalescing threshold and a short
     scrubbing interval."""
     saved = (asyncio.open_connection, asyncio.to_thread, os.fsync, os.fdatasync, healer_module.COALESCE_RECORDS_MIN,
-             healer_module.SCRUB_INTERVAL_MS)
+             healer_module.SCRUB_INTERVAL_MS, healer_module.HELD_BYTES_MAX)
     asyncio.open_connection = network.open_connection
     asyncio.to_thread = _inline_to_thread
     os.fsync = os.fdatasync = lambda fd: None
     healer_module.COALESCE_RECORDS_MIN = COALESCE_RECORDS_MIN_SIM
     healer_module.SCRUB_INTERVAL_MS = SCRUB_INTERVAL_MS_SIM
+    healer_module.HELD_BYTES_MAX = HELD_BYTES_MAX_SIM
     loggers = {name: logging.getLogger(name) for name in ("storage_node", "compute_node", "aurora_db")}
     levels = {name: lg.level for name, lg in loggers.items()}
     handler = _ErrorLog()
@@ -212,7 +214,7 @@ def patched(network: "Network"):
         yield handler
     finally:
         (asyncio.open_connection, asyncio.to_thread, os.fsync, os.fdatasync,
-         healer_module.COALESCE_RECORDS_MIN, healer_module.SCRUB_INTERVAL_MS) = saved
+         healer_module.COALESCE_RECORDS_MIN, healer_module.SCRUB_INTERVAL_MS, healer_module.HELD_BYTES_MAX) = saved
         for name, lg in loggers.items():
             lg.setLevel(levels[name])
             lg.removeHandler(handler)

@@ -207,21 +207,42 @@ def test_remove_covered_removes_exactly_the_sealed_files_all_below_their_pgs_bas
     reopened.close()
 
 
-def test_pgs_holding_back_names_the_base_each_pg_must_reach(tmp_path):
+def test_pinned_names_each_pg_s_records_above_its_base_in_every_old_file(tmp_path):
     log_file, entries = rotated_log(tmp_path / "log")
     files = files_on_disk(tmp_path / "log")
     older = sorted(files)[:-2]
     for bases in ({}, {0: 12}, {0: 10**6}, {0: 10**6, 1: 10**6}):
-        want: dict[int, int] = {}
+        want: dict[int, dict[int, list[int]]] = {}
         for seq in older:
             for e in files[seq]:
                 if isinstance(e, RecordEntry) and e.lsn > bases.get(e.record.pg, 0):
-                    want[e.record.pg] = max(want.get(e.record.pg, 0), e.lsn)
-        assert log_file.pgs_holding_back(bases, files_retained=2) == want, bases
-    assert log_file.pgs_holding_back({}, files_retained=len(files)) == {}
-    highest = {pg: max(e.lsn for e in entries if e.record.pg == pg) for pg in (0, 1)}
-    assert log_file.pgs_holding_back({}, files_retained=0) == highest
+                    want.setdefault(e.record.pg, {}).setdefault(seq, []).append(e.lsn)
+        assert log_file.pinned(bases, files_retained=2) == want, bases
+    assert log_file.pinned({}, files_retained=len(files)) == {}
+    everything = log_file.pinned({}, files_retained=0)
+    assert log_file.current_seq not in {seq for by_seq in everything.values() for seq in by_seq}, \
+        "the current file is never pinned: it is where copies go"
     log_file.close()
+
+
+def test_a_file_whose_records_were_copied_forward_is_removed_and_the_copies_replay(tmp_path):
+    """Copying PG 1's records of an old file into the current one, then releasing them, frees that
+    file once PG 0's records in it are covered; a reopened log still holds every PG 1 record."""
+    log_file, entries = rotated_log(tmp_path / "log")
+    oldest = min(files_on_disk(tmp_path / "log"))
+    pins = log_file.pinned({}, files_retained=1)
+    pg1_lsns = pins[1][oldest]
+    by_lsn = {e.lsn: e for e in entries if isinstance(e, RecordEntry) and e.record.pg == 1}
+    log_file.append([by_lsn[lsn] for lsn in pg1_lsns])
+    log_file.sync()
+    bases = {0: max(pins[0][oldest])}
+    assert oldest not in log_file.remove_covered(bases), "PG 1's records still pin it"
+    log_file.release(oldest, 1)
+    assert oldest in log_file.remove_covered(bases)
+    log_file.close()
+    _, found, report = LogFile.open(tmp_path / "log")
+    assert report.bad_entries == 0
+    assert {e.lsn for e in found if isinstance(e, RecordEntry) and e.record.pg == 1} == set(by_lsn)
 
 
 def test_files_with_sizes_and_seal_current(tmp_path):

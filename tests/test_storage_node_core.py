@@ -488,3 +488,36 @@ def test_a_losing_candidates_range_is_void_once_the_winners_range_is_known():
     by_pg = entries_by_pg(disk)
     replayed = replay_segment(0, by_pg[0], None, {(600, 650)})
     assert replayed.truncation_ranges == [(600, 650)], "the void marker in the log is not remembered"
+
+
+def test_copied_forward_records_are_written_again_and_a_replay_without_the_originals_rebuilds_the_segment():
+    """The healer copies records that pin an old log file into the current one. The node writes
+    them without a reply and without changing a segment; a replay that finds the copies after the
+    newer records they precede (the old file removed) holds those newer records, however many,
+    until the copies complete their chain: nothing is dropped for the pending limit."""
+    node, disk = Node("a1", "a", NodeMeta(epoch=1), {}), []
+    builder = RecordBuilder()
+    records = [builder.heap_init(0)] + [builder.heap_insert(0, [i]) for i in range(29)]
+    node.step({"id": 1, "t": sp.APPEND, "epoch": 1, "pg": 0, "records": sealed(records[:10])}, "old file")
+    persist_and_advance(node, disk)
+    old_file = list(disk)
+    node.step({"id": 2, "t": sp.APPEND, "epoch": 1, "pg": 0, "records": sealed(records[10:])}, "newer file")
+    persist_and_advance(node, disk)
+    segment = node.segments[0]
+    before = (segment.scl, segment.records_held, segment.held_bytes)
+    node.copy_forward([segment.held(lsn) for lsn in range(1, 11)])
+    ready, replies = persist_and_advance(node, disk)
+    assert [e.lsn for e in ready.log_entries] == list(range(1, 11)) and replies == {}
+    assert (segment.scl, segment.records_held, segment.held_bytes) == before
+    assert node.stats["records_copied_forward"] == 10
+    without_old_file = disk[len(old_file):]
+    assert [e.lsn for e in without_old_file] == list(range(11, 31)) + list(range(1, 11))
+    original = node_module.PENDING_RECORDS_MAX
+    try:
+        node_module.PENDING_RECORDS_MAX = 5  # fewer than the 20 records that wait for the copies
+        replayed = replay_segment(0, without_old_file)
+    finally:
+        node_module.PENDING_RECORDS_MAX = original
+    assert replayed.scl == 30 and replayed.records_held == 30 and replayed.pending_count == 0
+    assert replayed.pending_records_max == 5, "the limit applies again to what arrives after the replay"
+    assert replay_segment(0, disk).scl == 30, "with the originals too, the copies are duplicates"
