@@ -133,7 +133,7 @@ COALESCE_INTERVAL_MS = 500  # how often a storage node looks for segments to coa
 # Records above a segment's base that make it write a new image (storage_node/healer.py,
 # plan_coalescing, says when else it does). Override: AURORA_DB_COALESCE_RECORDS_MIN.
 COALESCE_RECORDS_MIN = _positive_int_from_env("AURORA_DB_COALESCE_RECORDS_MIN", 20_000)
-IMAGE_REWRITE_RATIO_MAX = 4  # ... and record bytes of at least 1/4 of the image it rewrites
+IMAGE_REWRITE_RATIO_MAX = 1  # ... and record bytes of at least 1/this of the image it rewrites
 COALESCE_PAGES_PER_TURN = 64  # pages materialized per event-loop turn while coalescing
 # Log files kept whatever they hold; records in older ones are coalesced or copied forward.
 LOG_FILES_RETAINED = 2

@@ -1,7 +1,7 @@
 """When a storage node writes a new page image (storage_node/healer.py, plan_coalescing).
 
-A new image rewrites a whole PG, so it must be worth it: a PG coalesces when its records weigh a
-quarter of its image, when copying every record that pins an old log file forward would exceed the
+A new image rewrites a whole PG, so it must be worth it: a PG coalesces when its records weigh as
+much as its image, when copying every record that pins an old log file forward would exceed the
 copy budget (then the PGs pinning the most bytes coalesce), or when the node holds too much
 altogether. Every other pinned record is copied forward, which costs only its bytes."""
 
@@ -66,7 +66,7 @@ def test_a_node_holding_too_much_coalesces_its_largest_holders(monkeypatch):
     assert plan.coalesce == [1, 2]
 
 
-def test_records_worth_a_quarter_of_the_image_coalesce_and_nothing_above_the_horizon_does(monkeypatch):
+def test_records_weighing_as_much_as_the_image_coalesce_and_nothing_above_the_horizon_does(monkeypatch):
     monkeypatch.setattr(healer_module, "COALESCE_RECORDS_MIN", 20)
     segments, lsns = segments_with_records({0: 10, 1: 40})
     horizon = max(max(v) for v in lsns.values())
