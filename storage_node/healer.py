@@ -244,20 +244,20 @@ class Healer:
     # --- coalescing and garbage collection (steps 5 and 7) --------------------------------------
 
     async def coalesce_once(self) -> None:
-        """One round of step 5 and 7: coalesce the segments worth it (plan_coalescing), copy the
-        records that still pin old log files forward, then remove the files nothing needs."""
+        """One round of steps 5 and 7: coalesce the segments worth it (plan_coalescing), copy the
+        live records of old log files that are mostly garbage forward (files_to_empty), then
+        remove the files nothing needs any more."""
         horizon = self.node.horizon()
         if horizon == 0:
             return
-        pins = self.log.pinned(self._bases(), LOG_FILES_RETAINED)
-        plan = plan_coalescing(self.node.segments, horizon, pins, copy_bytes_max=self.log.file_bytes_max // 2,
-                               held_bytes_max=HELD_BYTES_MAX)
+        plan = plan_coalescing(self.node.segments, horizon, held_bytes_max=HELD_BYTES_MAX)
         for pg in plan.coalesce:
             segment = self.node.segments[pg]
             new_base = segment.coalesce_point(horizon)
             if new_base is not None and segment.damaged is None:
                 await self.coalesce(segment, new_base, plan.reasons[pg])
-        await self._copy_forward(self.log.pinned(self._bases(), LOG_FILES_RETAINED))
+        pins = self.log.pinned(self._bases(), LOG_FILES_RETAINED)
+        await self._copy_forward(files_to_empty(pins, self.node.segments, self.log.file_bytes_max // 2))
         removed = self.log.remove_covered(self._bases())
         if removed:
             self.node.stats["log_files_removed"] += len(removed)
@@ -266,26 +266,18 @@ class Healer:
     def _bases(self) -> dict[int, int]:
         return {pg: segment.base_lsn for pg, segment in self.node.segments.items()}
 
-    async def _copy_forward(self, pins: dict[int, dict[int, list[int]]]) -> None:
-        """Write the held records that pin old files into the current one; once that is durable,
-        those files no longer need them. Damaged segments are left to their repair."""
-        copied: list[tuple[int, int]] = []  # (seq, pg) released once the copies are durable
-        entries: list[RecordEntry] = []
-        for pg, by_seq in pins.items():
-            segment = self.node.segments.get(pg)
-            if segment is None or segment.damaged is not None or self.lock(pg).locked():
-                continue
-            for seq, lsns in by_seq.items():
-                entries.extend(entry for entry in map(segment.held, lsns) if entry is not None)
-                copied.append((seq, pg))
+    async def _copy_forward(self, files: dict[int, dict[int, list[RecordEntry]]]) -> None:
+        """Write these files' live records (seq -> pg -> entries) into the current file; once that
+        is durable, the files no longer need them."""
+        copied = [(seq, pg) for seq, by_pg in files.items() for pg in by_pg if not self.lock(pg).locked()]
         if not copied:
             return
+        entries = [entry for seq, pg in copied for entry in files[seq][pg]]
         self.node.copy_forward(entries)
         await self._persist()
         for seq, pg in copied:
             self.log.release(seq, pg)
-        log.info("copied %d records of %d PGs forward out of old log files", len(entries),
-                 len({pg for _, pg in copied}))
+        log.info("copied %d records forward out of %d old log files", len(entries), len({seq for seq, _ in copied}))
 
     async def coalesce(self, segment: Segment, new_base: int, reason: str) -> bool:
         """Write the segment's image at `new_base` and drop the records it covers. False if the
@@ -423,38 +415,22 @@ class CoalescePlan:
     reasons: dict[int, str]
 
 
-def plan_coalescing(segments: dict[int, Segment], horizon: int, pins: dict[int, dict[int, list[int]]], *,
-                    copy_bytes_max: int, held_bytes_max: int) -> CoalescePlan:
+def plan_coalescing(segments: dict[int, Segment], horizon: int, *, held_bytes_max: int) -> CoalescePlan:
     """Which segments write a new image this round. A new image rewrites the whole PG, so it is
-    written only when it pays:
+    written only when it pays or memory demands it:
       - "worth": its records weigh at least 1/IMAGE_REWRITE_RATIO_MAX of its image (and are at
         least COALESCE_RECORDS_MIN), so image bytes written stay within the log's (worth_coalescing);
-      - "pins": its records pin log files older than the newest LOG_FILES_RETAINED, and copying
-        the pinned records of every PG forward would exceed `copy_bytes_max` (then the PGs with
-        the most pinned bytes coalesce, until the rest fit): copies stay a fraction of the log;
       - "memory": the node holds more than `held_bytes_max` of record bodies (then the PGs holding
-        the most coalesce until it does not).
-    Every other pinned record is copied forward, which costs its bytes alone. A segment coalesces
-    only up to its coalesce point; damaged segments wait for their repair."""
+        the most coalesce until it does not). This also bounds the log: a file is kept only while
+        more than half of it is live (files_to_empty), so the log stays within twice the records
+        held, plus the files retained.
+    A segment coalesces only up to its coalesce point; damaged segments wait for their repair."""
     reasons: dict[int, str] = {}
     candidates = {pg: segment for pg, segment in segments.items()
                   if segment.damaged is None and segment.coalesce_point(horizon) is not None}
     for pg, segment in candidates.items():
         if worth_coalescing(segment, segment.coalesce_point(horizon)):
             reasons[pg] = "worth"
-    pinned_bytes = {}
-    for pg, by_seq in pins.items():
-        segment = segments.get(pg)
-        if segment is not None and pg not in reasons:
-            pinned_bytes[pg] = sum(len(entry.body) for lsns in by_seq.values()
-                                   for entry in map(segment.held, lsns) if entry is not None)
-    total = sum(pinned_bytes.values())
-    for pg in sorted(pinned_bytes, key=pinned_bytes.__getitem__, reverse=True):
-        if total <= copy_bytes_max:
-            break
-        if pg in candidates:
-            reasons[pg] = "pins"
-            total -= pinned_bytes[pg]
     held = sum(segment.held_bytes for pg, segment in segments.items() if pg not in reasons)
     for pg in sorted(candidates, key=lambda pg: candidates[pg].held_bytes, reverse=True):
         if held <= held_bytes_max:
@@ -463,6 +439,25 @@ def plan_coalescing(segments: dict[int, Segment], horizon: int, pins: dict[int, 
             reasons[pg] = "memory"
             held -= candidates[pg].held_bytes
     return CoalescePlan(list(reasons), reasons)
+
+
+def files_to_empty(pins: dict[int, dict[int, list[int]]], segments: dict[int, Segment],
+                   live_bytes_max: int) -> dict[int, dict[int, list[RecordEntry]]]:
+    """The old log files (pins: LogFile.pinned) whose live records weigh at most `live_bytes_max`
+    (half a file): seq -> pg -> those records, to copy forward so the file can go. Copying costs
+    the records' bytes alone, but a file mostly live is kept rather than copied again and again;
+    its records die when their PG coalesces. A damaged segment's records are left to its repair."""
+    by_seq: dict[int, dict[int, list[RecordEntry]]] = {}
+    for pg, pinned in pins.items():
+        segment = segments.get(pg)
+        if segment is None or segment.damaged is not None:
+            continue
+        for seq, lsns in pinned.items():
+            by_seq.setdefault(seq, {})[pg] = [entry for entry in map(segment.held, lsns) if entry is not None]
+    damaged = {seq for pg, pinned in pins.items() if pg not in segments or segments[pg].damaged is not None
+               for seq in pinned}
+    return {seq: by_pg for seq, by_pg in sorted(by_seq.items())
+            if seq not in damaged and sum(len(e.body) for entries in by_pg.values() for e in entries) <= live_bytes_max}
 
 
 def worth_coalescing(segment: Segment, new_base: int) -> bool:

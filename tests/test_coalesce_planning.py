@@ -1,15 +1,15 @@
 """When a storage node writes a new page image (storage_node/healer.py, plan_coalescing).
 
 A new image rewrites a whole PG, so it must be worth it: a PG coalesces when its records weigh as
-much as its image, when copying every record that pins an old log file forward would exceed the
-copy budget (then the PGs pinning the most bytes coalesce), or when the node holds too much
-altogether. Every other pinned record is copied forward, which costs only its bytes."""
+much as its image, or when the node holds too much altogether (the largest holders first). An old
+log file that is mostly garbage has its live records copied forward, which costs only their
+bytes, so that it can go (files_to_empty); one mostly live is kept."""
 
 from __future__ import annotations
 
 from aurora_db.constants import PAGES_PER_PG
 from storage_node import healer as healer_module
-from storage_node.healer import plan_coalescing
+from storage_node.healer import files_to_empty, plan_coalescing
 from storage_node.log_file import RecordEntry
 from storage_node.segment import Segment
 from tests.record_builder import RecordBuilder
@@ -31,28 +31,23 @@ def segments_with_records(counts: dict[int, int]) -> tuple[dict[int, Segment], d
     return segments, lsns
 
 
-def test_pinned_records_are_copied_forward_while_they_fit_the_budget(monkeypatch):
-    monkeypatch.setattr(healer_module, "COALESCE_RECORDS_MIN", 10**9)  # never "worth" here
-    segments, lsns = segments_with_records({0: 50, 1: 50, 2: 50})
-    horizon = max(max(v) for v in lsns.values())
-    pins = {pg: {1: lsns[pg]} for pg in (0, 1, 2)}
-    plan = plan_coalescing(segments, horizon, pins, copy_bytes_max=10**9, held_bytes_max=10**9)
-    assert plan.coalesce == [], "everything fits: copy, do not rewrite images"
-    two_and_a_half_pgs = 2.5 * segments[1].held_bytes
-    plan = plan_coalescing(segments, horizon, pins, copy_bytes_max=two_and_a_half_pgs, held_bytes_max=10**9)
-    assert len(plan.coalesce) == 1 and set(plan.reasons.values()) == {"pins"}
-    plan = plan_coalescing(segments, horizon, pins, copy_bytes_max=0, held_bytes_max=10**9)
-    assert sorted(plan.coalesce) == [0, 1, 2]
+def test_an_old_file_mostly_garbage_is_emptied_and_one_mostly_live_is_kept():
+    segments, lsns = segments_with_records({0: 50, 1: 50})
+    bytes_of = {pg: segments[pg].held_bytes for pg in segments}
+    pins = {0: {1: lsns[0][:10], 2: lsns[0][10:]}, 1: {2: lsns[1]}}
+    live_in_2 = sum(len(segments[0].held(lsn).body) for lsn in lsns[0][10:]) + bytes_of[1]
+    files = files_to_empty(pins, segments, live_bytes_max=live_in_2 - 1)
+    assert list(files) == [1], "file 2 holds more live bytes than the limit: kept"
+    assert [e.lsn for e in files[1][0]] == lsns[0][:10]
+    files = files_to_empty(pins, segments, live_bytes_max=live_in_2)
+    assert list(files) == [1, 2] and [e.lsn for e in files[2][1]] == lsns[1]
 
 
-def test_the_pg_pinning_the_most_bytes_coalesces_first(monkeypatch):
-    monkeypatch.setattr(healer_module, "COALESCE_RECORDS_MIN", 10**9)
-    segments, lsns = segments_with_records({0: 10, 1: 200, 2: 30})
-    horizon = max(max(v) for v in lsns.values())
-    pins = {pg: {1: lsns[pg]} for pg in (0, 1, 2)}
-    small = sum(s.held_bytes for pg, s in segments.items() if pg != 1)
-    plan = plan_coalescing(segments, horizon, pins, copy_bytes_max=small, held_bytes_max=10**9)
-    assert plan.coalesce == [1]
+def test_a_file_a_damaged_segment_needs_is_not_emptied():
+    segments, lsns = segments_with_records({0: 5, 1: 5})
+    segments[1].damaged = "pages [3] fail their checksums"
+    pins = {0: {1: lsns[0], 2: lsns[0][:1]}, 1: {2: lsns[1]}}
+    assert list(files_to_empty(pins, segments, live_bytes_max=10**9)) == [1]
 
 
 def test_a_node_holding_too_much_coalesces_its_largest_holders(monkeypatch):
@@ -60,9 +55,9 @@ def test_a_node_holding_too_much_coalesces_its_largest_holders(monkeypatch):
     segments, lsns = segments_with_records({0: 10, 1: 200, 2: 100})
     horizon = max(max(v) for v in lsns.values())
     held = {pg: s.held_bytes for pg, s in segments.items()}
-    plan = plan_coalescing(segments, horizon, {}, copy_bytes_max=10**9, held_bytes_max=held[0] + held[2])
+    plan = plan_coalescing(segments, horizon, held_bytes_max=held[0] + held[2])
     assert plan.coalesce == [1] and plan.reasons == {1: "memory"}
-    plan = plan_coalescing(segments, horizon, {}, copy_bytes_max=10**9, held_bytes_max=held[0])
+    plan = plan_coalescing(segments, horizon, held_bytes_max=held[0])
     assert plan.coalesce == [1, 2]
 
 
@@ -70,7 +65,7 @@ def test_records_weighing_as_much_as_the_image_coalesce_and_nothing_above_the_ho
     monkeypatch.setattr(healer_module, "COALESCE_RECORDS_MIN", 20)
     segments, lsns = segments_with_records({0: 10, 1: 40})
     horizon = max(max(v) for v in lsns.values())
-    plan = plan_coalescing(segments, horizon, {}, copy_bytes_max=10**9, held_bytes_max=10**9)
+    plan = plan_coalescing(segments, horizon, held_bytes_max=10**9)
     assert plan.reasons == {1: "worth"}, "an empty image: any 20 records are worth it"
-    plan = plan_coalescing(segments, 0, {pg: {1: v} for pg, v in lsns.items()}, copy_bytes_max=0, held_bytes_max=0)
+    plan = plan_coalescing(segments, 0, held_bytes_max=0)
     assert plan.coalesce == [], "nothing at or below the horizon: nothing to coalesce, whatever the pressure"

@@ -92,7 +92,9 @@ def test_steady_updates_keep_disk_use_bounded_and_the_data_right(cluster):
         wait_until(lambda: storage_status(cluster, "a1")["stats"]["log_files_removed"] > 0, "collection")
         sizes.append(disk_bytes(data_dir(cluster, "a1")))
     status = storage_status(cluster, "a1")
-    assert status["horizon"] > 0 and all(info["base"] > 0 for info in segments(status).values()), status
+    coalesce_records_min = int(SMALL_FILES["AURORA_DB_COALESCE_RECORDS_MIN"])
+    assert status["horizon"] > 0 and all(info["base"] > 0 or info["records"] < coalesce_records_min
+                                         for info in segments(status).values()), status  # few: copied forward
     assert max(sizes[1:]) < 2 * sizes[0] + 1_000_000, f"disk use keeps growing: {sizes}"
     held = sum(info["records"] for info in segments(status).values())
     assert held < 20 * rows * 4, f"{held} records still held in memory after collection"
