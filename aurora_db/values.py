@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import struct
+import threading
 
 import msgpack
 
@@ -57,8 +58,15 @@ def unpack_value(code: int, data: bytes):
     return msgpack.ExtType(code, data)
 
 
+_packers = threading.local()  # a Packer per thread: making one costs more than most packings
+
+
 def packb(value) -> bytes:
-    return msgpack.packb(value, use_bin_type=True, default=pack_value)
+    try:
+        packer = _packers.packer
+    except AttributeError:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True, default=pack_value)
+    return packer.pack(value)  # resets its buffer after each value, and after an error too
 
 
 def unpackb(body: bytes, **options):
