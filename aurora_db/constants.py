@@ -113,8 +113,8 @@ assert RECENT_RECORDS_PER_PG_MAX >= LSN_ALLOCATION_LIMIT  # every record not yet
 
 # Storage node.
 # A node's log file is closed and a new one started past this size: files are what garbage collection
-# removes, so a node's log stays within about HELD_BYTES_MAX plus (LOG_FILES_RETAINED + 1) of them. Override:
-# AURORA_DB_LOG_FILE_BYTES_MAX (tests use small files to see them collected and scrubbed).
+# removes, so a node's log stays within about twice HELD_BYTES_MAX plus (LOG_FILES_RETAINED + 1) of
+# them. Override: AURORA_DB_LOG_FILE_BYTES_MAX (tests use small files to see them collected and scrubbed).
 LOG_FILE_BYTES_MAX = _positive_int_from_env("AURORA_DB_LOG_FILE_BYTES_MAX", 16 * 1024 * 1024)
 LOG_ENTRY_BYTES_MAX = FRAME_BYTES_MAX  # one log entry's payload: a record never exceeds a frame
 SEGMENT_CACHE_PAGES_MAX = 1024  # materialized latest page versions one segment keeps (LRU)

@@ -5,7 +5,8 @@ Responsibilities: append entries (one call, returns once written), fsync on a se
 server can cover many appends with one fsync, and on open scan every file, verify every checksum
 and hand back the entries in the order they were written. It knows which record LSNs each file
 holds, so it can remove a file all of whose records are covered by their segments' page images
-or copied forward into a newer file (garbage collection), and a scrubber can tell which records a damaged file lost and rewrite it.
+or copied forward into a newer file (garbage collection), and a scrubber can tell which records a
+damaged file lost and rewrite it.
 Invariants: entries are only ever appended, never changed, except that a scrubbed file whose
 entries do not verify is rewritten whole and atomically with good copies in the same order (or
 without a record no segment needs any more); every entry served was verified

@@ -102,7 +102,6 @@ class _CopyForward:
     segments already hold them, so nothing is applied and nobody waits for a reply."""
 
     entries: list[RecordEntry]
-    token: Any = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
