@@ -4,7 +4,8 @@ and disk bytes per row under steady updates.
 1. **Writer restart time** (kill -9 of the writer to the first commit it accepts again, through
    its own port, `aurora-db up` starting it): with the volume after `pgbench -i -s 1` (about N =
    170,000 redo records) and after `pgbench -i -s 10` (about 10 N). Compute does no redo replay,
-   so the two should be alike.
+   so the two should be alike. Then one **storage node's restart** (kill -9 to its status showing
+   every SCL it had), which replays its log files: the records above its page images.
 2. **A page with a long redo chain** (in-process, the storage node's own Segment and page image
    files): one page changed by `--chain` records; GetPage@LSN with the segment's page cache empty,
    before coalescing (every record applied from the page's init) and after (the image's version).
@@ -108,6 +109,26 @@ def first_commit_after_restart(cluster: ClusterRun) -> float:
     raise RuntimeError("the writer accepted no commit after its restart")
 
 
+def storage_node_restart(cluster: ClusterRun, node_id: str = "a1") -> tuple[float, int]:
+    """kill -9 a storage node, start it again, and time until it answers status with every PG's
+    SCL back where it was (its log replayed: the records above its page images). Returns the
+    seconds and the bytes of its log files when it was killed."""
+    layout = load_layout(cluster.data_dir)
+    node = next(n for n in layout.storage_nodes if n.node_id == node_id)
+    before = request_frame(node.port, {"id": 1, "t": "status"})["pgs"]
+    log_bytes = sum(path.stat().st_size for path in (cluster.data_dir / f"storage-{node_id}" / "log").iterdir())
+    os.kill(node.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    cluster.up()
+    while time.monotonic() < killed + COMMIT_TIMEOUT_S:
+        status = request_frame(node.port, {"id": 1, "t": "status"}) or {}
+        pgs = status.get("pgs") or {}
+        if pgs and all(pgs.get(pg, 0) >= scl for pg, scl in before.items()):
+            return time.monotonic() - killed, log_bytes
+        time.sleep(0.02)
+    raise RuntimeError(f"storage node {node_id} did not come back with its segments")
+
+
 def last_recovery_s(cluster: ClusterRun) -> float | None:
     """From the writer's log: its first line after its last start to "writer ready" (recovery and
     opening the volume; Python's start-up comes before the first line)."""
@@ -146,10 +167,13 @@ def restart_times(base: Path) -> list[dict]:
             for _ in range(RESTART_TRIALS):
                 times.append(first_commit_after_restart(cluster))
                 recoveries.append(last_recovery_s(cluster))
+            storage_s, storage_log_bytes = storage_node_restart(cluster)
             results.append({"scale": scale, "log_records": records, "restart_s": times,
-                            "restart_median_s": statistics.median(times), "log_start_to_ready_s": recoveries})
+                            "restart_median_s": statistics.median(times), "log_start_to_ready_s": recoveries,
+                            "storage_node_restart_s": storage_s, "storage_node_log_bytes": storage_log_bytes})
             log(f"log of {records} records: restart {', '.join(f'{t:.2f}' for t in times)} s "
-                f"(first log line to writer ready: {', '.join(f'{t:.2f}' for t in recoveries if t)} s)")
+                f"(first log line to writer ready: {', '.join(f'{t:.2f}' for t in recoveries if t)} s); "
+                f"storage node a1 with {storage_log_bytes / 1e6:.1f} MB of log back in {storage_s:.2f} s")
     finally:
         cluster.down()
     return results
