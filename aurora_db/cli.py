@@ -119,7 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="reader compute nodes (default 2 for a new cluster; an existing one keeps its count, "
                          "which changes only while its compute nodes and proxy are stopped)")
     up.add_argument("--detach", action="store_true", help="return once the cluster is ready")
-    up.add_argument("--cache-pages", type=int, default=CACHE_PAGES_DEFAULT)
+    up.add_argument("--cache-pages", type=int, default=None,
+                    help=f"every compute node's buffer cache, in pages of 8 KiB (default {CACHE_PAGES_DEFAULT} for a "
+                         "new cluster; an existing one keeps its own, and a new size applies to the compute nodes "
+                         "started from then on)")
     up.add_argument("--ready-timeout", type=float, default=None, metavar="SECONDS",
                     help="how long to wait for each phase: storage nodes, writer, readers, proxy (default 60)")
 

@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, TextIO
 
-from aurora_db.constants import CACHE_PAGES_DEFAULT, REPLACE_STORAGE_TIMEOUT_MS
+from aurora_db.constants import CACHE_PAGES_DEFAULT, CACHE_PAGES_MIN, REPLACE_STORAGE_TIMEOUT_MS
 from aurora_db.framing import FrameDecoder, FrameError, encode_frame
 from aurora_db.storage_protocol import STATUS
 
@@ -137,6 +137,7 @@ class Layout:
     port: int  # the writer endpoint's port: the cluster's name on this machine
     nodes: list[Node]
     retired: list[Node] = dataclasses.field(default_factory=list)  # an earlier layout's processes, to stop
+    cache_pages: int = CACHE_PAGES_DEFAULT  # every compute node's buffer cache, in pages
 
     def node(self, node_id: str) -> Node:
         return next(node for node in self.nodes if node.node_id == node_id)
@@ -204,7 +205,7 @@ def plan_layout(client_port: int, readers: int = READERS_DEFAULT) -> Layout:
 
 def replan_compute(layout: Layout, readers: int) -> Layout:
     """The same storage nodes (and their pids); compute nodes and proxy planned anew (none may be running)."""
-    return Layout(layout.port, layout.storage_nodes + plan_compute(layout.port, readers), layout.retired)
+    return dataclasses.replace(layout, nodes=layout.storage_nodes + plan_compute(layout.port, readers))
 
 
 def migrate_legacy_layout(document: dict) -> Layout:
@@ -224,7 +225,7 @@ def migrate_legacy_layout(document: dict) -> Layout:
 
 
 def layout_to_json(layout: Layout) -> dict:
-    return {"version": LAYOUT_VERSION, "host": LISTEN_HOST, "port": layout.port,
+    return {"version": LAYOUT_VERSION, "host": LISTEN_HOST, "port": layout.port, "cache_pages": layout.cache_pages,
             "nodes": [dataclasses.asdict(node) for node in layout.nodes],
             "retired": [dataclasses.asdict(node) for node in layout.retired]}
 
@@ -238,7 +239,8 @@ def layout_from_json(document: dict) -> Layout:
             raise ClusterError(f"{LAYOUT_FILE} has version {version!r}; this aurora-db reads versions "
                                f"{LEGACY_LAYOUT_VERSION} and {LAYOUT_VERSION}")
         return Layout(int(document["port"]), [Node(**node) for node in document["nodes"]],
-                      [Node(**node) for node in document.get("retired", [])])
+                      [Node(**node) for node in document.get("retired", [])],
+                      int(document.get("cache_pages", CACHE_PAGES_DEFAULT)))
     except (KeyError, TypeError, ValueError) as error:
         raise ClusterError(f"{LAYOUT_FILE} is malformed: {error}") from None
 
@@ -251,6 +253,16 @@ def choose_port(requested: int | None, existing: Layout | None) -> int:
         raise ClusterError(f"this cluster was created with --port {existing.port}; omit --port or pass "
                            f"--port {existing.port}")
     return existing.port
+
+
+def choose_cache_pages(requested: int | None, existing: Layout | None) -> int:
+    """A new cluster takes --cache-pages (default CACHE_PAGES_DEFAULT); an existing one keeps its
+    own unless asked (a new size applies to the compute nodes started from then on)."""
+    if requested is not None:
+        if requested < CACHE_PAGES_MIN:
+            raise ClusterError(f"--cache-pages {requested}: a compute node needs at least {CACHE_PAGES_MIN} pages")
+        return requested
+    return CACHE_PAGES_DEFAULT if existing is None else existing.cache_pages
 
 
 def choose_readers(requested: int | None, existing: Layout | None) -> int:
@@ -720,7 +732,7 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "".join(line + "\n" for line in text.splitlines()[-lines:])
 
 
-def start_cluster(cluster_dir: Path, requested_port: int | None, cache_pages: int, out: TextIO,
+def start_cluster(cluster_dir: Path, requested_port: int | None, requested_cache_pages: int | None, out: TextIO,
                   ready_timeout_s: float = READY_TIMEOUT_S, program: Iterable[str] = DEFAULT_PROGRAM,
                   requested_readers: int | None = None) -> tuple[Layout, Processes]:
     """Start whatever of the cluster is not running and wait until all of it is ready.
@@ -732,6 +744,7 @@ def start_cluster(cluster_dir: Path, requested_port: int | None, cache_pages: in
         existing = load_layout(cluster_dir)
         port = choose_port(requested_port, existing)
         layout = existing or plan_layout(port, choose_readers(requested_readers, None))
+        layout.cache_pages = cache_pages = choose_cache_pages(requested_cache_pages, existing)
         processes = Processes(cluster_dir)
         _retire_earlier_layout(layout, processes, cluster_dir, out)
         readers = choose_readers(requested_readers, layout)
@@ -1034,8 +1047,9 @@ def replace_storage(cluster_dir: Path, old_id: str, new_id: str | None, out: Tex
             raise ClusterError("no writer is running: start the cluster (aurora-db up) first")
         new = replacement_node(layout, old, new_id)
         _check_ports_free([new])
-        planned = Layout(layout.port, [node for node in layout.nodes if node is not old] + [new])
-        child = spawn(node_command(new, planned, cluster_dir, CACHE_PAGES_DEFAULT, program),
+        planned = dataclasses.replace(layout, nodes=[node for node in layout.nodes if node is not old] + [new],
+                                      retired=[])
+        child = spawn(node_command(new, planned, cluster_dir, layout.cache_pages, program),
                       cluster_dir / new.log_file, cluster_dir)
         new.pid = child.pid
         processes.children[new.node_id] = child

@@ -433,9 +433,15 @@ def test_a_port_with_a_listener_is_not_free():
 # up / status / down on stand-in nodes
 # ---------------------------------------------------------------------------------------------
 
-def fake_up(cluster_dir: Path, port: int | None, out: io.StringIO | None = None, readers: int | None = None):
-    return start_cluster(cluster_dir, port, 64, out or io.StringIO(), FAKE_READY_TIMEOUT_S, FAKE_PROGRAM,
+def fake_up(cluster_dir: Path, port: int | None, out: io.StringIO | None = None, readers: int | None = None,
+            cache_pages: int | None = 64):
+    return start_cluster(cluster_dir, port, cache_pages, out or io.StringIO(), FAKE_READY_TIMEOUT_S, FAKE_PROGRAM,
                          requested_readers=readers)
+
+
+def cache_pages_of(pid: int) -> int:
+    arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    return int(arguments[arguments.index(b"--cache-pages") + 1])
 
 
 @pytest.fixture
@@ -484,6 +490,24 @@ def test_up_status_down_and_a_partial_restart(cluster_dir):
     assert order.index("proxy") < order.index("db2") < order.index("a1")
     assert all(entry["state"] == "stopped" and entry["epoch"] is None for entry in cluster_status(cluster_dir))
     assert all(node.pid is None for node in load_layout(cluster_dir).nodes)
+
+
+def test_an_existing_cluster_keeps_its_cache_size_when_up_restarts_a_compute_node(cluster_dir):
+    """`up --cache-pages N` is remembered: a writer killed and started again by a plain `up` gets
+    N pages, not the default; a new size given later applies to what starts from then on."""
+    _, first = fake_up(cluster_dir, free_port_range(), readers=0, cache_pages=96)
+    stored = load_layout(cluster_dir)
+    assert stored.cache_pages == 96 and cache_pages_of(stored.node("db1").pid) == 96
+    os.kill(stored.node("db1").pid, signal.SIGKILL)
+    first.children["db1"].wait()
+    _, second = fake_up(cluster_dir, None, cache_pages=None)
+    assert sorted(second.children) == ["db1"] and cache_pages_of(load_layout(cluster_dir).node("db1").pid) == 96
+    os.kill(load_layout(cluster_dir).node("db1").pid, signal.SIGKILL)
+    second.children["db1"].wait()
+    fake_up(cluster_dir, None, cache_pages=200)
+    assert load_layout(cluster_dir).cache_pages == 200 and cache_pages_of(load_layout(cluster_dir).node("db1").pid) == 200
+    with pytest.raises(ClusterError, match="at least"):
+        fake_up(cluster_dir, None, cache_pages=1)
 
 
 def test_up_migrates_a_version_1_cluster_and_stops_its_old_writer(cluster_dir):
