@@ -17,6 +17,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -35,6 +36,7 @@ from aurora_db.constants import (
     HELD_BYTES_MAX,
     LOG_FILES_RETAINED,
     PEER_REQUEST_TIMEOUT_MS,
+    SCRUB_BYTES_PER_TURN,
     SCRUB_INTERVAL_MS,
 )
 from aurora_db.framing import FrameError, encode_frame, read_frame
@@ -104,6 +106,7 @@ class Healer:
         # (log files, PG bases) when old files were last weighed for copying forward: weighing walks
         # every record they hold, and only a new file or a PG's new base can change the answer.
         self._files_looked_at: tuple | None = None
+        self._scrub_queue: collections.deque[tuple[str, int]] = collections.deque()  # the cycle's files left
 
     def lock(self, pg: int) -> asyncio.Lock:
         return self._locks.setdefault(pg, asyncio.Lock())
@@ -326,21 +329,45 @@ class Healer:
     # --- scrubbing (step 8) --------------------------------------------------------------------
 
     async def scrub_once(self) -> None:
-        for seq, size in self.log.files_with_sizes():
-            await self.scrub_log_file(seq, size)
-        for pg, segment in list(self.node.segments.items()):
-            async with self.lock(pg):
-                if segment.damaged is not None or segment.image.page_count == 0:
-                    continue
-                damaged = await asyncio.to_thread(segment.image.verify_all)
-                if damaged:
-                    segment.damaged = f"pages {damaged[:5]} of the image fail their checksums"
-                    self.node.stats["damaged_found"] += len(damaged)
-                    log.error("PG %d: scrub: %s: the segment is copied from a peer", pg, segment.damaged)
+        """One turn of the scrubber: verify the next files of the cycle (every log file, then every
+        page image) until SCRUB_BYTES_PER_TURN were read, then repair what is damaged. A cycle
+        that reaches its end counts as a pass (stats "scrub_passes"); the next turn starts a new
+        one. Paced so that a node holding a big log does not spend its CPU re-reading it: files
+        a cycle meets anew (written since it began) wait for the next cycle."""
+        if not self._scrub_queue:
+            self._scrub_queue = collections.deque(
+                [("log", seq) for seq, _ in self.log.files_with_sizes()] + [("image", pg) for pg in self.node.segments])
+        budget = SCRUB_BYTES_PER_TURN
+        while self._scrub_queue and budget > 0:
+            kind, key = self._scrub_queue.popleft()
+            budget -= await (self._scrub_log(key) if kind == "log" else self._scrub_image(key))
         for pg, segment in list(self.node.segments.items()):
             if segment.damaged is not None:
                 await self.repair_image(pg)
-        self.node.stats["scrub_passes"] += 1
+        if not self._scrub_queue:
+            self.node.stats["scrub_passes"] += 1
+
+    async def _scrub_log(self, seq: int) -> int:
+        """Verify one log file as written so far (scrub_log_file); the bytes it read."""
+        sizes = dict(self.log.files_with_sizes())
+        if seq not in sizes:
+            return 0  # removed meanwhile: covered by images or copied forward
+        return await self.scrub_log_file(seq, sizes[seq])
+
+    async def _scrub_image(self, pg: int) -> int:
+        """Verify one segment's page image; the bytes it read."""
+        segment = self.node.segments.get(pg)
+        if segment is None:
+            return 0
+        async with self.lock(pg):
+            if segment.damaged is not None or segment.image.page_count == 0:
+                return 0
+            damaged = await asyncio.to_thread(segment.image.verify_all)
+            if damaged:
+                segment.damaged = f"pages {damaged[:5]} of the image fail their checksums"
+                self.node.stats["damaged_found"] += len(damaged)
+                log.error("PG %d: scrub: %s: the segment is copied from a peer", pg, segment.damaged)
+            return segment.image.file_bytes
 
     async def repair_image(self, pg: int) -> None:
         for peer in self.peers.values():
@@ -355,22 +382,23 @@ class Healer:
                 log.info("PG %d: image repaired from %s", pg, peer.node_id)
                 return
 
-    async def scrub_log_file(self, seq: int, size: int | None) -> None:
+    async def scrub_log_file(self, seq: int, size: int | None) -> int:
         """Verify one log file (the current one up to `size`, what was written when asked); if
-        entries fail, rewrite the file with good copies of the records still needed."""
+        entries fail, rewrite the file with good copies of the records still needed. Returns the
+        bytes read."""
         path = self.log.path_of(seq)
         try:
             data = await asyncio.to_thread(path.read_bytes)
         except FileNotFoundError:
-            return  # removed meanwhile: covered by images
+            return 0  # removed meanwhile: covered by images or copied forward
         if size is not None:
             data = data[:size]
         if not await asyncio.to_thread(damaged_entries, data):
-            return
+            return len(data)
         report = ScanReport()
         entries, _ = await asyncio.to_thread(scan, data, is_last_file=False, name=str(path), report=report)
         if not report.bad_entries:
-            return
+            return len(data)
         self.node.stats["damaged_found"] += report.bad_entries
         if seq == self.log.current_seq:
             self.log.seal_current()  # a file is rewritten only once nothing is appended to it
@@ -390,11 +418,12 @@ class Healer:
         self.node.stats["damaged_repaired"] += report.bad_entries
         if seq not in self.log.contents:
             log.error("%s: scrub found %d damaged entries; the file was removed meanwhile (covered by page "
-                      "images)", path.name, report.bad_entries)
-            return
+                      "images or copied forward)", path.name, report.bad_entries)
+            return len(data)
         self.log.rewrite(seq, repaired)
         log.error("%s: scrub found %d damaged entries: file rewritten with good copies (%d records no "
                   "segment needs any more left out)", path.name, report.bad_entries, lost)
+        return len(data)
 
     async def _good_copy(self, pg: int, lsn: int) -> RecordEntry | None:
         """A verified copy of a record this node's log lost, if a segment still needs it: the one
