@@ -363,10 +363,12 @@ class ComputeNode:
             await asyncio.sleep(RECONNECT_INTERVAL_MS / 1000)
 
     async def _find_writer(self, client: StorageClient) -> tuple[str | None, int]:
-        """The admin address of the writer of the newest epoch any reachable storage node knows."""
+        """The admin address of the writer of the newest epoch any reachable storage node knows
+        (from the brief status peers gossip with: a full one summarizes every segment, and this
+        runs every FOLLOW_IDLE_CHECK_MS on every compute node)."""
         async def ask(link):
             try:
-                return await link.request({"t": "status"}, STORAGE_STATUS_TIMEOUT_MS)
+                return await link.request({"t": "status", "brief": True}, STORAGE_STATUS_TIMEOUT_MS)
             except (NodeUnreachable, RequestFailed):
                 return None
 
