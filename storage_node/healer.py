@@ -462,10 +462,10 @@ def plan_coalescing(segments: dict[int, Segment], horizon: int, *, held_bytes_ma
         held, plus the files retained.
     A segment coalesces only up to its coalesce point; damaged segments wait for their repair."""
     reasons: dict[int, str] = {}
-    candidates = {pg: segment for pg, segment in segments.items()
-                  if segment.damaged is None and segment.coalesce_point(horizon) is not None}
+    points = {pg: segment.coalesce_point(horizon) for pg, segment in segments.items() if segment.damaged is None}
+    candidates = {pg: segments[pg] for pg, point in points.items() if point is not None}
     for pg, segment in candidates.items():
-        if worth_coalescing(segment, segment.coalesce_point(horizon)):
+        if worth_coalescing(segment, points[pg]):
             reasons[pg] = "worth"
     held = sum(segment.held_bytes for pg, segment in segments.items() if pg not in reasons)
     for pg in sorted(candidates, key=lambda pg: candidates[pg].held_bytes, reverse=True):
@@ -484,16 +484,16 @@ def files_to_empty(pins: dict[int, dict[int, list[int]]], segments: dict[int, Se
     the records' bytes alone, but a file mostly live is kept rather than copied again and again;
     its records die when their PG coalesces. A damaged segment's records are left to its repair."""
     by_seq: dict[int, dict[int, list[RecordEntry]]] = {}
+    needed_for_repair: set[int] = set()
     for pg, pinned in pins.items():
         segment = segments.get(pg)
         if segment is None or segment.damaged is not None:
+            needed_for_repair.update(pinned)
             continue
         for seq, lsns in pinned.items():
             by_seq.setdefault(seq, {})[pg] = [entry for entry in map(segment.held, lsns) if entry is not None]
-    damaged = {seq for pg, pinned in pins.items() if pg not in segments or segments[pg].damaged is not None
-               for seq in pinned}
-    return {seq: by_pg for seq, by_pg in sorted(by_seq.items())
-            if seq not in damaged and sum(len(e.body) for entries in by_pg.values() for e in entries) <= live_bytes_max}
+    return {seq: by_pg for seq, by_pg in sorted(by_seq.items()) if seq not in needed_for_repair
+            and sum(len(entry.body) for entries in by_pg.values() for entry in entries) <= live_bytes_max}
 
 
 def worth_coalescing(segment: Segment, new_base: int) -> bool:
