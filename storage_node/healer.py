@@ -278,11 +278,22 @@ class Healer:
 
     async def _copy_forward(self, files: dict[int, dict[int, list[RecordEntry]]]) -> None:
         """Write these files' live records (seq -> pg -> entries) into the current file; once that
-        is durable, the files no longer need them."""
-        copied = [(seq, pg) for seq, by_pg in files.items() for pg in by_pg if not self.lock(pg).locked()]
+        is durable, the files no longer need them. One round copies at most a file's worth (the
+        oldest files first): the copies are one write and one fsync of the persist loop, which
+        holds requests back meanwhile; the next round takes the rest."""
+        copied: list[tuple[int, int]] = []
+        entries: list[RecordEntry] = []
+        budget = self.log.file_bytes_max
+        for seq, by_pg in files.items():
+            if budget <= 0:
+                break
+            for pg, pg_entries in by_pg.items():
+                if not self.lock(pg).locked():
+                    copied.append((seq, pg))
+                    entries += pg_entries
+                    budget -= sum(len(entry.body) for entry in pg_entries)
         if not copied:
             return
-        entries = [entry for seq, pg in copied for entry in files[seq][pg]]
         self.node.copy_forward(entries)
         await self._persist()
         for seq, pg in copied:
