@@ -115,7 +115,10 @@ def storage_node_restart(cluster: ClusterRun, node_id: str = "a1") -> tuple[floa
     seconds and the bytes of its log files when it was killed."""
     layout = load_layout(cluster.data_dir)
     node = next(n for n in layout.storage_nodes if n.node_id == node_id)
-    before = request_frame(node.port, {"id": 1, "t": "status"})["pgs"]
+    reply = request_frame(node.port, {"id": 1, "t": "status"})
+    if reply is None or not reply.get("ok"):
+        raise RuntimeError(f"storage node {node_id} did not answer status before the kill: {reply!r}")
+    before = reply["pgs"]
     log_bytes = sum(path.stat().st_size for path in (cluster.data_dir / f"storage-{node_id}" / "log").iterdir())
     os.kill(node.pid, signal.SIGKILL)
     killed = time.monotonic()
