@@ -266,8 +266,9 @@ class Healer:
         looked_at = (tuple(sorted(self.log.contents)), tuple(sorted(bases.items())))
         if looked_at != self._files_looked_at:  # else no file can have less live in it than last round
             self._files_looked_at = looked_at
-            pins = self.log.pinned(bases, LOG_FILES_RETAINED)
-            await self._copy_forward(files_to_empty(pins, self.node.segments, self.log.file_bytes_max // 2))
+            weights = self.log.live_weights(bases, LOG_FILES_RETAINED)
+            await self._copy_forward(files_to_empty(weights, self.node.segments, self.log.file_bytes_max // 2),
+                                     weights, bases)
         removed = self.log.remove_covered(self._bases())
         if removed:
             self.node.stats["log_files_removed"] += len(removed)
@@ -276,19 +277,22 @@ class Healer:
     def _bases(self) -> dict[int, int]:
         return {pg: segment.base_lsn for pg, segment in self.node.segments.items()}
 
-    async def _copy_forward(self, files: dict[int, dict[int, list[RecordEntry]]]) -> None:
-        """Write these files' live records (seq -> pg -> entries) into the current file; once that
-        is durable, the files no longer need them. One round copies at most a file's worth (the
-        oldest files first): the copies are one write and one fsync of the persist loop, which
+    async def _copy_forward(self, seqs: list[int], weights: dict[int, dict[int, int]], bases: dict[int, int]) -> None:
+        """Write the live records of these files (oldest first; weights: LogFile.live_weights) into
+        the current file; once that is durable, the files no longer need them. One round copies at
+        most a file's worth: the copies are one write and one fsync of the persist loop, which
         holds requests back meanwhile; the next round takes the rest."""
         copied: list[tuple[int, int]] = []
         entries: list[RecordEntry] = []
         budget = self.log.file_bytes_max
-        for seq, by_pg in files.items():
+        for seq in seqs:
             if budget <= 0:
                 break
-            for pg, pg_entries in by_pg.items():
+            for pg in weights[seq]:
                 if not self.lock(pg).locked():
+                    segment = self.node.segments[pg]
+                    pg_entries = [entry for entry in map(segment.held, self.log.live_lsns(seq, pg, bases[pg]))
+                                  if entry is not None]
                     copied.append((seq, pg))
                     entries += pg_entries
                     budget -= sum(len(entry.body) for entry in pg_entries)
@@ -488,23 +492,20 @@ def plan_coalescing(segments: dict[int, Segment], horizon: int, *, held_bytes_ma
     return CoalescePlan(list(reasons), reasons)
 
 
-def files_to_empty(pins: dict[int, dict[int, list[int]]], segments: dict[int, Segment],
-                   live_bytes_max: int) -> dict[int, dict[int, list[RecordEntry]]]:
-    """The old log files (pins: LogFile.pinned) whose live records weigh at most `live_bytes_max`
-    (half a file): seq -> pg -> those records, to copy forward so the file can go. Copying costs
-    the records' bytes alone, but a file mostly live is kept rather than copied again and again;
-    its records die when their PG coalesces. A damaged segment's records are left to its repair."""
-    by_seq: dict[int, dict[int, list[RecordEntry]]] = {}
-    needed_for_repair: set[int] = set()
-    for pg, pinned in pins.items():
+def files_to_empty(weights: dict[int, dict[int, int]], segments: dict[int, Segment],
+                   live_bytes_max: int) -> list[int]:
+    """The old log files (weights: LogFile.live_weights, seq -> pg -> live bytes) whose live
+    records weigh at most `live_bytes_max` (half a file), oldest first: their records are copied
+    forward so that the file can go. Copying costs the records' bytes alone, but a file mostly
+    live is kept rather than copied again and again; its records die when their PG coalesces. A
+    file a damaged segment (or one this node no longer has) needs is left to the repair."""
+    def repairing(pg: int) -> bool:
         segment = segments.get(pg)
-        if segment is None or segment.damaged is not None:
-            needed_for_repair.update(pinned)
-            continue
-        for seq, lsns in pinned.items():
-            by_seq.setdefault(seq, {})[pg] = [entry for entry in map(segment.held, lsns) if entry is not None]
-    return {seq: by_pg for seq, by_pg in sorted(by_seq.items()) if seq not in needed_for_repair
-            and sum(len(entry.body) for entries in by_pg.values() for entry in entries) <= live_bytes_max}
+        return segment is None or segment.damaged is not None
+
+    needed_for_repair = {seq for seq, by_pg in weights.items() if any(map(repairing, by_pg))}
+    return [seq for seq, by_pg in sorted(weights.items())
+            if seq not in needed_for_repair and sum(by_pg.values()) <= live_bytes_max]
 
 
 def worth_coalescing(segment: Segment, new_base: int) -> bool:

@@ -224,21 +224,40 @@ def _write_all(fd: int, data: bytes) -> None:
 
 @dataclasses.dataclass(slots=True)
 class FileContents:
-    """What one log file holds: each PG's record LSNs, in the order written."""
+    """What one log file holds: each PG's record LSNs and body sizes, in the order written."""
 
     lsns_by_pg: dict[int, list[int]] = dataclasses.field(default_factory=dict)
+    bytes_by_pg: dict[int, list[int]] = dataclasses.field(default_factory=dict)  # parallel to lsns_by_pg
     highest_by_pg: dict[int, int] = dataclasses.field(default_factory=dict)  # each PG's highest LSN here
+    # pg -> (base, records, live bytes) last weighed: a sealed file is weighed again only when its
+    # PG's base moved, not on every round (weighing walks every record).
+    _weighed: dict[int, tuple[int, int, int]] = dataclasses.field(default_factory=dict)
 
     def add(self, entry: LogEntry) -> None:
         if isinstance(entry, RecordEntry):
             pg, lsn = entry.record.pg, entry.lsn
             self.lsns_by_pg.setdefault(pg, []).append(lsn)
+            self.bytes_by_pg.setdefault(pg, []).append(len(entry.body))
             if lsn > self.highest_by_pg.get(pg, 0):
                 self.highest_by_pg[pg] = lsn
 
     def covered(self, bases: dict[int, int]) -> bool:
         """Every record is at or below its PG's base (in a durable page image): the file is garbage."""
         return all(highest <= bases.get(pg, 0) for pg, highest in self.highest_by_pg.items())
+
+    def live_bytes(self, pg: int, base: int) -> int:
+        """The body bytes of PG `pg`'s records here above `base`."""
+        lsns = self.lsns_by_pg.get(pg, [])
+        weighed = self._weighed.get(pg)
+        if weighed is not None and weighed[:2] == (base, len(lsns)):
+            return weighed[2]
+        live = sum(size for lsn, size in zip(lsns, self.bytes_by_pg[pg]) if lsn > base) if lsns else 0
+        self._weighed[pg] = (base, len(lsns), live)
+        return live
+
+    def forget(self, pg: int) -> None:
+        for by_pg in (self.lsns_by_pg, self.bytes_by_pg, self.highest_by_pg, self._weighed):
+            by_pg.pop(pg, None)
 
 
 class LogFile:
@@ -366,20 +385,37 @@ class LogFile:
             fsync_directory(self.directory)
         return removed
 
+    def _old_files(self, files_retained: int) -> list[tuple[int, FileContents]]:
+        """The sealed files older than the newest `files_retained`, oldest first."""
+        return [(seq, self.contents[seq]) for seq in sorted(self.contents)[:-files_retained or None]
+                if seq != self._seq]
+
     def pinned(self, bases: dict[int, int], files_retained: int) -> dict[int, dict[int, list[int]]]:
         """What keeps the files older than the newest `files_retained` from removal: pg -> {seq:
         that PG's LSNs above its base in that file}. Coalescing a PG up to its highest LSN here, or
         copying those records into the current file (then `release`), frees them."""
         pins: dict[int, dict[int, list[int]]] = {}
-        for seq in sorted(self.contents)[:-files_retained or None]:
-            if seq == self._seq:
-                continue
-            contents = self.contents[seq]
+        for seq, contents in self._old_files(files_retained):
             for pg, highest in contents.highest_by_pg.items():
                 base = bases.get(pg, 0)
                 if highest > base:
-                    pins.setdefault(pg, {})[seq] = [lsn for lsn in contents.lsns_by_pg[pg] if lsn > base]
+                    pins.setdefault(pg, {})[seq] = self.live_lsns(seq, pg, base)
         return pins
+
+    def live_weights(self, bases: dict[int, int], files_retained: int) -> dict[int, dict[int, int]]:
+        """seq -> {pg: body bytes of its records above its base} for the files `pinned` names, and
+        the PGs pinning each. Cheap when few bases moved since the last call (FileContents caches)."""
+        weights: dict[int, dict[int, int]] = {}
+        for seq, contents in self._old_files(files_retained):
+            for pg, highest in contents.highest_by_pg.items():
+                base = bases.get(pg, 0)
+                if highest > base:
+                    weights.setdefault(seq, {})[pg] = contents.live_bytes(pg, base)
+        return weights
+
+    def live_lsns(self, seq: int, pg: int, base: int) -> list[int]:
+        """PG `pg`'s record LSNs in file `seq` above `base`, in the order written."""
+        return [lsn for lsn in self.contents[seq].lsns_by_pg.get(pg, []) if lsn > base]
 
     def release(self, seq: int, pg: int) -> None:
         """PG `pg`'s records in sealed file `seq` are durable in a newer file too (copied forward):
@@ -388,8 +424,7 @@ class LogFile:
         assert seq != self._seq, "records are copied forward out of sealed files only"
         contents = self.contents.get(seq)
         if contents is not None:
-            contents.lsns_by_pg.pop(pg, None)
-            contents.highest_by_pg.pop(pg, None)
+            contents.forget(pg)
 
     def files_with_sizes(self) -> list[tuple[int, int | None]]:
         """(seq, bytes written so far for the current file, None for a sealed one), oldest first:

@@ -32,22 +32,18 @@ def segments_with_records(counts: dict[int, int]) -> tuple[dict[int, Segment], d
 
 
 def test_an_old_file_mostly_garbage_is_emptied_and_one_mostly_live_is_kept():
-    segments, lsns = segments_with_records({0: 50, 1: 50})
-    bytes_of = {pg: segments[pg].held_bytes for pg in segments}
-    pins = {0: {1: lsns[0][:10], 2: lsns[0][10:]}, 1: {2: lsns[1]}}
-    live_in_2 = sum(len(segments[0].held(lsn).body) for lsn in lsns[0][10:]) + bytes_of[1]
-    files = files_to_empty(pins, segments, live_bytes_max=live_in_2 - 1)
-    assert list(files) == [1], "file 2 holds more live bytes than the limit: kept"
-    assert [e.lsn for e in files[1][0]] == lsns[0][:10]
-    files = files_to_empty(pins, segments, live_bytes_max=live_in_2)
-    assert list(files) == [1, 2] and [e.lsn for e in files[2][1]] == lsns[1]
+    weights = {1: {0: 300}, 2: {0: 900, 1: 500}}
+    assert files_to_empty(weights, *segments_with_records({0: 1, 1: 1})[:1], live_bytes_max=1399) == [1], \
+        "file 2 holds more live bytes than the limit: kept"
+    assert files_to_empty(weights, *segments_with_records({0: 1, 1: 1})[:1], live_bytes_max=1400) == [1, 2]
 
 
 def test_a_file_a_damaged_segment_needs_is_not_emptied():
-    segments, lsns = segments_with_records({0: 5, 1: 5})
+    segments, _ = segments_with_records({0: 5, 1: 5})
     segments[1].damaged = "pages [3] fail their checksums"
-    pins = {0: {1: lsns[0], 2: lsns[0][:1]}, 1: {2: lsns[1]}}
-    assert list(files_to_empty(pins, segments, live_bytes_max=10**9)) == [1]
+    weights = {1: {0: 10}, 2: {0: 10, 1: 10}, 3: {2: 10}}
+    assert files_to_empty(weights, segments, live_bytes_max=10**9) == [1], \
+        "file 2 holds a damaged segment's records, file 3 those of a PG the node does not have"
 
 
 def test_a_node_holding_too_much_coalesces_its_largest_holders(monkeypatch):

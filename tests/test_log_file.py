@@ -207,17 +207,22 @@ def test_remove_covered_removes_exactly_the_sealed_files_all_below_their_pgs_bas
     reopened.close()
 
 
-def test_pinned_names_each_pg_s_records_above_its_base_in_every_old_file(tmp_path):
+def test_pinned_and_live_weights_name_each_pg_s_records_above_its_base_in_every_old_file(tmp_path):
     log_file, entries = rotated_log(tmp_path / "log")
     files = files_on_disk(tmp_path / "log")
     older = sorted(files)[:-2]
     for bases in ({}, {0: 12}, {0: 10**6}, {0: 10**6, 1: 10**6}):
         want: dict[int, dict[int, list[int]]] = {}
+        weights: dict[int, dict[int, int]] = {}
         for seq in older:
             for e in files[seq]:
                 if isinstance(e, RecordEntry) and e.lsn > bases.get(e.record.pg, 0):
                     want.setdefault(e.record.pg, {}).setdefault(seq, []).append(e.lsn)
+                    by_pg = weights.setdefault(seq, {})
+                    by_pg[e.record.pg] = by_pg.get(e.record.pg, 0) + len(e.body)
         assert log_file.pinned(bases, files_retained=2) == want, bases
+        for _ in range(2):  # the second time from what the first weighed
+            assert log_file.live_weights(bases, files_retained=2) == weights, bases
     assert log_file.pinned({}, files_retained=len(files)) == {}
     everything = log_file.pinned({}, files_retained=0)
     assert log_file.current_seq not in {seq for by_seq in everything.values() for seq in by_seq}, \
