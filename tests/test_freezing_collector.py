@@ -1,0 +1,74 @@
+"""The servers' garbage collector (aurora_db/process.py, FreezingCollector): what survives a
+middle collection is frozen, so later collections skip it, and a cycle frozen on its way is still
+collected, at the next thaw."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import pytest
+
+from aurora_db.process import FreezingCollector
+
+
+class Node:
+    """A container object that can be part of a cycle and be watched through a weak reference."""
+
+    def __init__(self):
+        self.other = None
+
+
+def make_cycle() -> Node:
+    first, second = Node(), Node()
+    first.other, second.other = second, first
+    return first
+
+
+@pytest.fixture
+def collector():
+    """A FreezingCollector on its own, with nothing frozen before or after the test."""
+    gc.collect()
+    gc.unfreeze()
+    installed = [callback for callback in gc.callbacks if isinstance(callback, FreezingCollector)]
+    for callback in installed:
+        gc.callbacks.remove(callback)
+    collector = FreezingCollector(thaw_after=3)
+    gc.callbacks.append(collector)
+    try:
+        yield collector
+    finally:
+        gc.callbacks.remove(collector)
+        gc.callbacks.extend(installed)
+        gc.unfreeze()
+        gc.collect()
+
+
+def test_survivors_of_a_middle_collection_are_frozen(collector):
+    kept = [Node() for _ in range(1000)]
+    gc.collect(1)
+    frozen = gc.get_freeze_count()
+    assert frozen >= len(kept), "the survivors went to the permanent generation"
+    assert collector.middle_collections == 1
+    del kept
+    assert gc.get_freeze_count() <= frozen - 1000, "reference counting still frees frozen objects"
+
+
+def test_a_cycle_frozen_while_alive_is_collected_after_the_thaw(collector):
+    holder = make_cycle()
+    cycle = weakref.ref(holder)
+    gc.collect(1)  # the cycle is alive (this test holds it), so it survives and is frozen
+    del holder
+    assert cycle() is not None, "garbage now, but frozen: no collection looks at it"
+    gc.collect(1)
+    assert cycle() is not None and not collector.thawed
+    gc.collect(1)  # the third middle collection thaws
+    assert collector.thawed
+    gc.collect(1)
+    assert cycle() is not None, "nothing is frozen again until a full collection walked the thawed objects"
+    gc.collect(2)
+    assert cycle() is None, "the full collection after the thaw found the cycle"
+    assert not collector.thawed, "and freezing goes on"
+    kept = [Node() for _ in range(100)]
+    gc.collect(1)
+    assert gc.get_freeze_count() >= len(kept)
