@@ -87,7 +87,10 @@ assert PGWIRE_STARTUP_BYTES_MAX <= PGWIRE_MESSAGE_BYTES_MAX
 assert PGWIRE_READ_CHUNK_BYTES <= PGWIRE_OUTPUT_BUFFER_BYTES_MAX
 
 # Writer -> storage shipping.
-BOXCAR_DELAY_MS = 2  # longest a finished MTR waits to be shipped when no commit needs it sooner
+# Longest a finished MTR waits to be shipped when no commit (or cache eviction) needs it sooner. A
+# commit ships at once, taking every MTR made before it: a longer wait only lets a transaction's
+# statements ride with its commit (pgbench: 1.06 -> 0.85 ships per transaction at 2 -> 10 ms).
+BOXCAR_DELAY_MS = 10
 BOXCAR_RECORDS_MAX = BATCH_RECORDS_MAX  # records waiting to be shipped that make the writer ship at once
 APPENDS_IN_FLIGHT_MAX = 2  # unanswered appends to one storage node: one in its fsync, one next; the rest
 # waits in the queue and rides in the following request (fewer requests than 64 in flight: +20-30% pgbench TPS)

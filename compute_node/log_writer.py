@@ -47,6 +47,7 @@ class LogWriter:
         self._seq = itertools.count()
         self._boxcar: list[Record] = []  # sealed MTRs not yet shipped, in LSN order
         self._ship_asked = False  # a ship_now is scheduled on the loop
+        self._ships = 0  # ships so far: a boxcar timer armed before the latest ship is stale
         self.fenced_reason: str | None = None
         self.on_shipped: Callable[[list[Record], list[list]], None] | None = None  # the redo stream's
         self.on_vdl_advanced: Callable[[], None] | None = None
@@ -81,8 +82,8 @@ class LogWriter:
             self._boxcar.extend(records)
             if len(self._boxcar) >= BOXCAR_RECORDS_MAX:
                 self._ask_ship_locked()
-            elif was_empty:
-                self._soon(self.loop.call_later, BOXCAR_DELAY_MS / 1000, self.ship_now)
+            elif was_empty:  # the first MTR of this boxcar: it leaves within BOXCAR_DELAY_MS
+                self._soon(self.loop.call_later, BOXCAR_DELAY_MS / 1000, self._ship_if_not_yet, self._ships)
         return records
 
     def _ask_ship_locked(self) -> None:
@@ -134,11 +135,18 @@ class LogWriter:
 
     # --- loop thread --------------------------------------------------------------------------
 
+    def _ship_if_not_yet(self, ships_when_armed: int) -> None:
+        """A boxcar's timer: ship it unless it already left. A timer that outlived its boxcar
+        would otherwise ship a later one early, with a few records, in a request of its own."""
+        if self._ships == ships_when_armed:
+            self.ship_now()
+
     def ship_now(self) -> None:
         """Ship every record in the boxcar (a no-op when it is empty)."""
         with self._lock:
             records, self._boxcar = self._boxcar, []
             self._ship_asked = False
+            self._ships += 1 if records else 0
         if records:
             sealed = self.client.ship(records)
             if self.on_shipped is not None:
