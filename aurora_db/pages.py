@@ -275,6 +275,15 @@ def _heap_insert(page: HeapPage, slot, xmin, values):
         page.grow(lambda: tuple_bytes(values) - LINE_POINTER_BYTES)
 
 
+def _heap_insert_many(page: HeapPage, first_slot, xmin, rows):
+    """Tuples appended at the page's end from `first_slot` on, all with xmin `xmin`: a bulk load's
+    rows (COPY into a table without indexes), a page's worth in one record instead of one each."""
+    tuples = page.tuples
+    assert first_slot == len(tuples), f"bulk insert at slot {first_slot} of page {page.page_id}, which has {len(tuples)}"
+    tuples.extend([xmin, 0, values] for values in rows)
+    page.grow(lambda: sum(map(tuple_bytes, rows)))
+
+
 def _heap_set_xmax(page: HeapPage, slot, xmax):
     page.tuples[slot][1] = xmax
 
@@ -384,6 +393,7 @@ _OPS = {
     "meta_set": _meta_set,
     "clog_set": _clog_set,
     "heap_insert": _heap_insert,
+    "heap_insert_many": _heap_insert_many,
     "heap_set_xmax": _heap_set_xmax,
     "heap_hot_update": _heap_hot_update,
     "heap_prune": _heap_prune,

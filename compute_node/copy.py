@@ -30,11 +30,13 @@ from compute_node import sql_types as t
 from compute_node.catalog import TableDef
 from compute_node.write_plans import (
     check_row,
+    check_sizes,
     check_table_writable,
     check_unique,
     column_positions,
     compile_default,
     write_row,
+    write_rows,
 )
 
 COPY_BATCH_ROWS_MAX = 2_000  # rows handed to the engine thread in one call
@@ -536,7 +538,8 @@ def insert_lines(ctx, target: CopyTarget, spec: CopySpec, lines: list[tuple[int,
     """Convert, check and insert a batch of (line number, raw line) rows, or of (row number, raw
     fields) rows in the binary format; returns rows inserted.
     Columns not listed get their defaults; each row goes through check_row, check_unique and
-    write_row, as InsertPlan inserts a row (COPY, like PostgreSQL's, fills identity columns too)."""
+    write_row, as InsertPlan inserts a row (COPY, like PostgreSQL's, fills identity columns too);
+    into a table without indexes the batch's rows go a page at a time (write_rows)."""
     table = target.table
     columns = table.columns
     positions = target.positions
@@ -546,6 +549,7 @@ def insert_lines(ctx, target: CopyTarget, spec: CopySpec, lines: list[tuple[int,
     defaults = [(position, compile_default(column, [])) for position, column in enumerate(columns)
                 if position not in listed]
     check_table_writable(ctx, table)
+    bulk: list[list] | None = None if table.indexes else []  # rows for write_rows: no entries to make
     count = 0
     for number, raw in lines:
         if spec.binary:
@@ -571,9 +575,15 @@ def insert_lines(ctx, target: CopyTarget, spec: CopySpec, lines: list[tuple[int,
                                           f"{_quoted(field)}") from None
         try:
             check_row(table, values)
-            check_unique(ctx, table, values)
-            write_row(ctx, table, values)
+            if bulk is not None:
+                check_sizes(table, values)
+                bulk.append(values)
+            else:
+                check_unique(ctx, table, values)
+                write_row(ctx, table, values)
         except DatabaseError as error:
             raise with_context(error, f"COPY {table.name}, line {number}") from None
         count += 1
+    if bulk:
+        write_rows(ctx, table, bulk)
     return count

@@ -102,15 +102,35 @@ class Heap:
     def insert(self, values: list, xid: int, target_page_id: int) -> Tid:
         """Inside an MTR, after prepare_insert. Returns the new tuple's tid."""
         if not target_page_id:
-            table = self.store.get(self.table_page_id)
-            old_last = table.values["last_heap"]
-            target_page_id = self.store.allocate_page()
-            self.store.log(target_page_id, "heap_init", 0)
-            self.store.log(old_last, "heap_set_next", target_page_id)
-            self.store.log(self.table_page_id, "table_set", "last_heap", target_page_id)
+            target_page_id = self._append_page()
         slot = self.store.get(target_page_id).free_slot()
         self.store.log(target_page_id, "heap_insert", slot, xid, values)
         return target_page_id, slot
+
+    def insert_many(self, rows: list[list], xid: int) -> list[Tid]:
+        """Inside an MTR that pinned pages_for_insert(): as many of `rows` (from the first) as fit
+        at the end of the table's last page, or else of a new page, in one record; returns their
+        tids, at least one (a row always fits an empty page). A bulk load's path: it neither reuses
+        free space elsewhere nor makes index entries, so only a table without indexes takes it."""
+        last_page = self.store.get(self.store.get(self.table_page_id).values["last_heap"])
+        sizes = [pages.tuple_bytes(values) for values in rows]
+        count = _fitting(sizes, pages.PAGE_BYTES_MAX - last_page.used_bytes)
+        if not count:
+            last_page = self.store.get(self._append_page())
+            count = _fitting(sizes, pages.PAGE_BYTES_MAX - last_page.used_bytes)
+            assert count, f"a row of {sizes[0]} bytes does not fit an empty page"
+        first_slot = len(last_page.tuples)
+        self.store.log(last_page.page_id, "heap_insert_many", first_slot, xid, rows[:count])
+        return [(last_page.page_id, first_slot + n) for n in range(count)]
+
+    def _append_page(self) -> int:
+        """Inside an MTR that pinned pages_for_insert(): a new empty last page of the table."""
+        old_last = self.store.get(self.table_page_id).values["last_heap"]
+        page_id = self.store.allocate_page()
+        self.store.log(page_id, "heap_init", 0)
+        self.store.log(old_last, "heap_set_next", page_id)
+        self.store.log(self.table_page_id, "table_set", "last_heap", page_id)
+        return page_id
 
     def hot_slot(self, old_tid: Tid, values: list) -> int | None:
         """Before the MTR: the slot a HOT successor of `old_tid` takes on its page, or None if it
@@ -232,6 +252,17 @@ class ReusablePages:
         if len(self.ended) >= ENDED_TALLY_PAGES_MAX:
             del self.ended[next(iter(self.ended))]
         self.ended[page_id] = count
+
+
+def _fitting(sizes: list[int], room: int) -> int:
+    """How many of the first `sizes` fit in `room` bytes together."""
+    count = 0
+    for size in sizes:
+        room -= size
+        if room < 0:
+            break
+        count += 1
+    return count
 
 
 def chain(page: pages.HeapPage, slot: int) -> Iterator[tuple[Tid, list]]:

@@ -679,7 +679,9 @@ class CopyInSink:
             return
         session = self.session
         try:
-            self.count += await session.call_waiting(True, session.engine.copy_rows, self.target, self.spec, lines,
+            # On the engine thread at once: a batch outgrows the inline budget, and a call given
+            # up there would have converted every row of it for nothing.
+            self.count += await session.call_waiting(False, session.engine.copy_rows, self.target, self.spec, lines,
                                                      session)
         except Exception as error:
             self._failed = True

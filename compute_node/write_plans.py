@@ -207,6 +207,24 @@ def write_row(ctx: Context, table: TableDef, values: list, old_tid=None, old_val
     return tid
 
 
+def write_rows(ctx: Context, table: TableDef, rows: list[list]) -> None:
+    """Insert new rows (checked as write_row checks them) into a table without indexes, a page at
+    a time: the rows that fit the last page, or a new one, in one MTR and one redo record
+    (Heap.insert_many) instead of one each. COPY's bulk path: storage then holds, ships and
+    coalesces some 60 times fewer records for a load like pgbench's."""
+    assert not table.indexes, f'"{table.name}" has indexes: its rows need entries (write_row)'
+    xid = ctx.ensure_xid()
+    ctx.catalog.note_writer(table, xid)
+    heap = Heap(ctx.store, table.table_page_id)
+    done = 0
+    while done < len(rows):
+        with ctx.store.mtr(*heap.pages_for_insert(), records_max=HEAP_INSERT_RECORDS_MAX):
+            tids = heap.insert_many(rows[done:], xid)
+        for tid in tids:
+            note_undo(ctx, tid, None)
+        done += len(tids)
+
+
 def _keys_unchanged(table: TableDef, values: list, old_values: list) -> bool:
     return all(values[i] == old_values[i] for i in table.indexed_positions)
 

@@ -15,6 +15,7 @@ import psycopg.errors
 import pytest
 
 from compute_node import copy as copy_text
+from tests.admin import writer_status
 
 PSQL_TIMEOUT_S = 60
 SOCKET_TIMEOUT_S = 30
@@ -93,6 +94,36 @@ def test_copy_in_and_out_round_trips_many_rows_in_batches(sql_cluster, table):
             copy.set_types(["int4", "text", "float8", "bool"])
             assert sorted(copy.rows()) == rows
         assert connection.execute(f"SELECT v FROM {table} WHERE id = 1").fetchone() == ("v1\t\\ \n",)
+
+
+def test_copy_into_a_table_without_indexes_logs_a_page_of_rows_per_record(sql_cluster):
+    """The bulk path (write_rows): the rows come back whole, from storage too (this cluster's cache
+    is small), with far fewer redo records than rows; and a bad line in a later batch leaves
+    nothing of the earlier ones."""
+    rows = [(i, f"row {i} " + "x" * (i % 50)) for i in range(copy_text.COPY_BATCH_ROWS_MAX * 2 + 17)]
+    with sql_cluster.connect() as connection, connection.cursor() as cursor:
+        connection.execute("CREATE TABLE copy_bulk (id int, v text)")
+        records_before = writer_status(sql_cluster.admin_port)["records_made"]
+        with cursor.copy("COPY copy_bulk FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        records = writer_status(sql_cluster.admin_port)["records_made"] - records_before
+        assert records < len(rows) / 10, f"{records} redo records for {len(rows)} rows"
+        assert connection.execute("SELECT id, v FROM copy_bulk ORDER BY id").fetchall() == rows
+        with pytest.raises(psycopg.errors.InvalidTextRepresentation):
+            with cursor.copy("COPY copy_bulk FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+                copy.write(b"oops\tlast\n")
+        assert count(connection, "copy_bulk") == len(rows), "the failed COPY's rows must not survive"
+        connection.execute("BEGIN")
+        with cursor.copy("COPY copy_bulk FROM STDIN") as copy:
+            copy.write(b"-1\tin a block\n")
+        assert count(connection, "copy_bulk") == len(rows) + 1
+        connection.execute("ROLLBACK")
+        assert count(connection, "copy_bulk") == len(rows)
+        connection.execute("INSERT INTO copy_bulk VALUES (-2, 'after')")
+        assert connection.execute("SELECT v FROM copy_bulk WHERE id < 0").fetchall() == [("after",)]
 
 
 def test_copy_out_of_a_query_with_options(sql_cluster, table):
