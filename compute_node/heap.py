@@ -113,12 +113,11 @@ class Heap:
         tids, at least one (a row always fits an empty page). A bulk load's path: it neither reuses
         free space elsewhere nor makes index entries, so only a table without indexes takes it."""
         last_page = self.store.get(self.store.get(self.table_page_id).values["last_heap"])
-        sizes = [pages.tuple_bytes(values) for values in rows]
-        count = _fitting(sizes, pages.PAGE_BYTES_MAX - last_page.used_bytes)
+        count = _fitting(rows, pages.PAGE_BYTES_MAX - last_page.used_bytes)
         if not count:
             last_page = self.store.get(self._append_page())
-            count = _fitting(sizes, pages.PAGE_BYTES_MAX - last_page.used_bytes)
-            assert count, f"a row of {sizes[0]} bytes does not fit an empty page"
+            count = _fitting(rows, pages.PAGE_BYTES_MAX - last_page.used_bytes)
+            assert count, f"a row of {pages.tuple_bytes(rows[0])} bytes does not fit an empty page"
         first_slot = len(last_page.tuples)
         self.store.log(last_page.page_id, "heap_insert_many", first_slot, xid, rows[:count])
         return [(last_page.page_id, first_slot + n) for n in range(count)]
@@ -254,11 +253,11 @@ class ReusablePages:
         self.ended[page_id] = count
 
 
-def _fitting(sizes: list[int], room: int) -> int:
-    """How many of the first `sizes` fit in `room` bytes together."""
+def _fitting(rows: list[list], room: int) -> int:
+    """How many of the first `rows` fit in `room` bytes together (each sized only if need be)."""
     count = 0
-    for size in sizes:
-        room -= size
+    for values in rows:
+        room -= pages.tuple_bytes(values)
         if room < 0:
             break
         count += 1

@@ -46,6 +46,7 @@ from compute_node.sources import Context, Plan, TableSource, output_name, resolv
 from compute_node.subqueries import Runtime
 from compute_node.transactions import SNAPSHOT_PER_TRANSACTION, RowLockWait
 
+PAGE_ROWS_MAX = pages.PAGE_BYTES_MAX // pages.TUPLE_OVERHEAD_BYTES  # more rows than a heap page can hold
 HEAP_INSERT_RECORDS_MAX = 5  # a new heap page: allocation, init, link, table root, then the tuple
 DEFAULT_PARSE_CACHE_MAX = 256
 UNDO_RECORDS_PER_MTR = 16  # statement undo: few pages pinned at once, even with a small buffer cache
@@ -219,7 +220,7 @@ def write_rows(ctx: Context, table: TableDef, rows: list[list]) -> None:
     done = 0
     while done < len(rows):
         with ctx.store.mtr(*heap.pages_for_insert(), records_max=HEAP_INSERT_RECORDS_MAX):
-            tids = heap.insert_many(rows[done:], xid)
+            tids = heap.insert_many(rows[done:done + PAGE_ROWS_MAX], xid)
         for tid in tids:
             note_undo(ctx, tid, None)
         done += len(tids)
