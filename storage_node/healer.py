@@ -103,9 +103,6 @@ class Healer:
         self._locks: dict[int, asyncio.Lock] = {}
         self._peer_views: dict[str, dict[int, SegmentView]] = {}  # the previous gossip round's
         self._own_views: dict[int, SegmentView] = {}
-        # (log files, PG bases) when old files were last weighed for copying forward: weighing walks
-        # every record they hold, and only a new file or a PG's new base can change the answer.
-        self._files_looked_at: tuple | None = None
         self._scrub_queue: collections.deque[tuple[str, int]] = collections.deque()  # the cycle's files left
 
     def lock(self, pg: int) -> asyncio.Lock:
@@ -263,12 +260,9 @@ class Healer:
             if new_base is not None and segment.damaged is None:
                 await self.coalesce(segment, new_base, plan.reasons[pg])
         bases = self._bases()
-        looked_at = (tuple(sorted(self.log.contents)), tuple(sorted(bases.items())))
-        if looked_at != self._files_looked_at:  # else no file can have less live in it than last round
-            self._files_looked_at = looked_at
-            weights = self.log.live_weights(bases, LOG_FILES_RETAINED)
-            await self._copy_forward(files_to_empty(weights, self.node.segments, self.log.file_bytes_max // 2),
-                                     weights, bases)
+        weights = self.log.live_weights(bases, LOG_FILES_RETAINED)  # cached: walks only PGs whose base moved
+        await self._copy_forward(files_to_empty(weights, self.node.segments, self.log.file_bytes_max // 2),
+                                 weights, bases)
         removed = self.log.remove_covered(self._bases())
         if removed:
             self.node.stats["log_files_removed"] += len(removed)

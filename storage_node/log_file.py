@@ -390,21 +390,11 @@ class LogFile:
         return [(seq, self.contents[seq]) for seq in sorted(self.contents)[:-files_retained or None]
                 if seq != self._seq]
 
-    def pinned(self, bases: dict[int, int], files_retained: int) -> dict[int, dict[int, list[int]]]:
-        """What keeps the files older than the newest `files_retained` from removal: pg -> {seq:
-        that PG's LSNs above its base in that file}. Coalescing a PG up to its highest LSN here, or
-        copying those records into the current file (then `release`), frees them."""
-        pins: dict[int, dict[int, list[int]]] = {}
-        for seq, contents in self._old_files(files_retained):
-            for pg, highest in contents.highest_by_pg.items():
-                base = bases.get(pg, 0)
-                if highest > base:
-                    pins.setdefault(pg, {})[seq] = self.live_lsns(seq, pg, base)
-        return pins
-
     def live_weights(self, bases: dict[int, int], files_retained: int) -> dict[int, dict[int, int]]:
-        """seq -> {pg: body bytes of its records above its base} for the files `pinned` names, and
-        the PGs pinning each. Cheap when few bases moved since the last call (FileContents caches)."""
+        """What keeps the files older than the newest `files_retained` from removal: seq -> {pg:
+        body bytes of that PG's records above its base there}. Coalescing a PG past its records
+        here, or copying them into the current file (live_lsns, then `release`), frees the file.
+        Cheap when few bases moved since the last call (FileContents caches each PG's weight)."""
         weights: dict[int, dict[int, int]] = {}
         for seq, contents in self._old_files(files_retained):
             for pg, highest in contents.highest_by_pg.items():

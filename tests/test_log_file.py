@@ -207,26 +207,26 @@ def test_remove_covered_removes_exactly_the_sealed_files_all_below_their_pgs_bas
     reopened.close()
 
 
-def test_pinned_and_live_weights_name_each_pg_s_records_above_its_base_in_every_old_file(tmp_path):
+def test_live_weights_and_lsns_name_each_pg_s_records_above_its_base_in_every_old_file(tmp_path):
     log_file, entries = rotated_log(tmp_path / "log")
     files = files_on_disk(tmp_path / "log")
     older = sorted(files)[:-2]
     for bases in ({}, {0: 12}, {0: 10**6}, {0: 10**6, 1: 10**6}):
-        want: dict[int, dict[int, list[int]]] = {}
+        want: dict[int, dict[int, list[int]]] = {}  # seq -> pg -> LSNs
         weights: dict[int, dict[int, int]] = {}
         for seq in older:
             for e in files[seq]:
                 if isinstance(e, RecordEntry) and e.lsn > bases.get(e.record.pg, 0):
-                    want.setdefault(e.record.pg, {}).setdefault(seq, []).append(e.lsn)
+                    want.setdefault(seq, {}).setdefault(e.record.pg, []).append(e.lsn)
                     by_pg = weights.setdefault(seq, {})
                     by_pg[e.record.pg] = by_pg.get(e.record.pg, 0) + len(e.body)
-        assert log_file.pinned(bases, files_retained=2) == want, bases
         for _ in range(2):  # the second time from what the first weighed
             assert log_file.live_weights(bases, files_retained=2) == weights, bases
-    assert log_file.pinned({}, files_retained=len(files)) == {}
-    everything = log_file.pinned({}, files_retained=0)
-    assert log_file.current_seq not in {seq for by_seq in everything.values() for seq in by_seq}, \
-        "the current file is never pinned: it is where copies go"
+        assert {seq: {pg: log_file.live_lsns(seq, pg, bases.get(pg, 0)) for pg in by_pg}
+                for seq, by_pg in weights.items()} == want, bases
+    assert log_file.live_weights({}, files_retained=len(files)) == {}
+    everything = log_file.live_weights({}, files_retained=0)
+    assert log_file.current_seq not in everything, "the current file is never weighed: it is where copies go"
     log_file.close()
 
 
@@ -235,12 +235,12 @@ def test_a_file_whose_records_were_copied_forward_is_removed_and_the_copies_repl
     file once PG 0's records in it are covered; a reopened log still holds every PG 1 record."""
     log_file, entries = rotated_log(tmp_path / "log")
     oldest = min(files_on_disk(tmp_path / "log"))
-    pins = log_file.pinned({}, files_retained=1)
-    pg1_lsns = pins[1][oldest]
+    assert set(log_file.live_weights({}, files_retained=1)[oldest]) == {0, 1}
+    pg1_lsns = log_file.live_lsns(oldest, 1, 0)
     by_lsn = {e.lsn: e for e in entries if isinstance(e, RecordEntry) and e.record.pg == 1}
     log_file.append([by_lsn[lsn] for lsn in pg1_lsns])
     log_file.sync()
-    bases = {0: max(pins[0][oldest])}
+    bases = {0: max(log_file.live_lsns(oldest, 0, 0))}
     assert oldest not in log_file.remove_covered(bases), "PG 1's records still pin it"
     log_file.release(oldest, 1)
     assert oldest in log_file.remove_covered(bases)
