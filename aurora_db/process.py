@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 from typing import Awaitable, Callable
 
@@ -59,6 +60,24 @@ def tune_garbage_collection() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
     if not any(isinstance(callback, FreezingCollector) for callback in gc.callbacks):
         gc.callbacks.append(FreezingCollector())
+
+
+def yield_to_latency_critical_processes() -> bool:
+    """Run this process (and the threads it starts later) under SCHED_BATCH, Linux's policy for
+    throughput work: its wake-ups no longer preempt the process running on the CPU. For a storage
+    node: its requests come batched (one group fsync answers a boxcar), and a compute node on the
+    same machine, which answers clients one statement at a time, keeps its CPU through a storage
+    node's wake-up instead of losing it (and its warm caches) several times per transaction.
+    Measured on two CPUs under pgbench, in eight runs each beside one without it: the storage nodes
+    used less CPU per transaction in seven, and the median run made 13% more transactions per second
+    (README). Any process may lower itself to this policy; returns False where the platform has none."""
+    if not hasattr(os, "sched_setscheduler") or not hasattr(os, "SCHED_BATCH"):
+        return False
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except OSError:
+        return False
+    return True
 
 
 def run_until_stopped(serve: Callable[[asyncio.Event], Awaitable[None]],

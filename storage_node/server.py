@@ -36,7 +36,7 @@ from aurora_db import storage_protocol as sp
 from aurora_db import truncation
 from aurora_db.constants import FRAME_BYTES_MAX, IN_FLIGHT_REQUESTS_MAX, STORAGE_CONNECTIONS_MAX
 from aurora_db.framing import FrameError, encode_frame, read_frame
-from aurora_db.process import tune_garbage_collection
+from aurora_db.process import tune_garbage_collection, yield_to_latency_critical_processes
 from storage_node.healer import Healer
 from storage_node.log_file import LogFile, fsync_directory
 from storage_node.node import Node, NodeMeta, Ready, apply_truncations, entries_by_pg, replay_segment
@@ -329,6 +329,7 @@ def run(args) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s storage-node {args.node_id} %(levelname)s %(name)s: %(message)s")
     tune_garbage_collection()
+    yield_to_latency_critical_processes()
     try:
         import uvloop
     except ImportError:

@@ -359,3 +359,10 @@ async def test_a_writer_whose_epoch_is_older_than_a_nodes_is_fenced_and_never_co
     assert fenced and "epoch 5" in fenced[0]
     assert acks == []
     assert client.call({"t": sp.STATUS})["writer"] == "127.0.0.1:7021"  # the old writer changed nothing
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
+def test_a_storage_node_runs_under_the_batch_scheduling_policy(node):
+    """Its wake-ups must not preempt a compute node on the same machine (process.py)."""
+    node.client().call({"id": 1, "t": sp.STATUS})
+    assert os.sched_getscheduler(node.process.pid) == os.SCHED_BATCH
