@@ -19,6 +19,8 @@ import dataclasses
 import sys
 import zlib
 
+import msgpack
+
 from aurora_db import values
 from aurora_db.constants import PAGES_PER_PG
 
@@ -104,14 +106,21 @@ def checksum(body: bytes) -> int:
 
 
 def decode(body: bytes) -> Record:
-    """The record's header; its args stay encoded in `body` (LazyArgs)."""
-    lsn, page_id, prev_volume, prev_pg, prev_page, cpl, op, args, vdl = values.unpackb(body, use_list=True)
-    args = LazyArgs(body) if isinstance(args, bytes) else tuple(args)  # a list: an older writer's record
-    return Record(lsn, page_id, prev_volume, prev_pg, prev_page, bool(cpl), sys.intern(op), args, vdl)
+    """The record's header; its args stay encoded in `body` (LazyArgs). Every storage node decodes
+    every record: this is on its hottest path, so it calls msgpack itself."""
+    lsn, page_id, prev_volume, prev_pg, prev_page, cpl, op, args, vdl = _unpackb(
+        body, raw=False, use_list=True, ext_hook=values.unpack_value)
+    args = LazyArgs(body) if type(args) is bytes else tuple(args)  # a list: an older writer's record
+    return Record(lsn, page_id, prev_volume, prev_pg, prev_page, bool(cpl), _intern(op), args, vdl)
 
 
 def open_sealed(crc: int, body: bytes) -> Record:
     """Verify and decode; raises ChecksumMismatch on damage."""
-    if checksum(body) != crc:
+    if _crc32(body) != crc:
         raise ChecksumMismatch(f"record checksum mismatch (stored {crc:#010x}, computed {checksum(body):#010x})")
     return decode(body)
+
+
+_unpackb = msgpack.unpackb
+_intern = sys.intern
+_crc32 = zlib.crc32  # unsigned on Python 3: checksum()'s mask changes nothing

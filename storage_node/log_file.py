@@ -36,7 +36,7 @@ from pathlib import Path
 
 import msgpack
 
-from aurora_db.constants import LOG_ENTRY_BYTES_MAX, LOG_FILE_BYTES_MAX
+from aurora_db.constants import LOG_ENTRY_BYTES_MAX, LOG_FILE_BYTES_MAX, PAGES_PER_PG
 from aurora_db.records import ChecksumMismatch, Record, checksum, open_sealed
 
 log = logging.getLogger(__name__)
@@ -235,10 +235,17 @@ class FileContents:
 
     def add(self, entry: LogEntry) -> None:
         if isinstance(entry, RecordEntry):
-            pg, lsn = entry.record.pg, entry.lsn
-            self.lsns_by_pg.setdefault(pg, []).append(lsn)
-            self.bytes_by_pg.setdefault(pg, []).append(len(entry.body))
-            if lsn > self.highest_by_pg.get(pg, 0):
+            record = entry.record
+            pg, lsn = record.page_id // PAGES_PER_PG, record.lsn
+            lsns = self.lsns_by_pg.get(pg)
+            if lsns is None:
+                self.lsns_by_pg[pg] = [lsn]
+                self.bytes_by_pg[pg] = [len(entry.body)]
+                self.highest_by_pg[pg] = lsn
+                return
+            lsns.append(lsn)
+            self.bytes_by_pg[pg].append(len(entry.body))
+            if lsn > self.highest_by_pg[pg]:
                 self.highest_by_pg[pg] = lsn
 
     def covered(self, bases: dict[int, int]) -> bool:
@@ -335,13 +342,25 @@ class LogFile:
         chunk = bytearray()
         contents = self.contents[self._seq]
         for entry in entries:
-            encoded = encode_entry(entry)
-            if self._size + len(chunk) + len(encoded) > self.file_bytes_max and self._size + len(chunk) > 0:
+            if isinstance(entry, RecordEntry):  # most entries: framed in place, the body copied once
+                body = entry.body
+                header = _HEADER.pack(MAGIC, KIND_RECORD, 0, len(body), entry.crc)
+                encoded_bytes = HEADER_BYTES + len(body)
+                assert len(body) <= LOG_ENTRY_BYTES_MAX, f"log entry of {len(body)} bytes"
+            else:
+                encoded = encode_entry(entry)
+                encoded_bytes = len(encoded)
+            if self._size + len(chunk) + encoded_bytes > self.file_bytes_max and self._size + len(chunk) > 0:
                 self._write(chunk)
                 chunk = bytearray()
                 self._rotate()
                 contents = self.contents[self._seq]
-            chunk += encoded
+            if isinstance(entry, RecordEntry):
+                chunk += header
+                chunk += _HEADER_CRC.pack(zlib.crc32(header))
+                chunk += body
+            else:
+                chunk += encoded
             contents.add(entry)
         self._write(chunk)
 

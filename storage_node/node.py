@@ -49,6 +49,7 @@ from aurora_db.constants import (
     CHAIN_RECORDS_MAX,
     IMAGE_CHUNK_BYTES_MAX,
     PAGE_ID_MAX,
+    PAGES_PER_PG,
     PENDING_RECORDS_MAX,
     READ_POINT_CLIENTS_MAX,
     READ_POINT_LEASE_MS,
@@ -56,7 +57,7 @@ from aurora_db.constants import (
     READ_RECORDS_MAX,
     WRITER_ADDRESS_BYTES_MAX,
 )
-from aurora_db.records import ChecksumMismatch, pg_of_page
+from aurora_db.records import ChecksumMismatch, open_sealed, pg_of_page
 from storage_node.log_file import LogEntry, RecordEntry, TruncateEntry
 from storage_node.segment import BelowHorizon, BrokenPageChain, NotComplete, Segment
 
@@ -252,7 +253,7 @@ class Node:
             for pg, entries in batches:
                 segment = self.segments.get(pg)
                 if segment is not None:
-                    entries = [e for e in entries if not segment.holds(e) and not segment.in_truncated_range(e.lsn)]
+                    entries = segment.fresh(entries)
                 fresh.append((pg, entries))
             if not any(entries for _, entries in fresh) and epoch <= self.meta.epoch:  # all already durable
                 return self._append_reply(request_id, many, [(pg, self._scl(pg)) for pg, _ in fresh], 0)
@@ -313,20 +314,24 @@ class Node:
             raise BadRequest(f"{len(sealed)} records in one append exceed the limit of {BATCH_RECORDS_MAX}")
         entries = []
         ops = pages.OPS
-        for item in sealed:
-            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], int) and isinstance(item[1], bytes)):
+        in_order = True
+        last_lsn = 0
+        for item in sealed:  # every record of every append on every node: kept lean
+            if type(item) is not list or len(item) != 2:  # noqa: E721 (exact types: no bool)
+                raise BadRequest("each record must be [crc, body] with an integer crc and a binary body")
+            crc, body = item
+            if type(crc) is not int or type(body) is not bytes:  # noqa: E721
                 raise BadRequest("each record must be [crc, body] with an integer crc and a binary body")
             try:
-                entry = RecordEntry.from_sealed(item[0], item[1])
+                record = open_sealed(crc, body)
             except ChecksumMismatch:
                 raise
             except Exception as error:
                 raise BadRequest(f"record body does not decode: {error!r}") from None
-            record = entry.record
             lsn, page_id = record.lsn, record.page_id
-            if not (isinstance(page_id, int) and 0 <= page_id < PAGE_ID_MAX):
+            if type(page_id) is not int or not 0 <= page_id < PAGE_ID_MAX:  # noqa: E721
                 raise BadRequest(f"record {lsn} names page {page_id}, outside 0..{PAGE_ID_MAX}")
-            if pg_of_page(page_id) != pg:
+            if page_id // PAGES_PER_PG != pg:
                 raise BadRequest(f"record {lsn} is for page {page_id} of PG {record.pg}, not PG {pg}")
             prev_volume, prev_pg, prev_page = record.prev_volume, record.prev_pg, record.prev_page
             if not (type(lsn) is int and type(prev_volume) is int and type(prev_pg) is int  # noqa: E721 (no bool)
@@ -335,8 +340,11 @@ class Node:
                 raise BadRequest(f"record {lsn} has backlinks that do not point below it")
             if record.op not in ops:
                 raise BadRequest(f"record {lsn} has unknown op {record.op!r}")
-            entries.append(entry)
-        entries.sort(key=lambda e: e.lsn)  # written and applied in LSN order: fewer pending records
+            entries.append(RecordEntry(record, crc, body))
+            in_order = in_order and lsn > last_lsn
+            last_lsn = lsn
+        if not in_order:  # written and applied in LSN order: fewer pending records
+            entries.sort(key=_entry_lsn)
         return entries
 
     def _validate_read(self, kind: str, request: dict) -> None:
@@ -617,3 +625,7 @@ class Node:
     def _scl(self, pg: int) -> int:
         segment = self.segments.get(pg)
         return segment.scl if segment is not None else 0
+
+
+def _entry_lsn(entry: RecordEntry) -> int:
+    return entry.record.lsn

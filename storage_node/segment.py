@@ -41,7 +41,7 @@ import heapq
 import logging
 
 from aurora_db import pages
-from aurora_db.constants import PENDING_RECORDS_MAX, SEGMENT_CACHE_PAGES_MAX
+from aurora_db.constants import PAGES_PER_PG, PENDING_RECORDS_MAX, SEGMENT_CACHE_PAGES_MAX
 from aurora_db.records import ChecksumMismatch
 from storage_node.log_file import RecordEntry
 from storage_node.page_image import PageImage
@@ -136,6 +136,23 @@ class Segment:
         held = self._held.get(entry.lsn)
         return held is not None and held.body == entry.body
 
+    def fresh(self, entries: list[RecordEntry]) -> list[RecordEntry]:
+        """The entries that are neither held already (holds) nor inside a truncation range: what
+        an append must still write. One pass, on every append of every node."""
+        base, held, floor = self.image.base_lsn, self._held, self._highest_floor
+        kept = []
+        for entry in entries:
+            lsn = entry.record.lsn
+            if lsn <= base:
+                continue
+            same = held.get(lsn)
+            if same is not None and same.body == entry.body:
+                continue
+            if lsn <= floor and self.in_truncated_range(lsn):
+                continue
+            kept.append(entry)
+        return kept
+
     def held(self, lsn: int) -> RecordEntry | None:
         return self._held.get(lsn)
 
@@ -155,12 +172,13 @@ class Segment:
 
     def _add_one(self, entry: RecordEntry, result: AddResult) -> None:
         record = entry.record
-        assert record.pg == self.pg, f"record {record.lsn} of PG {record.pg} given to segment of PG {self.pg}"
         lsn = record.lsn
-        if self.in_truncated_range(lsn):
+        assert record.page_id // PAGES_PER_PG == self.pg, f"record {lsn} of PG {record.pg} given to segment of PG {self.pg}"
+        if lsn <= self._highest_floor and self.in_truncated_range(lsn):
             result.discarded += 1
             return
-        if lsn <= self.image.base_lsn:  # covered by the image
+        base = self.image.base_lsn
+        if lsn <= base:  # covered by the image
             result.duplicates += 1
             return
         held = self._held.get(lsn)
@@ -170,7 +188,8 @@ class Segment:
             else:
                 result.conflicts.append(f"record {lsn} differs from the record {lsn} already held")
             return
-        tip = self.scl
+        chain = self._chain
+        tip = chain[-1] if chain else base  # the SCL
         if lsn <= tip:
             result.conflicts.append(f"record {lsn} is at or below SCL {tip} but not in the chain")
             return
@@ -178,7 +197,8 @@ class Segment:
             self._held[lsn] = entry  # pending records were counted when they arrived
             self.held_bytes += len(entry.body)
             self._extend(entry)
-            self._drain_pending()
+            if self._pending_heap:  # empty unless records wait for this one (or waited: cleared here)
+                self._drain_pending()
             result.added += 1
             return
         if record.prev_pg < tip:
@@ -202,12 +222,20 @@ class Segment:
     def _extend(self, entry: RecordEntry) -> None:
         """Chain a held record (its bytes are already counted in held_bytes)."""
         record = entry.record
-        assert record.prev_pg == self.scl and record.lsn > self.scl, (record.lsn, record.prev_pg, self.scl)
-        self._chain.append(record.lsn)
-        self.vdl_hint = max(self.vdl_hint, record.vdl)
-        self._page_lsns.setdefault(record.page_id, []).append(record.lsn)
+        lsn, page_id = record.lsn, record.page_id
+        chain = self._chain
+        tip = chain[-1] if chain else self.image.base_lsn
+        assert record.prev_pg == tip and lsn > tip, (lsn, record.prev_pg, tip)
+        chain.append(lsn)
+        if record.vdl > self.vdl_hint:
+            self.vdl_hint = record.vdl
+        page_lsns = self._page_lsns.get(page_id)
+        if page_lsns is None:
+            self._page_lsns[page_id] = [lsn]
+        else:
+            page_lsns.append(lsn)
         if record.op.endswith("_init"):
-            self._page_inits.setdefault(record.page_id, []).append(record.lsn)
+            self._page_inits.setdefault(page_id, []).append(lsn)
 
     def _drain_pending(self) -> None:
         while self._pending:
