@@ -94,7 +94,7 @@ class HeapPage(Page):
     UPDATE that changed no indexed column and fit this page, so it got no index entry of its own.
     `heap_only` holds such successors' slots: pruning may free them, as nothing but a chain names them."""
 
-    __slots__ = ("tuples", "next_page", "links", "heap_only", "_used_bytes")
+    __slots__ = ("tuples", "next_page", "links", "heap_only", "_used_bytes", "_taken_below")
     kind = "heap"
 
     def __init__(self, page_id, lsn, tuples=None, next_page=0, links=None, heap_only=None):
@@ -104,6 +104,7 @@ class HeapPage(Page):
         self.links = dict(zip(links[::2], links[1::2])) if links else {}
         self.heap_only = set(heap_only) if heap_only else set()
         self._used_bytes = None  # computed on first use: storage materializes pages and never asks
+        self._taken_below = 0  # every slot below it holds something (free_slot searches from here)
 
     @property
     def used_bytes(self) -> int:
@@ -122,11 +123,14 @@ class HeapPage(Page):
         return self.used_bytes + tuple_bytes(values) <= PAGE_BYTES_MAX
 
     def free_slot(self) -> int:
-        """Where a new tuple goes: the first free slot, else a new one at the end."""
+        """Where a new tuple goes: the first free slot, else a new one at the end. The search starts
+        past the slots known to be taken: a page of many versions is not walked on every insert."""
         try:
-            return self.tuples.index(None)
+            slot = self.tuples.index(None, self._taken_below)
         except ValueError:
-            return len(self.tuples)
+            slot = len(self.tuples)
+        self._taken_below = slot
+        return slot
 
     def state(self):
         links = [n for pair in sorted(self.links.items()) for n in pair]
@@ -322,6 +326,7 @@ def _heap_prune(page: HeapPage, redirects, dead, freed):
         _empty_slot(page, slot)
         tuples[slot] = None
         page.heap_only.discard(slot)
+        page._taken_below = min(page._taken_below, slot)
     if freed:  # a link left by an undone or aborted update must not lead to a freed slot
         gone = set(freed)
         for predecessor in [s for s, successor in page.links.items() if successor in gone]:
