@@ -215,13 +215,39 @@ class _BodyReader:
             raise ProtocolError(f"{self._message_name} message has a negative count")
         return value
 
-    def value(self) -> bytes | None:
-        length = self.int32()
-        if length == -1:
-            return None
-        if length < -1:
-            raise ProtocolError(f"{self._message_name} message has a negative value length")
-        return self._take(length)
+    def values(self) -> list[bytes | None]:
+        """A count, then that many values, each length-prefixed (-1: NULL): Bind's parameters,
+        read in one loop (a Bind arrives with every statement a driver runs)."""
+        count = self.count()
+        body, offset, size = self._body, self._offset, len(self._body)
+        values: list[bytes | None] = []
+        for _ in range(count):
+            if offset + 4 > size:
+                raise ProtocolError(f"{self._message_name} message is shorter than its fields")
+            (length,) = _INT32.unpack_from(body, offset)
+            offset += 4
+            if length == -1:
+                values.append(None)
+                continue
+            end = offset + length
+            if length < -1:
+                raise ProtocolError(f"{self._message_name} message has a negative value length")
+            if end > size:
+                raise ProtocolError(f"{self._message_name} message is shorter than its fields")
+            values.append(body[offset:end])
+            offset = end
+        self._offset = offset
+        return values
+
+    def format_codes(self) -> list[int]:
+        """A count, then that many int16 format codes, each text (0) or binary (1)."""
+        count = self.count()
+        if not count:
+            return []
+        codes = list(struct.unpack(f">{count}h", self._take(2 * count)))
+        if any(code not in (TEXT_FORMAT, BINARY_FORMAT) for code in codes):
+            raise ProtocolError(f"unsupported format code in {codes}")
+        return codes
 
     def rest(self) -> bytes:
         return self._take(len(self._body) - self._offset)
@@ -229,13 +255,6 @@ class _BodyReader:
     def finish(self) -> None:
         if self._offset != len(self._body):
             raise ProtocolError(f"{self._message_name} message has {len(self._body) - self._offset} bytes left over")
-
-
-def _format_codes(reader: _BodyReader) -> list[int]:
-    codes = [reader.int16() for _ in range(reader.count())]
-    if any(code not in (TEXT_FORMAT, BINARY_FORMAT) for code in codes):
-        raise ProtocolError(f"unsupported format code in {codes}")
-    return codes
 
 
 def _parse_query(reader: _BodyReader) -> Query:
@@ -250,9 +269,9 @@ def _parse_parse(reader: _BodyReader) -> Parse:
 
 def _parse_bind(reader: _BodyReader) -> Bind:
     portal, statement = reader.string(), reader.string()
-    param_formats = _format_codes(reader)
-    values = [reader.value() for _ in range(reader.count())]
-    return Bind(portal, statement, param_formats, values, _format_codes(reader))
+    param_formats = reader.format_codes()
+    values = reader.values()
+    return Bind(portal, statement, param_formats, values, reader.format_codes())
 
 
 def _parse_describe(reader: _BodyReader) -> Describe:
