@@ -140,14 +140,20 @@ class Transactions:
 
     def dead_to_all(self) -> Callable[[int, int], bool]:
         """For pruning: does no snapshot, now or later, see a version (xmin, xmax)? True if its
-        inserter aborted, or its deleter committed below the prune horizon."""
-        horizon = self.prune_horizon()
+        inserter aborted, or its deleter committed below the prune horizon. The horizon is taken
+        when first needed: most pages a writer offers for pruning hold no ended version."""
+        horizon = None
         status = self.status
 
         def dead(xmin: int, xmax: int) -> bool:
+            nonlocal horizon
             if status(xmin) == XID_ABORTED:
                 return True
-            return 0 < xmax < horizon and status(xmax) == XID_COMMITTED
+            if xmax <= 0:
+                return False
+            if horizon is None:
+                horizon = self.prune_horizon()
+            return xmax < horizon and status(xmax) == XID_COMMITTED
 
         return dead
 
