@@ -81,11 +81,13 @@ class NodeLink:
         self._ids = itertools.count(1)
         self._queue: collections.deque[tuple[int, list]] = collections.deque()  # (pg, sealed records)
         self._queued_records = 0
-        self._queue_ready = asyncio.Event()
-        self._in_flight = asyncio.Semaphore(APPENDS_IN_FLIGHT_MAX)
+        self._shipping = False  # caught up on this connection: queued records may go
+        self._pump_soon = False  # a _pump is scheduled for the end of this loop turn
+        # Appends sent on the current connection and not answered: id -> deadline in loop time.
+        # At most APPENDS_IN_FLIGHT_MAX; answered by _on_append_reply, not by a waiting task.
+        self._appends: dict[int, float] = {}
         self._task: asyncio.Task | None = None
         self._resync_now = False
-        self._generation = 0  # counts connections: a failure on an old one never drops a new one
         self.last_scls: dict[int, int] = {}
 
     def start(self) -> None:
@@ -151,29 +153,45 @@ class NodeLink:
             return
         self._queue.append((pg, sealed))
         self._queued_records += len(sealed)
-        self._queue_ready.set()
+        if self._shipping and not self._pump_soon:
+            self._pump_soon = True  # after the current callback: a boxcar's PGs ride in one request
+            asyncio.get_running_loop().call_soon(self._pump)
 
-    async def _ship(self) -> None:
+    def _pump(self) -> None:
         """Send what is queued as append_many requests of at most BATCH_RECORDS_MAX records, each
-        carrying the batches of several PGs. At most APPENDS_IN_FLIGHT_MAX appends await their
-        replies, and room is awaited before the queue is taken: what queues meanwhile (the commits
-        of other sessions) rides in the next request. A node persists everything that arrived
-        during its fsync as one group anyway, so this costs no latency, and it saves requests,
-        replies and sends on both sides. Order within a PG is kept (requests are answered in
-        order); order across PGs does not matter, since each segment builds its own chain. A slow
-        node's records wait in the bounded queue, and a node that overflows it is disconnected and
-        caught up (a slow node outside the write quorum never holds VDL back, so LAL alone would
-        not bound what it is owed)."""
-        while True:
-            await self._queue_ready.wait()
-            await self._in_flight.acquire()
-            batches = self._take_request()
-            if not self._queue:
-                self._queue_ready.clear()
-            if batches:
-                asyncio.get_running_loop().create_task(self._append(batches))
-            else:
-                self._in_flight.release()
+        carrying the batches of several PGs, while fewer than APPENDS_IN_FLIGHT_MAX await their
+        replies: what queues meanwhile (the commits of other sessions) rides in the next request,
+        sent when a reply frees a slot. A node persists everything that arrived during its fsync as
+        one group anyway, so this costs no latency, and it saves requests, replies and sends on
+        both sides. Order within a PG is kept (requests are answered in order); order across PGs
+        does not matter, since each segment builds its own chain. A slow node's records wait in
+        the bounded queue, and a node that overflows it is disconnected and caught up (a slow node
+        outside the write quorum never holds VDL back, so LAL alone would not bound what it is
+        owed). No task per request: this runs from the loop's callbacks, and replies are handled
+        where they are read (_receive), which on a busy writer saves several task switches per
+        storage node and boxcar."""
+        self._pump_soon = False
+        if not self._shipping or self._writer is None:
+            return
+        deadline = asyncio.get_running_loop().time() + STORAGE_REQUEST_TIMEOUT_MS * 5 / 1000
+        frames = []
+        while self._queue and len(self._appends) < APPENDS_IN_FLIGHT_MAX:
+            request_id = next(self._ids)
+            message = {"t": sp.APPEND_MANY, "epoch": self.client.epoch, "batches": self._take_request(),
+                       "id": request_id}
+            try:
+                frame = encode_frame(message)
+            except FrameError:
+                # Rows and keys are bounded so that a full batch always fits a frame: this is a bug.
+                log.critical("an append of %d records does not fit a frame",
+                             sum(len(b[1]) for b in message["batches"]), exc_info=True)
+                os._exit(70)
+            self._appends[request_id] = deadline
+            frames.append(frame)
+            self.client.bytes_sent += len(frame)
+            self.client.requests_sent += 1
+        if frames:
+            self._writer.write(b"".join(frames))
 
     def _take_request(self) -> list[list]:
         """Up to BATCH_RECORDS_MAX queued records, as [pg, records] batches (each PG once, in
@@ -190,35 +208,33 @@ class NodeLink:
             room -= len(sealed)
         return [[pg, sealed] for pg, sealed in by_pg.items()]
 
-    async def _append(self, batches: list[list]) -> None:
-        try:
-            await self._append_once(batches)
-        finally:
-            self._in_flight.release()
-
-    async def _append_once(self, batches: list[list]) -> None:
-        message = {"t": sp.APPEND_MANY, "epoch": self.client.epoch, "batches": batches}
-        generation = self._generation
-        try:
-            reply = await self._send_request(message, timeout_ms=STORAGE_REQUEST_TIMEOUT_MS * 5)
-        except FrameError:
-            # Rows and keys are bounded so that a full batch always fits a frame: this is a bug.
-            log.critical("an append of %d records does not fit a frame", sum(len(b[1]) for b in batches),
-                         exc_info=True)
-            os._exit(70)
-        except (NodeUnreachable, RequestFailed) as error:
-            if generation == self._generation:
-                log.warning("append to %s failed: %s", self.node_id, error)
-                self._drop_connection()
+    def _on_append_reply(self, reply: dict) -> None:
+        """An append of the current connection was answered: its SCLs go to the tracker, and its
+        slot to what is queued. A failure drops the connection (the node is caught up afresh on
+        the next one); a stale epoch fences this writer."""
+        if not reply.get("ok"):
+            code = reply.get("error", sp.ERROR_INTERNAL)
+            if code == sp.ERROR_STALE_EPOCH:
+                self.client.on_fenced(self.node_id, reply.get("message", ""))
+            log.warning("append to %s failed: %s", self.node_id,
+                        RequestFailed(self.node_id, code, reply.get("message", "")))
+            self._drop_connection()
             return
-        if generation != self._generation:
-            return  # answered on a connection since replaced: the handshake reported afresh
-        for pg, scl in reply["scls"]:
+        try:
+            scls = [(int(pg), int(scl)) for pg, scl in reply["scls"]]
+        except (KeyError, TypeError, ValueError):
+            log.warning("append to %s: a reply without its SCLs: %.200r", self.node_id, reply)
+            self._drop_connection()
+            return
+        for pg, scl in scls:
             self._on_scl(pg, scl)
         if reply.get("pending_dropped"):
             log.warning("%s dropped %d records it could not hold yet; reconnecting to catch it up",
                         self.node_id, reply["pending_dropped"])
             self.resync()
+            return
+        if self._queue:
+            self._pump()
 
     # --- connection ---------------------------------------------------------------------------
 
@@ -231,23 +247,21 @@ class NodeLink:
                 await asyncio.sleep(RECONNECT_INTERVAL_MS / 1000)
                 continue
             self._writer = writer
-            self._generation += 1
             receiver = asyncio.get_running_loop().create_task(self._receive(reader))
             expirer = asyncio.get_running_loop().create_task(self._expire_requests())
-            shipper = None
             try:
                 await self._handshake()
                 self.connected.set()
                 await self._catch_up()
-                shipper = asyncio.get_running_loop().create_task(self._ship())
+                self._shipping = True
+                self._pump()
                 await receiver
             except (NodeUnreachable, RequestFailed, ConnectionError, OSError) as error:
                 log.info("link to %s: %s", self.node_id, error)
             finally:
                 self._drop_connection()
-                for task in (receiver, expirer, shipper):
-                    if task:
-                        task.cancel()
+                for task in (receiver, expirer):
+                    task.cancel()
             if not self._resync_now:
                 await asyncio.sleep(RECONNECT_INTERVAL_MS / 1000)
             self._resync_now = False
@@ -327,7 +341,11 @@ class NodeLink:
         try:
             while True:
                 reply = await read_frame(reader)
-                future, _ = self._replies.get(reply.get("id"), (None, 0))
+                request_id = reply.get("id")
+                if self._appends.pop(request_id, None) is not None:
+                    self._on_append_reply(reply)
+                    continue
+                future, _ = self._replies.get(request_id, (None, 0))
                 if future is not None and not future.done():
                     future.set_result(reply)
         except (asyncio.IncompleteReadError, ConnectionError, OSError, FrameError) as error:
@@ -342,10 +360,15 @@ class NodeLink:
             for future, deadline in list(self._replies.values()):
                 if deadline < now and not future.done():
                     future.set_exception(asyncio.TimeoutError("no reply within its deadline"))
+            if any(deadline < now for deadline in self._appends.values()):
+                log.warning("append to %s failed: no reply within its deadline", self.node_id)
+                self._drop_connection()
 
     def _drop_connection(self) -> None:
         was_connected = self.connected.is_set()
         self.connected.clear()
+        self._shipping = False
+        self._appends.clear()  # answered on no later connection: the node is caught up afresh
         self._queue.clear()
         self._queued_records = 0
         self._unsent.clear()  # never written to the next connection: their requests fail below
