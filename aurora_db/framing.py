@@ -43,6 +43,11 @@ class FrameDecoder:
         self.frame_bytes_max = frame_bytes_max
         self._buffer = bytearray()
 
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes of a frame not yet whole (at end of stream: a frame cut short)."""
+        return len(self._buffer)
+
     def feed(self, data: bytes) -> list[dict]:
         self._buffer += data
         messages = []

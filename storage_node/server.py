@@ -23,8 +23,8 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
-import contextlib
 import json
 import logging
 import os
@@ -35,7 +35,7 @@ from pathlib import Path
 from aurora_db import storage_protocol as sp
 from aurora_db import truncation
 from aurora_db.constants import FRAME_BYTES_MAX, IN_FLIGHT_REQUESTS_MAX, STORAGE_CONNECTIONS_MAX
-from aurora_db.framing import FrameError, encode_frame, read_frame
+from aurora_db.framing import FrameDecoder, FrameError, encode_frame
 from aurora_db.process import tune_garbage_collection, yield_to_latency_critical_processes
 from storage_node.healer import Healer
 from storage_node.log_file import LogFile, fsync_directory
@@ -48,6 +48,7 @@ META_FILE = "epoch"
 LOG_DIR = "log"
 PAGES_DIR = "pages"
 OLD_LAYOUT_PREFIX = "pg-"  # a log per PG, before the node-wide log
+STORAGE_READ_CHUNK_BYTES = 256 * 1024  # bytes a connection reads at once (a boxcar is a few KiB)
 
 
 # --- node metadata: DATA/epoch ----------------------------------------------------------------
@@ -166,12 +167,35 @@ def _reply_frame(reply: dict) -> bytes:
         return encode_frame(sp.error(reply.get("id"), sp.ERROR_INTERNAL, str(error)))
 
 
+class _Connection:
+    """One client connection's replies, sent in the order its requests came: `owed` holds a slot
+    per request not yet answered, filled when its reply is known (at once, or once what it
+    depends on is durable); the filled slots at its head go out together, with one write."""
+
+    __slots__ = ("writer", "owed", "progress")
+
+    def __init__(self, writer: asyncio.StreamWriter):
+        self.writer = writer
+        self.owed: collections.deque[list] = collections.deque()  # [reply or None] per request, in order
+        self.progress = asyncio.Event()  # set whenever replies went out
+
+    def send_ready(self) -> None:
+        frames = []
+        owed = self.owed
+        while owed and owed[0][0] is not None:
+            frames.append(_reply_frame(owed.popleft()[0]))
+        if frames:
+            if not self.writer.is_closing():
+                self.writer.write(b"".join(frames))
+            self.progress.set()
+
+
 class StorageServer:
     def __init__(self, node: Node, disk: Disk):
         self.node = node
         self.disk = disk
         self._work = asyncio.Event()
-        self._advanced = asyncio.Condition()
+        self._durable_waiters: list[tuple[int, NodeMeta, asyncio.Future]] = []  # (op_seq, meta, future)
         self._connections: set[asyncio.Task] = set()
         self.broken_invariant = asyncio.get_running_loop().create_future()  # set: the node stops
 
@@ -183,11 +207,13 @@ class StorageServer:
             while self.node.has_ready():
                 ready = self.node.ready()
                 self.disk.persist(ready)  # blocks the loop for one write + fsync: see the docstring
-                for future, reply in self.node.advance(ready):
-                    if not future.done():
-                        future.set_result(reply)
-                async with self._advanced:
-                    self._advanced.notify_all()
+                answered: dict[_Connection, None] = {}  # each connection once, in order
+                for (connection, slot), reply in self.node.advance(ready):
+                    slot[0] = reply
+                    answered[connection] = None
+                for connection in answered:
+                    connection.send_ready()
+                self._wake_durable_waiters()
 
     def kick(self) -> None:
         """Work was queued outside a request (by the healer): persist it."""
@@ -196,10 +222,33 @@ class StorageServer:
     async def durable(self, op_seq: int, meta: NodeMeta) -> None:
         """Wait until every op the node queued up to mark `op_seq` is durable and applied, and
         everything in `meta` (an earlier accepted metadata) is durable too."""
-        async with self._advanced:
-            await self._advanced.wait_for(lambda: self.node.durable_op_seq >= op_seq and self.node.meta_covers(meta))
+        if self._is_durable(op_seq, meta):
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._durable_waiters.append((op_seq, meta, future))
+        await future
+
+    def _is_durable(self, op_seq: int, meta: NodeMeta) -> bool:
+        return self.node.durable_op_seq >= op_seq and self.node.meta_covers(meta)
+
+    def _wake_durable_waiters(self) -> None:
+        if not self._durable_waiters:
+            return
+        waiting = []
+        for op_seq, meta, future in self._durable_waiters:
+            if future.done():
+                continue
+            if self._is_durable(op_seq, meta):
+                future.set_result(None)
+            else:
+                waiting.append((op_seq, meta, future))
+        self._durable_waiters = waiting
 
     async def handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Read whatever bytes have come, take every whole frame in them, answer in order. No task
+        or future per request: a request answered at once goes out at once if nothing is owed
+        before it; one that waits for the disk is answered by persist_forever. Reading stops while
+        IN_FLIGHT_REQUESTS_MAX replies are owed, or while the client does not take its replies."""
         peer = writer.get_extra_info("peername")
         if len(self._connections) >= STORAGE_CONNECTIONS_MAX:
             log.warning("refusing connection from %s: %d connections is the limit", peer, STORAGE_CONNECTIONS_MAX)
@@ -207,42 +256,55 @@ class StorageServer:
             return
         task = asyncio.current_task()
         self._connections.add(task)
-        loop = asyncio.get_running_loop()
-        in_flight: asyncio.Queue[asyncio.Future | None] = asyncio.Queue(maxsize=IN_FLIGHT_REQUESTS_MAX)
-        sender = loop.create_task(self._send_replies(in_flight, writer, peer))
+        connection = _Connection(writer)
+        decoder = FrameDecoder(FRAME_BYTES_MAX)
         graceful = False
         try:
-            while not sender.done():
-                request = await read_frame(reader, FRAME_BYTES_MAX)
-                future = loop.create_future()
-                await in_flight.put(future)  # blocks while IN_FLIGHT_REQUESTS_MAX replies are owed
-                reply = self._step(request, future)
-                if reply is None:
-                    self._work.set()
-                else:
-                    future.set_result(reply)
-        except asyncio.IncompleteReadError as error:
-            graceful = not error.partial
-            if error.partial:
-                log.warning("connection from %s closed in the middle of a frame", peer)
+            while True:
+                data = await reader.read(STORAGE_READ_CHUNK_BYTES)
+                if not data:
+                    graceful = not decoder.buffered_bytes
+                    if not graceful:
+                        log.warning("connection from %s closed in the middle of a frame", peer)
+                    break
+                for request in decoder.feed(data):
+                    while len(connection.owed) >= IN_FLIGHT_REQUESTS_MAX:
+                        connection.progress.clear()
+                        await connection.progress.wait()
+                    self._take(connection, request)
+                await writer.drain()
         except FrameError as error:
             log.warning("closing connection from %s: %s", peer, error)
         except (ConnectionError, OSError) as error:
             log.info("connection from %s: %s", peer, error)
         finally:
-            if graceful and not sender.done():
-                await in_flight.put(None)  # answer what was asked, then close
-                with contextlib.suppress(Exception):
-                    await sender
-            sender.cancel()
-            with contextlib.suppress(BaseException):
-                await sender
-            writer.close()
-            self._connections.discard(task)
+            try:
+                while graceful and connection.owed and not writer.is_closing():  # answer what was asked
+                    connection.progress.clear()
+                    await connection.progress.wait()
+                if graceful:
+                    await writer.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                writer.close()
+                self._connections.discard(task)
 
-    def _step(self, request: dict, future: asyncio.Future) -> dict | None:
+    def _take(self, connection: _Connection, request: dict) -> None:
+        slot = [None]
+        reply = self._step(request, (connection, slot))
+        if reply is None:
+            connection.owed.append(slot)  # answered once durable (persist_forever)
+            self._work.set()
+        elif connection.owed:
+            slot[0] = reply  # answered now, sent after the replies owed before it
+            connection.owed.append(slot)
+        else:
+            connection.writer.write(_reply_frame(reply))
+
+    def _step(self, request: dict, token: tuple) -> dict | None:
         try:
-            return self.node.step(request, future)
+            return self.node.step(request, token)
         except AssertionError as error:  # a broken invariant: stop loudly, do not limp on
             if not self.broken_invariant.done():
                 self.broken_invariant.set_exception(error)
@@ -250,30 +312,6 @@ class StorageServer:
         except Exception as error:  # an unexpected failure of one request: answer "internal"
             log.exception("request %r failed", {k: request.get(k) for k in ("id", "t")})
             return sp.error(request.get("id"), sp.ERROR_INTERNAL, repr(error))
-
-    async def _send_replies(self, in_flight: asyncio.Queue, writer: asyncio.StreamWriter, peer) -> None:
-        """Answer in the order received; replies already known are written together, with one
-        write (a group fsync answers a whole boxcar of appends at once)."""
-        try:
-            while True:
-                future = await in_flight.get()
-                frames: list[bytes] = []
-                while future is not None:
-                    if not future.done() and frames:
-                        writer.write(b"".join(frames))  # do not hold known replies for a slow one
-                        frames = []
-                    frames.append(_reply_frame(await future))
-                    if in_flight.empty():
-                        break
-                    future = in_flight.get_nowait()
-                if frames:
-                    writer.write(b"".join(frames))
-                    await writer.drain()
-                if future is None:
-                    return
-        except (ConnectionError, OSError) as error:
-            log.info("connection from %s: %s", peer, error)
-            writer.close()
 
     async def close(self) -> None:
         for task in list(self._connections):
