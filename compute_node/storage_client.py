@@ -39,12 +39,13 @@ from aurora_db.constants import (
     STORAGE_REQUEST_TIMEOUT_MS,
 )
 from aurora_db.errors import StaleEpoch, StorageUnavailable
-from aurora_db.framing import FrameError, encode_frame, read_frame
+from aurora_db.framing import FrameDecoder, FrameError, encode_frame
 from aurora_db.records import Record
 
 log = logging.getLogger(__name__)
 
 REQUEST_EXPIRY_CHECK_MS = 100  # how late a request's timeout may be noticed
+REPLY_READ_CHUNK_BYTES = 256 * 1024  # bytes a link reads at once (page images come in bigger frames)
 
 
 class RequestFailed(Exception):
@@ -338,17 +339,24 @@ class NodeLink:
                 scl = reply["scl"]
 
     async def _receive(self, reader: asyncio.StreamReader) -> None:
+        """Take every whole reply in whatever bytes came (a node answers a boxcar's appends, and
+        anything else that was owed, with one write), until the connection closes."""
+        decoder = FrameDecoder(FRAME_BYTES_MAX)
         try:
             while True:
-                reply = await read_frame(reader)
-                request_id = reply.get("id")
-                if self._appends.pop(request_id, None) is not None:
-                    self._on_append_reply(reply)
-                    continue
-                future, _ = self._replies.get(request_id, (None, 0))
-                if future is not None and not future.done():
-                    future.set_result(reply)
-        except (asyncio.IncompleteReadError, ConnectionError, OSError, FrameError) as error:
+                data = await reader.read(REPLY_READ_CHUNK_BYTES)
+                if not data:
+                    log.info("connection to %s closed", self.node_id)
+                    return
+                for reply in decoder.feed(data):
+                    request_id = reply.get("id")
+                    if self._appends.pop(request_id, None) is not None:
+                        self._on_append_reply(reply)
+                        continue
+                    future, _ = self._replies.get(request_id, (None, 0))
+                    if future is not None and not future.done():
+                        future.set_result(reply)
+        except (ConnectionError, OSError, FrameError) as error:
             log.info("connection to %s closed: %s", self.node_id, error)
 
     async def _expire_requests(self) -> None:
