@@ -143,16 +143,19 @@ def _decode_at(data: bytes, pos: int) -> tuple[LogEntry, int]:
 def damaged_entries(data: bytes) -> int:
     """How many entries of a file's bytes fail their checksums (the scrubber's quick pass: CRCs
     only, nothing decoded; `scan` then finds which)."""
-    damaged, pos = 0, 0
-    while pos < len(data):
-        if len(data) - pos < HEADER_BYTES:
+    damaged, pos, size = 0, 0, len(data)
+    view = memoryview(data)  # checksummed in place: no copy of any entry
+    unpack_header, unpack_crc, crc32 = _HEADER.unpack_from, _HEADER_CRC.unpack_from, zlib.crc32
+    header_size = _HEADER.size
+    while pos < size:
+        if size - pos < HEADER_BYTES:
             return damaged + 1
-        magic, kind, reserved, length, payload_crc = _HEADER.unpack_from(data, pos)
-        (header_crc,) = _HEADER_CRC.unpack_from(data, pos + _HEADER.size)
+        magic, kind, reserved, length, payload_crc = unpack_header(view, pos)
+        (header_crc,) = unpack_crc(view, pos + header_size)
         end = pos + HEADER_BYTES + length
-        if magic != MAGIC or header_crc != zlib.crc32(data[pos:pos + _HEADER.size]) & 0xFFFFFFFF or end > len(data):
+        if magic != MAGIC or header_crc != crc32(view[pos:pos + header_size]) or end > size:
             return damaged + 1  # the lengths after it cannot be trusted: scan resynchronizes
-        if zlib.crc32(data[pos + HEADER_BYTES:end]) & 0xFFFFFFFF != payload_crc:
+        if crc32(view[pos + HEADER_BYTES:end]) != payload_crc:
             damaged += 1
         pos = end
     return damaged
