@@ -104,7 +104,7 @@ class HeapPage(Page):
         self.links = dict(zip(links[::2], links[1::2])) if links else {}
         self.heap_only = set(heap_only) if heap_only else set()
         self._used_bytes = None  # computed on first use: storage materializes pages and never asks
-        self._taken_below = 0  # every slot below it holds something (free_slot searches from here)
+        self._taken_below = 0  # every slot below it (that exists) holds something: free_slot starts here
 
     @property
     def used_bytes(self) -> int:
@@ -222,9 +222,10 @@ def key_bytes(key: tuple) -> int:
 
 
 def packed_items_bytes(items: list) -> int:
-    """sum(len(packb(item)) for item in items), exactly, with one encoding instead of one per item
-    (a page's size is summed so when the writer first touches a page it read: a B-tree leaf has
-    hundreds of keys). A tuple packs as the list it holds; the array header goes."""
+    """sum(len(packb(item)) for item in items), exactly, with one encoding instead of one per item.
+    A page's size is summed this way when the writer first needs it for a page read from storage
+    (a B-tree leaf holds hundreds of keys). A tuple packs as the list it holds; the array header
+    of the one encoding (1, 3 or 5 bytes by the count) is taken off."""
     count = len(items)
     header_bytes = 1 if count < 16 else 3 if count < 1 << 16 else 5
     return len(packb(items)) - header_bytes
