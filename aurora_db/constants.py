@@ -52,6 +52,7 @@ BATCH_RECORDS_MAX = 512  # records in one append request
 PENDING_RECORDS_MAX = 100_000  # records a segment holds that arrived ahead of a gap
 RECENT_RECORDS_PER_PG_MAX = 50_000  # records the writer keeps to resend to a segment behind
 IN_FLIGHT_REQUESTS_MAX = 1024  # requests a connection may have outstanding
+FRAME_READ_CHUNK_BYTES = 256 * 1024  # bytes a storage connection asks of its socket per read, whole frames or not
 
 # Compute node.
 CACHE_PAGES_DEFAULT = 4096

@@ -155,7 +155,8 @@ class BTreePage(Page):
     @property
     def used_bytes(self) -> int:
         if self._used_bytes is None:
-            self._used_bytes = PAGE_HEADER_BYTES + len(self.keys) * KEY_OVERHEAD_BYTES + packed_items_bytes(self.keys)
+            keys = self.keys
+            self._used_bytes = PAGE_HEADER_BYTES + len(keys) * KEY_OVERHEAD_BYTES + packed_items_bytes(keys)
         return self._used_bytes
 
     def fits(self, key) -> bool:

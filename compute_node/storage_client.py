@@ -32,6 +32,7 @@ from aurora_db.constants import (
     BATCH_RECORDS_MAX,
     CATCH_UP_RECORDS_PER_REQUEST,
     FRAME_BYTES_MAX,
+    FRAME_READ_CHUNK_BYTES,
     RECENT_RECORDS_PER_PG_MAX,
     READ_POINT_RENEW_MS,
     RECONNECT_INTERVAL_MS,
@@ -45,7 +46,6 @@ from aurora_db.records import Record
 log = logging.getLogger(__name__)
 
 REQUEST_EXPIRY_CHECK_MS = 100  # how late a request's timeout may be noticed
-REPLY_READ_CHUNK_BYTES = 256 * 1024  # bytes a link reads at once (page images come in bigger frames)
 
 
 class RequestFailed(Exception):
@@ -344,7 +344,7 @@ class NodeLink:
         decoder = FrameDecoder(FRAME_BYTES_MAX)
         try:
             while True:
-                data = await reader.read(REPLY_READ_CHUNK_BYTES)
+                data = await reader.read(FRAME_READ_CHUNK_BYTES)
                 if not data:
                     log.info("connection to %s closed", self.node_id)
                     return

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import msgpack
 
-from aurora_db.constants import LOG_ENTRY_BYTES_MAX, LOG_FILE_BYTES_MAX, PAGES_PER_PG
+from aurora_db.constants import LOG_ENTRY_BYTES_MAX, LOG_FILE_BYTES_MAX
 from aurora_db.records import ChecksumMismatch, Record, checksum, open_sealed
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,12 @@ class ScanReport:
 
 
 def encode_entry(entry: LogEntry) -> bytes:
+    header, payload = _framed(entry)
+    return header + payload
+
+
+def _framed(entry: LogEntry) -> tuple[bytes, bytes]:
+    """(the 16-byte header, the payload): a record's body is framed as it is, never copied."""
     if isinstance(entry, RecordEntry):
         kind, payload, payload_crc = KIND_RECORD, entry.body, entry.crc
     else:
@@ -101,7 +107,7 @@ def encode_entry(entry: LogEntry) -> bytes:
         payload_crc = checksum(payload)
     assert len(payload) <= LOG_ENTRY_BYTES_MAX, f"log entry of {len(payload)} bytes"
     header = _HEADER.pack(MAGIC, kind, 0, len(payload), payload_crc)
-    return header + _HEADER_CRC.pack(zlib.crc32(header) & 0xFFFFFFFF) + payload
+    return header + _HEADER_CRC.pack(zlib.crc32(header) & 0xFFFFFFFF), payload
 
 
 class _Bad(Exception):
@@ -239,7 +245,7 @@ class FileContents:
     def add(self, entry: LogEntry) -> None:
         if isinstance(entry, RecordEntry):
             record = entry.record
-            pg, lsn = record.page_id // PAGES_PER_PG, record.lsn
+            pg, lsn = record.pg, record.lsn
             lsns = self.lsns_by_pg.get(pg)
             if lsns is None:
                 self.lsns_by_pg[pg] = [lsn]
@@ -345,25 +351,15 @@ class LogFile:
         chunk = bytearray()
         contents = self.contents[self._seq]
         for entry in entries:
-            if isinstance(entry, RecordEntry):  # most entries: framed in place, the body copied once
-                body = entry.body
-                header = _HEADER.pack(MAGIC, KIND_RECORD, 0, len(body), entry.crc)
-                encoded_bytes = HEADER_BYTES + len(body)
-                assert len(body) <= LOG_ENTRY_BYTES_MAX, f"log entry of {len(body)} bytes"
-            else:
-                encoded = encode_entry(entry)
-                encoded_bytes = len(encoded)
-            if self._size + len(chunk) + encoded_bytes > self.file_bytes_max and self._size + len(chunk) > 0:
+            header, payload = _framed(entry)  # the payload is copied once, into the chunk
+            written = self._size + len(chunk)
+            if written + HEADER_BYTES + len(payload) > self.file_bytes_max and written > 0:
                 self._write(chunk)
                 chunk = bytearray()
                 self._rotate()
                 contents = self.contents[self._seq]
-            if isinstance(entry, RecordEntry):
-                chunk += header
-                chunk += _HEADER_CRC.pack(zlib.crc32(header))
-                chunk += body
-            else:
-                chunk += encoded
+            chunk += header
+            chunk += payload
             contents.add(entry)
         self._write(chunk)
 

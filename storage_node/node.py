@@ -49,7 +49,6 @@ from aurora_db.constants import (
     CHAIN_RECORDS_MAX,
     IMAGE_CHUNK_BYTES_MAX,
     PAGE_ID_MAX,
-    PAGES_PER_PG,
     PENDING_RECORDS_MAX,
     READ_POINT_CLIENTS_MAX,
     READ_POINT_LEASE_MS,
@@ -331,7 +330,7 @@ class Node:
             lsn, page_id = record.lsn, record.page_id
             if type(page_id) is not int or not 0 <= page_id < PAGE_ID_MAX:  # noqa: E721
                 raise BadRequest(f"record {lsn} names page {page_id}, outside 0..{PAGE_ID_MAX}")
-            if page_id // PAGES_PER_PG != pg:
+            if pg_of_page(page_id) != pg:
                 raise BadRequest(f"record {lsn} is for page {page_id} of PG {record.pg}, not PG {pg}")
             prev_volume, prev_pg, prev_page = record.prev_volume, record.prev_pg, record.prev_page
             if not (type(lsn) is int and type(prev_volume) is int and type(prev_pg) is int  # noqa: E721 (no bool)
@@ -427,7 +426,7 @@ class Node:
         entries = self._validate_batch(pg, sealed)
         segment = self.segments.get(pg)
         if segment is not None:
-            entries = [e for e in entries if not segment.holds(e) and not segment.in_truncated_range(e.lsn)]
+            entries = segment.fresh(entries)
         if entries:
             self._queue(_Append(None, None, ((pg, entries),), False))
             self.stats["records_from_peers"] += len(entries)

@@ -41,7 +41,7 @@ import heapq
 import logging
 
 from aurora_db import pages
-from aurora_db.constants import PAGES_PER_PG, PENDING_RECORDS_MAX, SEGMENT_CACHE_PAGES_MAX
+from aurora_db.constants import PENDING_RECORDS_MAX, SEGMENT_CACHE_PAGES_MAX
 from aurora_db.records import ChecksumMismatch
 from storage_node.log_file import RecordEntry
 from storage_node.page_image import PageImage
@@ -137,8 +137,8 @@ class Segment:
         return held is not None and held.body == entry.body
 
     def fresh(self, entries: list[RecordEntry]) -> list[RecordEntry]:
-        """The entries that are neither held already (holds) nor inside a truncation range: what
-        an append must still write. One pass, on every append of every node."""
+        """The entries that are neither held already (`holds`) nor inside a truncation range: what
+        an append, or a peer's records, must still write. One pass over a batch."""
         base, held, floor = self.image.base_lsn, self._held, self._highest_floor
         kept = []
         for entry in entries:
@@ -173,7 +173,7 @@ class Segment:
     def _add_one(self, entry: RecordEntry, result: AddResult) -> None:
         record = entry.record
         lsn = record.lsn
-        assert record.page_id // PAGES_PER_PG == self.pg, f"record {lsn} of PG {record.pg} given to segment of PG {self.pg}"
+        assert record.pg == self.pg, f"record {lsn} of PG {record.pg} given to segment of PG {self.pg}"
         if lsn <= self._highest_floor and self.in_truncated_range(lsn):
             result.discarded += 1
             return

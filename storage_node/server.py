@@ -34,7 +34,8 @@ from pathlib import Path
 
 from aurora_db import storage_protocol as sp
 from aurora_db import truncation
-from aurora_db.constants import FRAME_BYTES_MAX, IN_FLIGHT_REQUESTS_MAX, STORAGE_CONNECTIONS_MAX
+from aurora_db.constants import (FRAME_BYTES_MAX, FRAME_READ_CHUNK_BYTES, IN_FLIGHT_REQUESTS_MAX,
+                                 STORAGE_CONNECTIONS_MAX)
 from aurora_db.framing import FrameDecoder, FrameError, encode_frame
 from aurora_db.process import tune_garbage_collection, yield_to_latency_critical_processes
 from storage_node.healer import Healer
@@ -48,7 +49,6 @@ META_FILE = "epoch"
 LOG_DIR = "log"
 PAGES_DIR = "pages"
 OLD_LAYOUT_PREFIX = "pg-"  # a log per PG, before the node-wide log
-STORAGE_READ_CHUNK_BYTES = 256 * 1024  # bytes a connection reads at once (a boxcar is a few KiB)
 
 
 # --- node metadata: DATA/epoch ----------------------------------------------------------------
@@ -195,7 +195,8 @@ class StorageServer:
         self.node = node
         self.disk = disk
         self._work = asyncio.Event()
-        self._durable_waiters: list[tuple[int, NodeMeta, asyncio.Future]] = []  # (op_seq, meta, future)
+        # (op_seq, meta, future) of durable() calls: the healer's, at most one per healing loop.
+        self._durable_waiters: list[tuple[int, NodeMeta, asyncio.Future]] = []
         self._connections: set[asyncio.Task] = set()
         self.broken_invariant = asyncio.get_running_loop().create_future()  # set: the node stops
 
@@ -261,7 +262,7 @@ class StorageServer:
         graceful = False
         try:
             while True:
-                data = await reader.read(STORAGE_READ_CHUNK_BYTES)
+                data = await reader.read(FRAME_READ_CHUNK_BYTES)
                 if not data:
                     graceful = not decoder.buffered_bytes
                     if not graceful:
