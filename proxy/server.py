@@ -21,7 +21,7 @@ import time
 
 from aurora_db.constants import PGWIRE_CLOSE_TIMEOUT_MS, PGWIRE_STARTUP_TIMEOUT_MS, RECOVERY_TIMEOUT_MS
 from aurora_db.framing import FrameError, encode_frame, read_frame, request_once
-from aurora_db.process import run_until_stopped
+from aurora_db.process import run_until_stopped, yield_to_latency_critical_processes
 from aurora_db.pgwire import (CANCEL_REQUEST_CODE, SSL_REFUSED, FrontendDecoder, GSSENCRequest, ProtocolError,
                               SSLRequest, StartupMessage, encode_error_response)
 from proxy.routing import (FAILURE_THRESHOLD_DEFAULT, HEALTH_INTERVAL_MS_DEFAULT, REPLICA_LAG_MS_MAX_DEFAULT,
@@ -479,4 +479,5 @@ def run(args) -> int:
         return 1
     if args.data:
         os.makedirs(args.data, exist_ok=True)
+    yield_to_latency_critical_processes()  # passing bytes on must not preempt the writer it serves
     return run_until_stopped(lambda stop: Proxy(config).serve(stop), (OSError,), log)

@@ -364,6 +364,15 @@ def test_status_shows_the_endpoints_and_a_switchover_needs_a_reader(real_cluster
     assert refused.returncode == 1 and "no healthy reader to promote" in refused.stderr
 
 
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
+def test_the_proxy_yields_the_cpu_to_the_writer(real_cluster):
+    """The proxy's wake-ups must not preempt the writer, which serves every client on one thread;
+    the writer keeps the default policy (process.py)."""
+    layout = load_layout(real_cluster.directory)
+    assert os.sched_getscheduler(layout.proxy.pid) == os.SCHED_BATCH
+    assert os.sched_getscheduler(layout.writer.pid) == os.SCHED_OTHER
+
+
 # ---------------------------------------------------------------------------------------------
 # 4. A real cluster with readers
 # ---------------------------------------------------------------------------------------------
