@@ -255,7 +255,7 @@ class Node:
                     entries = segment.fresh(entries)
                 fresh.append((pg, entries))
             if not any(entries for _, entries in fresh) and epoch <= self.meta.epoch:  # all already durable
-                return self._append_reply(request_id, many, [(pg, self._scl(pg)) for pg, _ in fresh], 0)
+                return self._append_reply(request_id, many, [[pg, self._scl(pg)] for pg, _ in fresh], 0)
             self._queue(_Append(token, request_id, tuple(fresh), many))
             return None
         if kind == sp.TRUNCATE:
@@ -609,13 +609,14 @@ class Node:
             if result.dropped:
                 log.warning("PG %d: pending map over its limit of %d records: dropped %d (the writer resends)",
                             pg, segment.pending_records_max, len(result.dropped))
-            scls.append((pg, segment.scl))
+            scls.append([pg, segment.scl])
             dropped += len(result.dropped)
         return self._append_reply(op.request_id, op.many, scls, dropped)
 
     @staticmethod
-    def _append_reply(request_id, many: bool, scls: list[tuple[int, int]], dropped: int) -> dict:
-        reply = sp.ok(request_id, scls=[list(pair) for pair in scls]) if many else \
+    def _append_reply(request_id, many: bool, scls: list[list[int]], dropped: int) -> dict:
+        """scls: [pg, scl] pairs, as the reply carries them."""
+        reply = sp.ok(request_id, scls=scls) if many else \
             sp.ok(request_id, pg=scls[0][0], scl=scls[0][1])
         if dropped:
             reply["pending_dropped"] = dropped
