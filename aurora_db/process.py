@@ -67,14 +67,14 @@ def yield_to_latency_critical_processes() -> bool:
     throughput work: its wake-ups no longer preempt the process running on the CPU. A compute node
     answers its clients one statement at a time on one thread, so every preemption of it stalls
     every client; the processes that wake up because of it should wait for a CPU instead of taking
-    its own. On two CPUs under pgbench, each beside runs without it (README):
+    its own. Measured on two CPUs under pgbench, against runs without it (README):
       - a storage node: its requests come batched (one group fsync answers a boxcar). In eight
         paired runs the storage nodes used less CPU per transaction in seven, and the median run
         made 13% more transactions per second;
       - the proxy: it wakes at every message it passes on, and preempted the writer some seven
         times per transaction. Through the proxy, 8 clients made 16% more transactions per second
-        (402 -> 466), with the writer preempted 0.7 instead of 6.7 times per transaction; one
-        client's latency did not change (259 and 258 per second).
+        (medians of seven and five runs: 400 -> 466), with the writer preempted 0.7 instead of 6.7
+        times per transaction; one client's rate did not change (259 and 258 per second).
     Any process may lower itself to this policy; returns False where the platform has none."""
     if not hasattr(os, "sched_setscheduler") or not hasattr(os, "SCHED_BATCH"):
         return False
