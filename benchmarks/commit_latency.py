@@ -326,7 +326,8 @@ def aurora_db(*arguments: str, timeout_s: float) -> subprocess.CompletedProcess:
 
 @dataclasses.dataclass
 class Cluster:
-    url: str
+    url: str  # the writer's own port
+    proxy_url: str  # the proxy's writer endpoint, where applications connect
     admin_port: int
     writer_pid: int
     storage_pids: list[int]
@@ -335,8 +336,9 @@ class Cluster:
 @contextlib.contextmanager
 def aurora_cluster(base_dir: Path, cache_pages: int | None = None) -> Iterator[Cluster]:
     """`aurora-db up --readers 0 --detach` in base_dir/cluster, on free ports; always `aurora-db down`
-    at the end. The URL is the writer compute node's own port, past the proxy: the figures measure
-    the writer and storage, as a client beside the writer sees them."""
+    at the end. `url` is the writer compute node's own port, past the proxy: the figures measure
+    the writer and storage, as a client beside the writer sees them. `proxy_url` is the proxy's
+    writer endpoint."""
     data_dir = base_dir / "cluster"
     port = choose_cluster_port()
     try:
@@ -347,7 +349,8 @@ def aurora_cluster(base_dir: Path, cache_pages: int | None = None) -> Iterator[C
             raise RuntimeError(f"aurora-db up failed ({started.returncode}):\n{started.stdout}{started.stderr}")
         layout = load_layout(data_dir)
         writer = layout.writer
-        yield Cluster(f"postgresql://postgres@{LISTEN_HOST}:{writer.port}/postgres", writer.admin_port,
+        yield Cluster(f"postgresql://postgres@{LISTEN_HOST}:{writer.port}/postgres",
+                      f"postgresql://postgres@{LISTEN_HOST}:{layout.port}/postgres", writer.admin_port,
                       writer.pid, [node.pid for node in layout.storage_nodes])
     finally:
         if (data_dir / "cluster.json").exists():

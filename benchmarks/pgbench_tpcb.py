@@ -7,9 +7,12 @@ MODE` for each protocol mode (simple, extended, prepared): transactions per seco
 latency and failed transactions, on both servers, and the ratio ours / PostgreSQL. pgbench itself
 is the client, unchanged, so this is also a test that pgbench works. Both servers commit durably
 (PostgreSQL with fsync and synchronous_commit on; ours on a 4-of-6 quorum of fsynced storage
-nodes). Our writer gets a buffer cache of `--cache-pages` pages (enough for scale 10).
+nodes). Our writer gets a buffer cache of `--cache-pages` pages (enough for scale 10). pgbench
+connects to our writer's own port, past the proxy, unless `--through-proxy` sends it through the
+proxy's writer endpoint, where applications connect.
 
-    .venv/bin/python -m benchmarks.pgbench_tpcb [--scale 10] [--clients 8] [--seconds 30] [--json]
+    .venv/bin/python -m benchmarks.pgbench_tpcb [--scale 10] [--clients 8] [--seconds 30]
+        [--through-proxy] [--json]
 """
 
 from __future__ import annotations
@@ -99,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=DURATION_DEFAULT_S)
     parser.add_argument("--warmup-seconds", type=int, default=WARMUP_DEFAULT_S)
     parser.add_argument("--cache-pages", type=int, default=CACHE_PAGES_DEFAULT, help="our writer's buffer cache")
+    parser.add_argument("--through-proxy", action="store_true",
+                        help="connect to our proxy's writer endpoint instead of the writer's own port")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if shutil.which("pgbench") is None:
@@ -107,18 +112,21 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="pgbench-tpcb-") as temp:
         base = Path(temp)
         with aurora_cluster(base, cache_pages=args.cache_pages) as cluster:
-            ours = measure(cluster.url, "ours", args.scale, args.clients, args.seconds, args.warmup_seconds)
+            url = cluster.proxy_url if args.through_proxy else cluster.url
+            ours = measure(url, "ours", args.scale, args.clients, args.seconds, args.warmup_seconds)
         with scratch_postgres(base) as postgres_url:
             postgres = measure(postgres_url, "PostgreSQL", args.scale, args.clients, args.seconds,
                                args.warmup_seconds)
     result = {"scale": args.scale, "clients": args.clients, "seconds": args.seconds,
-              "warmup_seconds": args.warmup_seconds, "cache_pages": args.cache_pages, "ours": ours,
+              "warmup_seconds": args.warmup_seconds, "cache_pages": args.cache_pages,
+              "endpoint": "proxy" if args.through_proxy else "writer", "ours": ours,
               "postgres": postgres,
               "ratio_tps": {mode: ours["modes"][mode]["tps"] / postgres["modes"][mode]["tps"] for mode in MODES}}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"pgbench TPC-B, scale {args.scale}, {args.clients} clients, {args.seconds} s per mode")
+    where = "the proxy's writer endpoint" if args.through_proxy else "the writer's own port"
+    print(f"pgbench TPC-B, scale {args.scale}, {args.clients} clients, {args.seconds} s per mode, ours on {where}")
     print(f"{'':10} {'ours tps':>10} {'lat ms':>8} {'failed':>7} {'pg tps':>10} {'lat ms':>8} {'ratio':>7}")
     for mode in MODES:
         o, p = ours["modes"][mode], postgres["modes"][mode]
