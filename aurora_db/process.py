@@ -72,9 +72,11 @@ def yield_to_latency_critical_processes() -> bool:
         paired runs the storage nodes used less CPU per transaction in seven, and the median run
         made 13% more transactions per second;
       - the proxy: it wakes at every message it passes on, and preempted the writer some seven
-        times per transaction. Through the proxy, 8 clients made 16% more transactions per second
-        (medians of seven and five runs: 400 -> 466), with the writer preempted 0.7 instead of 6.7
-        times per transaction; one client's rate did not change (259 and 258 per second).
+        times per transaction. Through the proxy, in the steady state, 8 clients made 16% more
+        transactions per second (medians of seven and five runs: 400 -> 466), with the writer
+        preempted 0.7 instead of 6.7 times per transaction; one client's rate did not change (259
+        and 258 per second). While the storage nodes are busy coalescing, the proxy waits for their
+        turns instead (benchmarks.pgbench_tpcb --through-proxy: 10% more, but scattered).
     Any process may lower itself to this policy; returns False where the platform has none."""
     if not hasattr(os, "sched_setscheduler") or not hasattr(os, "SCHED_BATCH"):
         return False
