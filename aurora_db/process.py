@@ -75,8 +75,8 @@ def yield_to_latency_critical_processes() -> bool:
         times per transaction. Through the proxy, in the steady state, 8 clients made 16% more
         transactions per second (medians of seven and five runs: 400 -> 466), with the writer
         preempted 0.7 instead of 6.7 times per transaction; one client's rate did not change (259
-        and 258 per second). While the storage nodes are busy coalescing, the proxy waits for their
-        turns instead (benchmarks.pgbench_tpcb --through-proxy: 10% more, but scattered).
+        and 258 per second). In benchmarks.pgbench_tpcb --through-proxy, with the storage nodes still
+        coalescing the load, 10% more over three modes and two runs each, but scattered.
     Any process may lower itself to this policy; returns False where the platform has none."""
     if not hasattr(os, "sched_setscheduler") or not hasattr(os, "SCHED_BATCH"):
         return False
