@@ -39,6 +39,8 @@ WARMUP_DEFAULT_S = 30
 CACHE_PAGES_DEFAULT = 32768
 INIT_TIMEOUT_S = 1800
 RUN_GRACE_S = 120  # beyond the run's own duration, before pgbench is presumed stuck
+# Where pgbench connects to our cluster, by --through-proxy: the JSON's name, and the printed one.
+ENDPOINTS = {False: ("writer", "the writer's own port"), True: ("proxy", "the proxy's writer endpoint")}
 
 _TPS = re.compile(r"^tps = ([0-9.]+)", re.M)
 _LATENCY = re.compile(r"^latency average = ([0-9.]+) ms", re.M)
@@ -119,14 +121,14 @@ def main(argv: list[str] | None = None) -> int:
                                args.warmup_seconds)
     result = {"scale": args.scale, "clients": args.clients, "seconds": args.seconds,
               "warmup_seconds": args.warmup_seconds, "cache_pages": args.cache_pages,
-              "endpoint": "proxy" if args.through_proxy else "writer", "ours": ours,
+              "endpoint": ENDPOINTS[args.through_proxy][0], "ours": ours,
               "postgres": postgres,
               "ratio_tps": {mode: ours["modes"][mode]["tps"] / postgres["modes"][mode]["tps"] for mode in MODES}}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    where = "the proxy's writer endpoint" if args.through_proxy else "the writer's own port"
-    print(f"pgbench TPC-B, scale {args.scale}, {args.clients} clients, {args.seconds} s per mode, ours on {where}")
+    print(f"pgbench TPC-B, scale {args.scale}, {args.clients} clients, {args.seconds} s per mode, "
+          f"ours on {ENDPOINTS[args.through_proxy][1]}")
     print(f"{'':10} {'ours tps':>10} {'lat ms':>8} {'failed':>7} {'pg tps':>10} {'lat ms':>8} {'ratio':>7}")
     for mode in MODES:
         o, p = ours["modes"][mode], postgres["modes"][mode]
