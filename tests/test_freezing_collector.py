@@ -1,6 +1,6 @@
 """The servers' garbage collector (aurora_db/process.py, FreezingCollector): what survives a
-middle collection is frozen, so later collections skip it, and a cycle frozen on its way is still
-collected, at the next thaw."""
+young or middle collection is frozen, so later collections skip it, and a cycle frozen on its way
+is still collected, at the next thaw."""
 
 from __future__ import annotations
 
@@ -42,6 +42,13 @@ def collector():
         gc.callbacks.extend(installed)
         gc.unfreeze()
         gc.collect()
+
+
+def test_survivors_of_a_young_collection_are_frozen(collector):
+    kept = [Node() for _ in range(1000)]
+    gc.collect(0)
+    assert gc.get_freeze_count() >= len(kept), "the survivors skipped the middle generation"
+    assert collector.middle_collections == 0
 
 
 def test_survivors_of_a_middle_collection_are_frozen(collector):
