@@ -316,12 +316,20 @@ def plan_prune(page: pages.HeapPage, dead: Callable[[int, int], bool],
     redirects, stubs, freed = [], [], []
     reached: set[int] = set()
     links = page.links
-    for slot, entry in enumerate(tuples):
-        if not is_root(page, slot, entry):
-            continue
-        if entry.__class__ is list and slot not in links:  # a row with one version: most of them
-            if dead(entry[0], entry[1]):
-                stubs.append(slot)
+    live_inserters: set[int] = set()  # xmins whose versions with no deleter are not dead: asked once
+    for slot, entry in enumerate(tuples):  # is_root inlined: a full page is walked at every update
+        if entry.__class__ is list:
+            if slot in heap_only:
+                continue
+            if slot not in links:  # a row with one version: most of them
+                xmin, xmax = entry[0], entry[1]
+                if xmax or xmin not in live_inserters:
+                    if dead(xmin, xmax):
+                        stubs.append(slot)
+                    elif not xmax:
+                        live_inserters.add(xmin)
+                continue
+        elif entry is None or entry < 0:
             continue
         versions = [version_slot for (_, version_slot), _ in chain(page, slot)]
         reached.update(versions)
