@@ -215,40 +215,6 @@ class _BodyReader:
             raise ProtocolError(f"{self._message_name} message has a negative count")
         return value
 
-    def values(self) -> list[bytes | None]:
-        """A count, then that many values, each length-prefixed (-1: NULL): Bind's parameters,
-        read in one loop (a Bind arrives with every statement a driver runs)."""
-        count = self.count()
-        body, offset, size = self._body, self._offset, len(self._body)
-        values: list[bytes | None] = []
-        for _ in range(count):
-            if offset + 4 > size:
-                raise ProtocolError(f"{self._message_name} message is shorter than its fields")
-            (length,) = _INT32.unpack_from(body, offset)
-            offset += 4
-            if length == -1:
-                values.append(None)
-                continue
-            end = offset + length
-            if length < -1:
-                raise ProtocolError(f"{self._message_name} message has a negative value length")
-            if end > size:
-                raise ProtocolError(f"{self._message_name} message is shorter than its fields")
-            values.append(body[offset:end])
-            offset = end
-        self._offset = offset
-        return values
-
-    def format_codes(self) -> list[int]:
-        """A count, then that many int16 format codes, each text (0) or binary (1)."""
-        count = self.count()
-        if not count:
-            return []
-        codes = list(struct.unpack(f">{count}h", self._take(2 * count)))
-        if any(code not in (TEXT_FORMAT, BINARY_FORMAT) for code in codes):
-            raise ProtocolError(f"unsupported format code in {codes}")
-        return codes
-
     def rest(self) -> bytes:
         return self._take(len(self._body) - self._offset)
 
@@ -267,11 +233,61 @@ def _parse_parse(reader: _BodyReader) -> Parse:
     return Parse(name, sql, oids)
 
 
-def _parse_bind(reader: _BodyReader) -> Bind:
-    portal, statement = reader.string(), reader.string()
-    param_formats = reader.format_codes()
-    values = reader.values()
-    return Bind(portal, statement, param_formats, values, reader.format_codes())
+def _parse_bind(body: bytes) -> Bind:
+    """Bind, read in one pass over its body (a driver sends one with every statement); any fault
+    is named as _BodyReader names it."""
+    size = len(body)
+    try:
+        portal_end = body.index(0)
+        statement_end = body.index(0, portal_end + 1)
+        portal_name = body[:portal_end].decode("utf-8")
+        statement_name = body[portal_end + 1 : statement_end].decode("utf-8")
+        param_formats, offset = _format_codes_at(body, statement_end + 1)
+        count, offset = _count_at(body, offset)
+        values: list[bytes | None] = []
+        for _ in range(count):
+            (length,) = _INT32.unpack_from(body, offset)
+            offset += 4
+            if length == -1:
+                values.append(None)
+                continue
+            end = offset + length
+            if length < -1:
+                raise ProtocolError("Bind message has a negative value length")
+            if end > size:
+                raise struct.error("a value past the end")
+            values.append(body[offset:end])
+            offset = end
+        result_formats, offset = _format_codes_at(body, offset)
+    except UnicodeDecodeError:
+        raise ProtocolError("Bind message has a string that is not UTF-8") from None
+    except ValueError:  # bytes.index: no terminator
+        raise ProtocolError("Bind message has an unterminated string") from None
+    except struct.error:
+        raise ProtocolError("Bind message is shorter than its fields") from None
+    if offset != size:
+        raise ProtocolError(f"Bind message has {size - offset} bytes left over")
+    return Bind(portal_name, statement_name, param_formats, values, result_formats)
+
+
+def _count_at(body: bytes, offset: int) -> tuple[int, int]:
+    """Bind's int16 count at `offset`, and the offset after it."""
+    (count,) = _INT16.unpack_from(body, offset)
+    if count < 0:
+        raise ProtocolError("Bind message has a negative count")
+    return count, offset + 2
+
+
+def _format_codes_at(body: bytes, offset: int) -> tuple[list[int], int]:
+    """A count, then that many int16 format codes, each text (0) or binary (1); and the offset
+    after them."""
+    count, offset = _count_at(body, offset)
+    if not count:
+        return [], offset
+    codes = list(struct.unpack_from(f">{count}h", body, offset))
+    if any(code not in (TEXT_FORMAT, BINARY_FORMAT) for code in codes):
+        raise ProtocolError(f"unsupported format code in {codes}")
+    return codes, offset + 2 * count
 
 
 def _parse_describe(reader: _BodyReader) -> Describe:
@@ -281,9 +297,20 @@ def _parse_describe(reader: _BodyReader) -> Describe:
     return Describe(kind, reader.string())
 
 
-def _parse_execute(reader: _BodyReader) -> Execute:
-    portal, rows_max = reader.string(), reader.int32()
-    return Execute(portal, max(rows_max, 0))
+def _parse_execute(body: bytes) -> Execute:
+    """Execute, read in one pass over its body (a driver sends one with every statement)."""
+    end = body.find(0)
+    if end < 0:
+        raise ProtocolError("Execute message has an unterminated string")
+    extra = len(body) - (end + 1 + _INT32.size)
+    if extra:
+        raise ProtocolError("Execute message is shorter than its fields" if extra < 0
+                            else f"Execute message has {extra} bytes left over")
+    try:
+        portal_name = body[:end].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("Execute message has a string that is not UTF-8") from None
+    return Execute(portal_name, max(_INT32.unpack_from(body, end + 1)[0], 0))
 
 
 def _parse_close(reader: _BodyReader) -> Close:
@@ -293,19 +320,39 @@ def _parse_close(reader: _BodyReader) -> Close:
     return Close(kind, reader.string())
 
 
-_TYPED_PARSERS: dict[int, tuple[str, Callable[[_BodyReader], TypedMessage]]] = {
-    ord("Q"): ("Query", _parse_query),
-    ord("P"): ("Parse", _parse_parse),
-    ord("B"): ("Bind", _parse_bind),
-    ord("D"): ("Describe", _parse_describe),
-    ord("E"): ("Execute", _parse_execute),
-    ord("C"): ("Close", _parse_close),
-    ord("S"): ("Sync", lambda reader: Sync()),
-    ord("H"): ("Flush", lambda reader: Flush()),
-    ord("X"): ("Terminate", lambda reader: Terminate()),
-    ord("d"): ("CopyData", lambda reader: CopyData(reader.rest())),
-    ord("c"): ("CopyDone", lambda reader: CopyDone()),
-    ord("f"): ("CopyFail", lambda reader: CopyFail(reader.string())),
+def _read_whole(name: str, parse: Callable[[_BodyReader], TypedMessage]) -> Callable[[bytes], TypedMessage]:
+    """A body parser from a _BodyReader one: every field read, nothing left over."""
+    def parse_body(body: bytes) -> TypedMessage:
+        reader = _BodyReader(body, name)
+        message = parse(reader)
+        reader.finish()
+        return message
+    return parse_body
+
+
+_SYNC = Sync()
+
+
+def _parse_sync(body: bytes) -> Sync:
+    if body:
+        raise ProtocolError(f"Sync message has {len(body)} bytes left over")
+    return _SYNC
+
+
+# Type byte -> the parser of the message's body.
+_TYPED_PARSERS: dict[int, Callable[[bytes], TypedMessage]] = {
+    ord("Q"): _read_whole("Query", _parse_query),
+    ord("P"): _read_whole("Parse", _parse_parse),
+    ord("B"): _parse_bind,
+    ord("D"): _read_whole("Describe", _parse_describe),
+    ord("E"): _parse_execute,
+    ord("C"): _read_whole("Close", _parse_close),
+    ord("S"): _parse_sync,
+    ord("H"): _read_whole("Flush", lambda reader: Flush()),
+    ord("X"): _read_whole("Terminate", lambda reader: Terminate()),
+    ord("d"): _read_whole("CopyData", lambda reader: CopyData(reader.rest())),
+    ord("c"): _read_whole("CopyDone", lambda reader: CopyDone()),
+    ord("f"): _read_whole("CopyFail", lambda reader: CopyFail(reader.string())),
 }
 
 
@@ -411,11 +458,7 @@ class FrontendDecoder:
             return None
         body = bytes(self._buffer[_HEADER_BYTES:end])
         del self._buffer[:end]
-        name, parse = _TYPED_PARSERS[type_byte]
-        reader = _BodyReader(body, name)
-        message = parse(reader)
-        reader.finish()
-        return message
+        return _TYPED_PARSERS[type_byte](body)
 
 
 # Backend messages.

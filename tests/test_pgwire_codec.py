@@ -169,6 +169,13 @@ def test_an_unknown_type_byte_fails_at_once():
     frontend_message(b"D", b"X" + cstring("name")),
     frontend_message(b"E", cstring("p")),  # missing maxrows
     frontend_message(b"B", cstring("") + cstring("") + struct.pack(">hh", 1, 7) + struct.pack(">hh", 0, 0)),
+    frontend_message(b"B", cstring("") + cstring("") + struct.pack(">hh", 0, -1)),  # a negative count
+    frontend_message(b"B", cstring("") + cstring("") + struct.pack(">hhih", 0, 1, -2, 0)),  # a negative length
+    frontend_message(b"B", cstring("") + cstring("") + struct.pack(">hhi", 0, 1, 50) + b"short"),
+    frontend_message(b"B", cstring("") + cstring("s1") + struct.pack(">hhh", 0, 0, 0) + b"x"),  # left over
+    frontend_message(b"B", b"\xff\x00" + cstring("s1") + struct.pack(">hhh", 0, 0, 0)),  # not UTF-8
+    frontend_message(b"B", cstring("p1") + b"s1"),  # an unterminated string
+    frontend_message(b"E", cstring("p") + struct.pack(">ih", 0, 0)),  # left over
     frontend_message(b"Q", b"\xff\xfe\x00"),  # not UTF-8
     b"Q" + struct.pack(">i", 3),  # a length shorter than itself
     frontend_message(b"f", b"no terminator"),  # CopyFail's message is a C string
