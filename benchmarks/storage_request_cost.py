@@ -7,9 +7,8 @@ second on one connection, as the writer's link does, for each `--records` count 
 node each time). Every request is fsynced and answered, as under load. Prints the node's user and
 system CPU per request (from /proc, so Linux only) and the rate it kept up with: the least of
 `--repeats` runs, since the node's background work (coalescing, scrubbing) lands in some runs and
-not others. The difference
-between two record counts is the cost of the records; what is left at one record is the request's
-own: the round trip, the event loop's turns, the group fsync.
+not others. The difference between two record counts is the cost of the records; what is left at
+one record is the request's own: the round trip, the event loop's turns, the group fsync.
 
     .venv/bin/python -m benchmarks.storage_request_cost [--rate 400] [--requests 4000]
         [--records 1 8 30] [--repeats 3] [--json]
@@ -43,7 +42,8 @@ def free_port() -> int:
 
 def cpu_ticks(pid: int) -> tuple[int, int]:
     """(user, system) clock ticks of a process so far."""
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
     return int(fields[11]), int(fields[12])
 
 
