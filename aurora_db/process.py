@@ -13,9 +13,9 @@ from typing import Awaitable, Callable
 # Allocations of container objects between young collections (CPython's default is 700), young
 # collections per middle one, and middle ones per full one (CPython's: 10 and 10).
 GC_THRESHOLDS = (20_000, 10, 10)
-# Middle collections between two thaws of the frozen objects (see FreezingCollector): a few
-# minutes on a busy server.
-THAW_AFTER_MIDDLE_COLLECTIONS = 40
+# Collections between two thaws of the frozen objects (see FreezingCollector): some 15 minutes
+# for a storage node under pgbench, more for a quieter process.
+THAW_AFTER_COLLECTIONS = 400
 
 
 class FreezingCollector:
@@ -31,40 +31,41 @@ class FreezingCollector:
     collector, two thirds of it in the middle collection, which walks ten young collections'
     survivors again; freezing them after the young collection too, some 100 ms.
 
-    So after each young or middle collection the survivors are frozen (gc.freeze: moved to the
-    permanent generation, which collections skip; reference counting still frees them), and each
-    long-lived object is walked once. Invariant: a cycle frozen this way is not lost, only
-    collected late: every THAW_AFTER_MIDDLE_COLLECTIONS middle collections the frozen objects are
-    thawed into the oldest generation, and nothing is frozen again until the next full
-    collection has walked them."""
+    So after each collection the survivors are frozen (gc.freeze: moved to the permanent
+    generation, which collections skip; reference counting still frees them), and each
+    long-lived object is walked once. gc.freeze also resets CPython's counts of collections, so
+    while this goes on no middle or full collection comes on its own: the thaw is counted here.
+    Invariant: a cycle frozen this way is not lost, only collected late: every
+    THAW_AFTER_COLLECTIONS collections the frozen objects are thawed into the oldest generation,
+    and nothing is frozen again until the next full collection (which CPython's counts then
+    reach) has walked them."""
 
-    def __init__(self, thaw_after: int = THAW_AFTER_MIDDLE_COLLECTIONS):
+    def __init__(self, thaw_after: int = THAW_AFTER_COLLECTIONS):
         self.thaw_after = thaw_after
-        self.middle_collections = 0
+        self.collections = 0  # young and middle collections while freezing
         self.thawed = False  # waiting for a full collection to walk the thawed objects
 
     def __call__(self, phase: str, info: dict) -> None:
         if phase != "stop":
             return
-        generation = info["generation"]
-        if generation == 2:
+        if info["generation"] == 2:
             self.thawed = False
             gc.freeze()
-        elif generation == 0 and not self.thawed:
+            return
+        if self.thawed:
+            return
+        self.collections += 1
+        if self.collections % self.thaw_after == 0:
+            gc.unfreeze()
+            self.thawed = True
+        else:
             gc.freeze()
-        elif generation == 1 and not self.thawed:
-            self.middle_collections += 1
-            if self.middle_collections % self.thaw_after == 0:
-                gc.unfreeze()
-                self.thawed = True
-            else:
-                gc.freeze()
 
 
 def tune_garbage_collection() -> None:
-    """Collect cycles less often than CPython's defaults, and freeze what survives a middle
-    collection (FreezingCollector). Cycles still go: a young collection runs every 20,000
-    allocations instead of 700, and a full one walks the frozen objects every few minutes."""
+    """Collect cycles less often than CPython's defaults, and freeze what survives a collection
+    (FreezingCollector). Cycles still go: a young collection runs every 20,000 allocations
+    instead of 700, and a full one walks the frozen objects after every THAW_AFTER_COLLECTIONS."""
     gc.set_threshold(*GC_THRESHOLDS)
     if not any(isinstance(callback, FreezingCollector) for callback in gc.callbacks):
         gc.callbacks.append(FreezingCollector())

@@ -27,9 +27,12 @@ def make_cycle() -> Node:
 
 @pytest.fixture
 def collector():
-    """A FreezingCollector on its own, with nothing frozen before or after the test."""
+    """A FreezingCollector on its own, with nothing frozen before or after the test, and only the
+    collections the test asks for (unless it enables automatic collection itself)."""
     gc.collect()
     gc.unfreeze()
+    enabled, thresholds = gc.isenabled(), gc.get_threshold()
+    gc.disable()
     installed = [callback for callback in gc.callbacks if isinstance(callback, FreezingCollector)]
     for callback in installed:
         gc.callbacks.remove(callback)
@@ -40,6 +43,9 @@ def collector():
     finally:
         gc.callbacks.remove(collector)
         gc.callbacks.extend(installed)
+        gc.set_threshold(*thresholds)
+        if enabled:
+            gc.enable()
         gc.unfreeze()
         gc.collect()
 
@@ -48,7 +54,7 @@ def test_survivors_of_a_young_collection_are_frozen(collector):
     kept = [Node() for _ in range(1000)]
     gc.collect(0)
     assert gc.get_freeze_count() >= len(kept), "the survivors skipped the middle generation"
-    assert collector.middle_collections == 0
+    assert collector.collections == 1
 
 
 def test_survivors_of_a_middle_collection_are_frozen(collector):
@@ -56,7 +62,7 @@ def test_survivors_of_a_middle_collection_are_frozen(collector):
     gc.collect(1)
     frozen = gc.get_freeze_count()
     assert frozen >= len(kept), "the survivors went to the permanent generation"
-    assert collector.middle_collections == 1
+    assert collector.collections == 1
     del kept
     assert gc.get_freeze_count() <= frozen - 1000, "reference counting still frees frozen objects"
 
@@ -79,3 +85,21 @@ def test_a_cycle_frozen_while_alive_is_collected_after_the_thaw(collector):
     kept = [Node() for _ in range(100)]
     gc.collect(1)
     assert gc.get_freeze_count() >= len(kept)
+
+
+def test_collections_cpython_starts_itself_reach_the_thaw_and_a_full_collection(collector):
+    """gc.freeze resets CPython's counts of collections, so no middle or full collection comes on
+    its own while everything is frozen: the collector counts the thaw itself, and a cycle frozen
+    while alive is still collected, with no gc.collect() from anyone."""
+    holder = make_cycle()
+    cycle = weakref.ref(holder)
+    gc.set_threshold(100, 10, 10)
+    gc.enable()
+    kept = [Node() for _ in range(150)]  # a young collection starts and freezes the live cycle
+    assert collector.collections >= 1
+    del holder
+    for _ in range(2_000_000):
+        kept.append(Node())
+        if cycle() is None:
+            break
+    assert cycle() is None, "the thaw came, then a full collection found the cycle"
