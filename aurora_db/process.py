@@ -16,6 +16,7 @@ GC_THRESHOLDS = (20_000, 10, 10)
 # Collections between two thaws of the frozen objects (see FreezingCollector): some 15 minutes
 # for a storage node under pgbench, more for a quieter process.
 THAW_AFTER_COLLECTIONS = 400
+THAWED_RETRY_MS = 1000  # a full collection after a thaw that met another collection is tried again
 
 
 class FreezingCollector:
@@ -33,17 +34,24 @@ class FreezingCollector:
 
     So after each collection the survivors are frozen (gc.freeze: moved to the permanent
     generation, which collections skip; reference counting still frees them), and each
-    long-lived object is walked once. gc.freeze also resets CPython's counts of collections, so
-    while this goes on no middle or full collection comes on its own: the thaw is counted here.
+    long-lived object is walked once. The price: a cycle that was alive at a collection and dies
+    later waits for the next thaw (so at most the cycles alive at one of the last
+    THAW_AFTER_COLLECTIONS collections wait).
+
     Invariant: a cycle frozen this way is not lost, only collected late: every
     THAW_AFTER_COLLECTIONS collections the frozen objects are thawed into the oldest generation,
-    and nothing is frozen again until the next full collection (which CPython's counts then
-    reach) has walked them."""
+    nothing is frozen again until a full collection has walked them, and that collection is
+    asked for at once (`collect_after_thaw_on`: the event loop runs it as soon as it can; a
+    collection cannot start inside this callback). CPython's own trigger is no help here:
+    gc.freeze resets its counts of collections, and a full collection waits until a quarter as
+    many objects as the last one walked have survived middle collections since, which a heap of
+    short-lived garbage may never reach."""
 
     def __init__(self, thaw_after: int = THAW_AFTER_COLLECTIONS):
         self.thaw_after = thaw_after
         self.collections = 0  # young and middle collections while freezing
         self.thawed = False  # waiting for a full collection to walk the thawed objects
+        self.loop: asyncio.AbstractEventLoop | None = None  # runs that collection (collect_after_thaw_on)
 
     def __call__(self, phase: str, info: dict) -> None:
         if phase != "stop":
@@ -58,17 +66,35 @@ class FreezingCollector:
         if self.collections % self.thaw_after == 0:
             gc.unfreeze()
             self.thawed = True
+            if self.loop is not None and not self.loop.is_closed():
+                self.loop.call_soon_threadsafe(self.collect_thawed)  # any thread may collect
         else:
             gc.freeze()
+
+    def collect_thawed(self) -> None:
+        """On the loop: the full collection a thaw waits for. Another thread's collection under
+        way makes gc.collect() return at once: then it is tried again a second later."""
+        if self.thawed:
+            gc.collect()
+        if self.thawed and self.loop is not None and not self.loop.is_closed():
+            self.loop.call_later(THAWED_RETRY_MS / 1000, self.collect_thawed)
 
 
 def tune_garbage_collection() -> None:
     """Collect cycles less often than CPython's defaults, and freeze what survives a collection
     (FreezingCollector). Cycles still go: a young collection runs every 20,000 allocations
-    instead of 700, and a full one walks the frozen objects after every THAW_AFTER_COLLECTIONS."""
+    instead of 700, and a full one walks the frozen objects after every THAW_AFTER_COLLECTIONS
+    (once the process's loop is known: collect_after_thaw_on)."""
     gc.set_threshold(*GC_THRESHOLDS)
     if not any(isinstance(callback, FreezingCollector) for callback in gc.callbacks):
         gc.callbacks.append(FreezingCollector())
+
+
+def collect_after_thaw_on(loop: asyncio.AbstractEventLoop) -> None:
+    """Have `loop` run the full collection each thaw of the FreezingCollector waits for."""
+    for callback in gc.callbacks:
+        if isinstance(callback, FreezingCollector):
+            callback.loop = loop
 
 
 def yield_to_latency_critical_processes() -> bool:
@@ -110,6 +136,7 @@ def run_until_stopped(serve: Callable[[asyncio.Event], Awaitable[None]],
     async def main() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        collect_after_thaw_on(loop)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         try:

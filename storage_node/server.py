@@ -37,7 +37,7 @@ from aurora_db import truncation
 from aurora_db.constants import (FRAME_BYTES_MAX, FRAME_READ_CHUNK_BYTES, IN_FLIGHT_REQUESTS_MAX,
                                  STORAGE_CONNECTIONS_MAX)
 from aurora_db.framing import FrameDecoder, FrameError, encode_frame
-from aurora_db.process import tune_garbage_collection, yield_to_latency_critical_processes
+from aurora_db.process import collect_after_thaw_on, tune_garbage_collection, yield_to_latency_critical_processes
 from storage_node.healer import Healer
 from storage_node.log_file import LogFile, fsync_directory
 from storage_node.node import Node, NodeMeta, Ready, apply_truncations, entries_by_pg, replay_segment
@@ -324,6 +324,7 @@ async def serve(args) -> int:
     host, port = args.listen
     disk = Disk(Path(args.data))
     loop = asyncio.get_running_loop()
+    collect_after_thaw_on(loop)
     peers = [peer for peer in getattr(args, "peers", None) or [] if peer[0] != args.node_id]
     try:
         node = disk.open(args.node_id, args.az, has_peers=bool(peers), clock_ms=lambda: loop.time() * 1000)
