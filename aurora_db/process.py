@@ -66,7 +66,7 @@ class FreezingCollector:
         if self.collections % self.thaw_after == 0:
             gc.unfreeze()
             self.thawed = True
-            if self.loop is not None and not self.loop.is_closed():
+            if self._loop_open():
                 self.loop.call_soon_threadsafe(self.collect_thawed)  # any thread may collect
         else:
             gc.freeze()
@@ -76,8 +76,11 @@ class FreezingCollector:
         way makes gc.collect() return at once: then it is tried again a second later."""
         if self.thawed:
             gc.collect()
-        if self.thawed and self.loop is not None and not self.loop.is_closed():
+        if self.thawed and self._loop_open():
             self.loop.call_later(THAWED_RETRY_MS / 1000, self.collect_thawed)
+
+    def _loop_open(self) -> bool:
+        return self.loop is not None and not self.loop.is_closed()
 
 
 def tune_garbage_collection() -> None:

@@ -286,11 +286,15 @@ def machine_cpu_ticks() -> tuple[int, int]:
     return total - idle - iowait, total
 
 
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds a process has used so far (/proc/PID/stat, fields 14 and 15)."""
+def process_cpu_ticks(pid: int) -> tuple[int, int]:
+    """(user, system) clock ticks a process has used so far (/proc/PID/stat, fields 14 and 15)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    user_ticks, system_ticks = int(fields[11]), int(fields[12])
-    return (user_ticks + system_ticks) / os.sysconf("SC_CLK_TCK")
+    return int(fields[11]), int(fields[12])
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far."""
+    return sum(process_cpu_ticks(pid)) / os.sysconf("SC_CLK_TCK")
 
 
 def own_cpu_s() -> float:

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,22 +28,10 @@ import time
 from aurora_db import storage_protocol as sp
 from aurora_db.constants import FRAME_BYTES_MAX
 from aurora_db.framing import FrameDecoder, encode_frame
+from benchmarks.commit_latency import free_port, process_cpu_ticks
 from benchmarks.storage_append_path import requests
 
 START_TIMEOUT_S = 20
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def cpu_ticks(pid: int) -> tuple[int, int]:
-    """(user, system) clock ticks of a process so far."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return int(fields[11]), int(fields[12])
 
 
 async def _connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -78,14 +65,14 @@ async def _drive(pid: int, port: int, frames: list[bytes], rate: int) -> dict[st
     await replies(2)
     timed = frames[1:]
     answered = asyncio.create_task(replies(len(timed)))
-    ticks_before, started = cpu_ticks(pid), time.perf_counter()
+    ticks_before, started = process_cpu_ticks(pid), time.perf_counter()
     for index, frame in enumerate(timed):
         delay = started + index / rate - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
         writer.write(frame)
     await answered
-    ticks_after, elapsed = cpu_ticks(pid), time.perf_counter() - started
+    ticks_after, elapsed = process_cpu_ticks(pid), time.perf_counter() - started
     writer.close()
     us_per_tick = 1e6 / os.sysconf("SC_CLK_TCK")
     return {"user_us": round((ticks_after[0] - ticks_before[0]) * us_per_tick / len(timed), 1),
